@@ -1,0 +1,921 @@
+//! The client state machine: sequence numbers, the call table, retransmission, the session
+//! handshake, and reassembly of large replies.
+//!
+//! # Driving it
+//!
+//! The client never touches a socket or a clock; a driver feeds it time and datagrams and
+//! carries out what it asks. One turn of a driver's loop:
+//!
+//! 1. [`Client::start_call`] for each new call. The client only learns the body's *length*:
+//!    the body stays in the caller's memory (a shared descriptor) and the driver supplies it
+//!    whenever a [`Transmit`] names a byte range of that call. Keep the body alive and
+//!    unchanged until the call ends.
+//! 2. [`Client::poll_transmit`] until `None`, sending each datagram: the 72-byte header
+//!    followed by the payload it names. A driver in which each call's owner sends its own
+//!    datagrams uses [`Client::poll_transmit_for`] instead.
+//! 3. [`Client::handle_datagram`] for each datagram received. If it completes a call, the
+//!    returned [`Response`] borrows the body from the datagram (zero copy) or, for a
+//!    reassembled reply, owns it.
+//! 4. [`Client::handle_timeout`] once the time of [`Client::poll_timeout`] has come.
+//! 5. [`Client::poll_event`] until `None`: calls that failed without a reply (timeouts,
+//!    sessions lost) and session changes.
+//!
+//! Each call ends exactly once: with a [`Response`] from `handle_datagram`, or with an
+//! [`Event::CallFailed`], or by [`Client::cancel`].
+//!
+//! # Protocol
+//!
+//! No separate acknowledgements: the reply acknowledges the request, and every request carries
+//! `ack`, the highest sequence number below which every call has ended here, so the server can
+//! free the replies it kept for retransmission. A call that gets no reply within the adaptive
+//! timeout ([`crate::rtt`]) is sent again, with exponential backoff, until its deadline. Once
+//! any fragment of a multi-fragment reply has arrived, the server evidently holds the request,
+//! so retransmissions send only the first fragment, which asks the server to resend the reply.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use zerocopy::IntoBytes;
+
+pub use crate::body::Body;
+use crate::clock::{LamportClock, LamportStamp};
+use crate::config::{ClientConfig, ConfigError};
+use crate::error::CallError;
+use crate::pool::Pool;
+use crate::rtt::RttEstimator;
+use crate::wire::{
+    BusyReason, DropCounters, ErrorCode, Flags, FragmentPlan, HEADER_LEN, HeaderRepr, HelloBody,
+    PacketKind, PacketRepr, Reassembly, WelcomeBody, read_body,
+};
+
+/// Identifies a call of one client: its sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CallId(u64);
+
+impl CallId {
+    /// The call's sequence number.
+    pub fn seq(self) -> u64 {
+        self.0
+    }
+}
+
+/// What the client needs to know about a new call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallRequest {
+    /// Interface fingerprint.
+    pub interface: u32,
+    /// Method fingerprint.
+    pub method: u32,
+    /// Length of the request body; the driver supplies the bytes.
+    pub len: usize,
+    /// The method may execute more than once; the server keeps no reply for it.
+    pub idempotent: bool,
+    /// When to give up; `None` for the configured default.
+    pub deadline: Option<Instant>,
+}
+
+/// The payload of a datagram to send, after its header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// Header only.
+    None,
+    /// A few bytes held by the transmit itself ([`Transmit::inline`]).
+    Inline,
+    /// These bytes of the call's body; the driver holds the body.
+    Call {
+        /// Whose body.
+        call: CallId,
+        /// Which bytes of it.
+        offset: usize,
+        /// How many.
+        len: usize,
+    },
+}
+
+/// A datagram for the driver to send.
+#[derive(Clone, Copy, Debug)]
+pub struct Transmit {
+    /// The header bytes.
+    pub header: [u8; HEADER_LEN],
+    /// What follows the header.
+    pub payload: Payload,
+    inline: [u8; 8],
+}
+
+impl Transmit {
+    /// The bytes of an [`Payload::Inline`] payload (empty otherwise).
+    pub fn inline(&self) -> &[u8] {
+        match self.payload {
+            Payload::Inline => &self.inline,
+            _ => &[],
+        }
+    }
+}
+
+/// The end of a call, caused by a datagram.
+#[derive(Debug)]
+pub struct Response<'d> {
+    /// Which call.
+    pub call: CallId,
+    /// The reply body, or the error the server reported.
+    pub result: Result<Body<'d>, CallError>,
+    /// Lamport stamp of the request.
+    pub request_stamp: LamportStamp,
+    /// Lamport stamp of the reply (server's clock and node id).
+    pub reply_stamp: LamportStamp,
+}
+
+/// Something that happened without a reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A call ended without a reply.
+    CallFailed {
+        /// Which call.
+        call: CallId,
+        /// Why.
+        error: CallError,
+    },
+    /// A session was opened with the server.
+    Connected {
+        /// The session id.
+        session: u64,
+    },
+    /// The server lost the session; a new one is being opened.
+    SessionLost {
+        /// The session id.
+        session: u64,
+    },
+}
+
+/// Counters, for tests, benchmarks and operators.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Calls started.
+    pub calls: u64,
+    /// Calls that ended with a reply body.
+    pub replies: u64,
+    /// Calls that ended with an error.
+    pub failures: u64,
+    /// Of those, by timeout.
+    pub timeouts: u64,
+    /// Of those, because the session was lost.
+    pub outcome_unknown: u64,
+    /// Datagrams sent (all fragments, all kinds).
+    pub datagrams_sent: u64,
+    /// Calls sent again after a timeout or busy reply.
+    pub retransmissions: u64,
+    /// Hellos sent.
+    pub hellos: u64,
+    /// Busy replies received.
+    pub busy: u64,
+    /// Sessions opened.
+    pub sessions_opened: u64,
+    /// Sessions lost.
+    pub sessions_lost: u64,
+    /// Datagrams dropped, by cause.
+    pub dropped: DropCounters,
+    /// Round-trip samples taken.
+    pub rtt_samples: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for a session before the first send.
+    Held,
+    /// Fragments `next..end` of this round remain to be sent.
+    Sending { next: u16, end: u16 },
+    /// All sent; waiting for the reply or the retransmission timer.
+    Waiting,
+}
+
+#[derive(Debug)]
+struct Call {
+    seq: u64,
+    interface: u32,
+    method: u32,
+    idempotent: bool,
+    len: usize,
+    lamport: u64,
+    deadline: Instant,
+    phase: Phase,
+    /// Session of the current round (0 while held).
+    session: u64,
+    /// Fragmentation of the current round.
+    plan: FragmentPlan,
+    /// When the first round finished sending (for the round-trip sample).
+    first_sent: Option<Instant>,
+    /// Rounds after the first (timeouts and busy replies).
+    attempts: u32,
+    /// When to send again if nothing arrives.
+    retransmit_at: Option<Instant>,
+    last_busy: Option<BusyReason>,
+    /// A multi-fragment reply in progress.
+    reply: Option<Reassembly>,
+    /// Some fragment of the reply arrived: the server holds the request.
+    reply_seen: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Conn {
+    Idle,
+    Connecting { nonce: u64, attempts: u32, pending: bool, retry_at: Option<Instant> },
+    Established { session: u64, server_node: u64, max_datagram: usize, max_message: usize },
+}
+
+/// The client side of the protocol for one client incarnation talking to one server.
+#[derive(Debug)]
+pub struct Client {
+    config: ClientConfig,
+    client_id: u64,
+    incarnation: u32,
+    clock: LamportClock,
+    rtt: RttEstimator,
+    conn: Conn,
+    hello_nonce: u64,
+    next_seq: u64,
+    /// Lowest sequence number that may still be in flight.
+    oldest: u64,
+    in_flight: usize,
+    /// Indexed by `seq % window`.
+    calls: Vec<Option<Call>>,
+    /// Calls with datagrams to send, oldest first (entries may be stale; checked on pop).
+    tx_queue: VecDeque<u64>,
+    events: VecDeque<Event>,
+    /// Earliest timer, recomputed when `timers_dirty`.
+    next_timeout: Option<Instant>,
+    timers_dirty: bool,
+    reassembly_bytes: usize,
+    buffers: Pool<u8>,
+    bitmaps: Pool<u64>,
+    stats: ClientStats,
+}
+
+impl Client {
+    /// A client with the given identity. `client_id` names the client to the server and breaks
+    /// ties between Lamport stamps; `incarnation` must differ each time the client starts, so
+    /// that the server never mistakes a new process for an old one's retransmissions.
+    pub fn new(config: ClientConfig, client_id: u64, incarnation: u32) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let window = config.window;
+        let rtt = RttEstimator::new(config.initial_rto, config.min_rto, config.max_rto);
+        let buffers = Pool::new(config.reassembly_budget, 8);
+        Ok(Self {
+            client_id,
+            incarnation,
+            clock: LamportClock::new(),
+            rtt,
+            conn: Conn::Idle,
+            hello_nonce: 0,
+            next_seq: 1,
+            oldest: 1,
+            in_flight: 0,
+            calls: (0..window).map(|_| None).collect(),
+            tx_queue: VecDeque::with_capacity(window),
+            events: VecDeque::with_capacity(window),
+            next_timeout: None,
+            timers_dirty: false,
+            reassembly_bytes: 0,
+            buffers,
+            bitmaps: Pool::new(64 << 10, 8),
+            stats: ClientStats::default(),
+            config,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// This client's id (its Lamport node id).
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    /// This client's incarnation.
+    pub fn incarnation(&self) -> u32 {
+        self.incarnation
+    }
+
+    /// The Lamport clock.
+    pub fn lamport(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ClientStats {
+        &self.stats
+    }
+
+    /// The round-trip estimator.
+    pub fn rtt(&self) -> &RttEstimator {
+        &self.rtt
+    }
+
+    /// The open session, if any.
+    pub fn session(&self) -> Option<u64> {
+        match self.conn {
+            Conn::Established { session, .. } => Some(session),
+            _ => None,
+        }
+    }
+
+    /// Calls started and not yet ended.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Whether a new call could start now without [`CallError::WindowFull`].
+    pub fn can_start(&self) -> bool {
+        self.in_flight < self.config.window
+            && self.next_seq - self.oldest < self.config.window as u64
+    }
+
+    /// Bytes held by reply reassemblies and the buffer pool.
+    pub fn memory(&self) -> usize {
+        self.reassembly_bytes + self.buffers.held_bytes() + self.bitmaps.held_bytes() * 8
+    }
+
+    /// Opens a session now rather than with the first call.
+    pub fn connect(&mut self, _now: Instant) {
+        if matches!(self.conn, Conn::Idle) {
+            self.begin_hello();
+        }
+    }
+
+    fn begin_hello(&mut self) {
+        self.hello_nonce += 1;
+        self.conn =
+            Conn::Connecting { nonce: self.hello_nonce, attempts: 0, pending: true, retry_at: None };
+        self.timers_dirty = true;
+    }
+
+    fn slot(&self, seq: u64) -> usize {
+        (seq % self.config.window as u64) as usize
+    }
+
+    fn call(&self, seq: u64) -> Option<&Call> {
+        self.calls[self.slot(seq)].as_ref().filter(|c| c.seq == seq)
+    }
+
+    fn call_mut(&mut self, seq: u64) -> Option<&mut Call> {
+        let slot = self.slot(seq);
+        self.calls[slot].as_mut().filter(|c| c.seq == seq)
+    }
+
+    fn max_message(&self) -> usize {
+        match self.conn {
+            Conn::Established { max_message, .. } => max_message.min(self.config.max_message),
+            _ => self.config.max_message,
+        }
+    }
+
+    /// Starts a call. The driver must keep the body's `len` bytes available, unchanged, until
+    /// the call ends.
+    pub fn start_call(&mut self, now: Instant, req: CallRequest) -> Result<CallId, CallError> {
+        let max = self.max_message();
+        if req.len > max {
+            return Err(CallError::MessageTooLarge { len: req.len, max });
+        }
+        if !self.can_start() {
+            return Err(CallError::WindowFull);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let lamport = self.clock.tick();
+        let deadline = req.deadline.unwrap_or(now + self.config.default_deadline);
+        // Validated configuration: any length up to max_message has a plan.
+        let plan = FragmentPlan::new(req.len, self.config.max_datagram)
+            .ok_or(CallError::MessageTooLarge { len: req.len, max })?;
+        let call = Call {
+            seq,
+            interface: req.interface,
+            method: req.method,
+            idempotent: req.idempotent,
+            len: req.len,
+            lamport,
+            deadline,
+            phase: Phase::Held,
+            session: 0,
+            plan,
+            first_sent: None,
+            attempts: 0,
+            retransmit_at: None,
+            last_busy: None,
+            reply: None,
+            reply_seen: false,
+        };
+        let slot = self.slot(seq);
+        debug_assert!(self.calls[slot].is_none());
+        self.calls[slot] = Some(call);
+        self.in_flight += 1;
+        self.stats.calls += 1;
+        self.timers_dirty = true;
+        match self.conn {
+            Conn::Established { session, max_datagram, .. } => {
+                self.begin_round(seq, session, max_datagram, false);
+            }
+            Conn::Idle => self.begin_hello(),
+            Conn::Connecting { .. } => {}
+        }
+        Ok(CallId(seq))
+    }
+
+    /// Starts a round of transmissions of a call: all its fragments, or only the first when
+    /// the server is known to hold the request.
+    fn begin_round(&mut self, seq: u64, session: u64, max_datagram: usize, retransmit: bool) {
+        let Some(call) = self.call_mut(seq) else { return };
+        let Some(plan) = FragmentPlan::new(call.len, max_datagram) else { return };
+        if call.session != session {
+            // A new session: fragments of an earlier one are of no use.
+            call.reply = None;
+            call.reply_seen = false;
+        }
+        call.session = session;
+        call.plan = plan;
+        let end = if call.reply_seen { 1 } else { plan.count() };
+        call.phase = Phase::Sending { next: 0, end };
+        call.retransmit_at = None;
+        // A busy reply said an earlier round did not execute; this round may.
+        call.last_busy = None;
+        if retransmit {
+            call.attempts += 1;
+            self.stats.retransmissions += 1;
+        }
+        self.tx_queue.push_back(seq);
+        self.timers_dirty = true;
+    }
+
+    /// Abandons a call without an event; a reply that arrives later is dropped.
+    pub fn cancel(&mut self, call: CallId) {
+        if self.call(call.0).is_some() {
+            self.end_call(call.0);
+        }
+    }
+
+    fn end_call(&mut self, seq: u64) -> Option<Call> {
+        let slot = self.slot(seq);
+        let call = self.calls[slot].take().filter(|c| c.seq == seq)?;
+        self.in_flight -= 1;
+        if let Some(r) = &call.reply {
+            self.reassembly_bytes -= r.message_len();
+        }
+        while self.oldest < self.next_seq && self.call(self.oldest).is_none() {
+            self.oldest += 1;
+        }
+        self.timers_dirty = true;
+        Some(call)
+    }
+
+    fn fail(&mut self, seq: u64, error: CallError) {
+        if let Some(mut call) = self.end_call(seq) {
+            if let Some(r) = call.reply.take() {
+                self.give_back(r);
+            }
+            self.stats.failures += 1;
+            match error {
+                CallError::TimedOut => self.stats.timeouts += 1,
+                CallError::OutcomeUnknown => self.stats.outcome_unknown += 1,
+                _ => {}
+            }
+            self.events.push_back(Event::CallFailed { call: CallId(seq), error });
+        }
+    }
+
+    fn give_back(&mut self, r: Reassembly) {
+        let (buf, bits) = r.into_parts();
+        self.buffers.give(buf);
+        self.bitmaps.give(bits);
+    }
+
+    /// Returns a reassembled reply body's buffer for reuse.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.buffers.give(buf);
+    }
+
+    fn ack(&self) -> u64 {
+        self.oldest - 1
+    }
+
+    fn hello_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        let Conn::Connecting { nonce, attempts, pending: true, .. } = self.conn else { return None };
+        let body = HelloBody {
+            max_datagram: (self.config.max_datagram as u32).into(),
+            max_message: (self.config.max_message as u32).into(),
+        };
+        let header = HeaderRepr {
+            kind: PacketKind::Hello,
+            flags: if attempts > 0 { Flags::RETRANSMIT } else { Flags::empty() },
+            status: 0,
+            client_id: self.client_id,
+            client_incarnation: self.incarnation,
+            interface: 0,
+            method: 0,
+            session: 0,
+            seq: nonce,
+            ack: self.ack(),
+            lamport: self.clock.tick(),
+            frag_index: 0,
+            frag_count: 1,
+            message_len: body.as_bytes().len() as u32,
+            payload_len: body.as_bytes().len() as u32,
+        };
+        let mut inline = [0u8; 8];
+        inline.copy_from_slice(body.as_bytes());
+        self.conn = Conn::Connecting {
+            nonce,
+            attempts,
+            pending: false,
+            retry_at: Some(now + self.rtt.backoff(attempts)),
+        };
+        self.timers_dirty = true;
+        self.stats.hellos += 1;
+        self.stats.datagrams_sent += 1;
+        Some(Transmit { header: header.to_bytes(), payload: Payload::Inline, inline })
+    }
+
+    /// The next datagram of a call, if it has one to send.
+    fn call_transmit(&mut self, now: Instant, seq: u64) -> Option<Transmit> {
+        let ack = self.ack();
+        let client_id = self.client_id;
+        let incarnation = self.incarnation;
+        let bandwidth = self.config.assumed_bandwidth;
+        let rto = {
+            let call = self.call(seq)?;
+            self.rtt.backoff(call.attempts)
+        };
+        let call = self.call_mut(seq)?;
+        let Phase::Sending { next, end } = call.phase else { return None };
+        let range = call.plan.range(next);
+        let mut flags = if call.idempotent { Flags::IDEMPOTENT } else { Flags::empty() };
+        if call.attempts > 0 {
+            flags |= Flags::RETRANSMIT;
+        }
+        let header = HeaderRepr {
+            kind: PacketKind::Request,
+            flags,
+            status: 0,
+            client_id,
+            client_incarnation: incarnation,
+            interface: call.interface,
+            method: call.method,
+            session: call.session,
+            seq,
+            ack,
+            lamport: call.lamport,
+            frag_index: next,
+            frag_count: call.plan.count(),
+            message_len: call.len as u32,
+            payload_len: range.len() as u32,
+        };
+        if next + 1 < end {
+            call.phase = Phase::Sending { next: next + 1, end };
+        } else {
+            call.phase = Phase::Waiting;
+            if call.first_sent.is_none() {
+                call.first_sent = Some(now);
+            }
+            // Allow for the time the whole message takes to leave, on top of the RTO.
+            let transfer = Duration::from_nanos(
+                (call.len as u128 * 1_000_000_000 / u128::from(bandwidth)).min(u64::MAX as u128) as u64,
+            );
+            call.retransmit_at = Some(now + rto + transfer);
+            self.timers_dirty = true;
+        }
+        self.stats.datagrams_sent += 1;
+        Some(Transmit {
+            header: header.to_bytes(),
+            payload: Payload::Call { call: CallId(seq), offset: range.start, len: range.len() },
+            inline: [0; 8],
+        })
+    }
+
+    /// The next datagram to send, if any.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        if let Some(t) = self.hello_transmit(now) {
+            return Some(t);
+        }
+        while let Some(&seq) = self.tx_queue.front() {
+            match self.call_transmit(now, seq) {
+                Some(t) => return Some(t),
+                None => {
+                    self.tx_queue.pop_front();
+                }
+            }
+        }
+        None
+    }
+
+    /// The next datagram to send on behalf of `call` (the handshake counts for every call).
+    /// For drivers in which each caller sends its own call's datagrams.
+    pub fn poll_transmit_for(&mut self, now: Instant, call: CallId) -> Option<Transmit> {
+        if let Some(t) = self.hello_transmit(now) {
+            return Some(t);
+        }
+        self.call_transmit(now, call.0)
+    }
+
+    /// Whether `call` has datagrams waiting to be sent.
+    pub fn wants_transmit(&self, call: CallId) -> bool {
+        matches!(self.conn, Conn::Connecting { pending: true, .. })
+            || self.call(call.0).is_some_and(|c| matches!(c.phase, Phase::Sending { .. }))
+    }
+
+    /// When [`Client::handle_timeout`] should next be called.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        if self.timers_dirty {
+            let mut next: Option<Instant> = None;
+            let mut consider = |t: Option<Instant>| {
+                if let Some(t) = t {
+                    next = Some(next.map_or(t, |n| n.min(t)));
+                }
+            };
+            if let Conn::Connecting { retry_at, .. } = self.conn {
+                consider(retry_at);
+            }
+            for call in self.calls.iter().flatten() {
+                consider(Some(call.deadline));
+                if call.phase == Phase::Waiting {
+                    consider(call.retransmit_at);
+                }
+            }
+            self.next_timeout = next;
+            self.timers_dirty = false;
+        }
+        self.next_timeout
+    }
+
+    /// Expires deadlines and fires retransmission timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Conn::Connecting { nonce, attempts, pending: false, retry_at: Some(at) } = self.conn {
+            if now >= at {
+                self.conn = Conn::Connecting {
+                    nonce,
+                    attempts: attempts.saturating_add(1),
+                    pending: true,
+                    retry_at: None,
+                };
+                self.timers_dirty = true;
+            }
+        }
+        let session = match self.conn {
+            Conn::Established { session, max_datagram, .. } => Some((session, max_datagram)),
+            _ => None,
+        };
+        let (from, to) = (self.oldest, self.next_seq);
+        for seq in from..to {
+            let Some(call) = self.call(seq) else { continue };
+            if now >= call.deadline {
+                let error = match call.last_busy {
+                    Some(reason) => CallError::ServerBusy(reason),
+                    None => CallError::TimedOut,
+                };
+                self.fail(seq, error);
+                continue;
+            }
+            let due = call.phase == Phase::Waiting && call.retransmit_at.is_some_and(|t| now >= t);
+            if due {
+                match session {
+                    Some((session, max_datagram)) => self.begin_round(seq, session, max_datagram, true),
+                    None => {
+                        // The session went away while the call waited; it is held until the
+                        // next one opens (only idempotent calls get here).
+                        if let Some(call) = self.call_mut(seq) {
+                            call.phase = Phase::Held;
+                            call.retransmit_at = None;
+                        }
+                    }
+                }
+            }
+        }
+        self.timers_dirty = true;
+    }
+
+    /// Next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Processes a received datagram. Returns the response if it completed a call.
+    pub fn handle_datagram<'d>(&mut self, now: Instant, datagram: &'d [u8]) -> Option<Response<'d>> {
+        let Ok(packet) = PacketRepr::parse(datagram) else {
+            self.stats.dropped.malformed += 1;
+            return None;
+        };
+        let h = packet.header;
+        if h.kind.from_client() || h.client_id != self.client_id || h.client_incarnation != self.incarnation
+        {
+            self.stats.dropped.misdirected += 1;
+            return None;
+        }
+        self.clock.observe(h.lamport);
+        match h.kind {
+            PacketKind::Welcome => {
+                self.on_welcome(&h, packet.payload);
+                None
+            }
+            _ => self.on_call_packet(now, &h, packet.payload),
+        }
+    }
+
+    fn on_welcome(&mut self, h: &HeaderRepr, payload: &[u8]) {
+        let Conn::Connecting { nonce, .. } = self.conn else {
+            self.stats.dropped.stale += 1;
+            return;
+        };
+        let Ok(body) = read_body::<WelcomeBody>(payload) else {
+            self.stats.dropped.malformed += 1;
+            return;
+        };
+        if h.seq != nonce {
+            self.stats.dropped.stale += 1;
+            return;
+        }
+        let max_datagram = (body.max_datagram.get() as usize).min(self.config.max_datagram);
+        let max_message = (body.max_message.get() as usize).min(self.config.max_message);
+        if FragmentPlan::new(max_message, max_datagram).is_none() {
+            // The server's limits cannot carry a message; treat as malformed.
+            self.stats.dropped.malformed += 1;
+            return;
+        }
+        self.conn = Conn::Established {
+            session: h.session,
+            server_node: body.server_node.get(),
+            max_datagram,
+            max_message,
+        };
+        self.stats.sessions_opened += 1;
+        self.events.push_back(Event::Connected { session: h.session });
+        let (from, to) = (self.oldest, self.next_seq);
+        for seq in from..to {
+            let Some(call) = self.call(seq) else { continue };
+            if call.phase != Phase::Held {
+                continue;
+            }
+            if call.len > max_message {
+                self.fail(seq, CallError::MessageTooLarge { len: call.len, max: max_message });
+            } else {
+                self.begin_round(seq, h.session, max_datagram, false);
+            }
+        }
+    }
+
+    fn server_node(&self) -> u64 {
+        match self.conn {
+            Conn::Established { server_node, .. } => server_node,
+            _ => 0,
+        }
+    }
+
+    fn on_call_packet<'d>(
+        &mut self,
+        now: Instant,
+        h: &HeaderRepr,
+        payload: &'d [u8],
+    ) -> Option<Response<'d>> {
+        let Some(call) = self.call(h.seq) else {
+            self.stats.dropped.stale += 1;
+            return None;
+        };
+        if call.session != h.session || call.session == 0 {
+            self.stats.dropped.stale += 1;
+            return None;
+        }
+        let request_stamp = LamportStamp::new(call.lamport, self.client_id);
+        let reply_stamp = LamportStamp::new(h.lamport, self.server_node());
+        let (interface, method) = (call.interface, call.method);
+        let (attempts, deadline) = (call.attempts, call.deadline);
+        match h.kind {
+            PacketKind::Stale => {
+                self.session_lost(h.session);
+                None
+            }
+            PacketKind::Busy => {
+                self.stats.busy += 1;
+                let backoff = self.rtt.backoff(attempts + 1);
+                let call = self.call_mut(h.seq)?;
+                call.last_busy = Some(BusyReason::from_u16(h.status));
+                call.attempts += 1;
+                call.phase = Phase::Waiting;
+                call.retransmit_at = Some(now + backoff);
+                self.timers_dirty = true;
+                None
+            }
+            PacketKind::ErrorReply => {
+                let error = CallError::from_code(ErrorCode::from_u16(h.status), interface, method);
+                if let Some(mut call) = self.end_call(h.seq) {
+                    if let Some(r) = call.reply.take() {
+                        self.give_back(r);
+                    }
+                }
+                self.stats.failures += 1;
+                Some(Response { call: CallId(h.seq), result: Err(error), request_stamp, reply_stamp })
+            }
+            PacketKind::Reply => {
+                if now > deadline {
+                    self.fail(h.seq, CallError::TimedOut);
+                    return None;
+                }
+                let body = if h.frag_count == 1 {
+                    let call = self.call(h.seq)?;
+                    if call.attempts == 0 && call.plan.count() == 1 {
+                        if let Some(sent) = call.first_sent {
+                            self.rtt.sample(now.saturating_duration_since(sent));
+                            self.stats.rtt_samples += 1;
+                        }
+                    }
+                    Body::Borrowed(payload)
+                } else {
+                    Body::Owned(self.reassemble(h, payload)?)
+                };
+                self.end_call(h.seq);
+                self.stats.replies += 1;
+                Some(Response { call: CallId(h.seq), result: Ok(body), request_stamp, reply_stamp })
+            }
+            PacketKind::Hello | PacketKind::Request | PacketKind::Welcome => {
+                self.stats.dropped.misdirected += 1;
+                None
+            }
+        }
+    }
+
+    /// Adds a reply fragment; returns the body once complete.
+    fn reassemble(&mut self, h: &HeaderRepr, payload: &[u8]) -> Option<Vec<u8>> {
+        let max_message = self.config.max_message;
+        let budget = self.config.reassembly_budget;
+        let in_use = self.reassembly_bytes;
+        let starting = self.call(h.seq)?.reply.is_none();
+        if starting {
+            let len = h.message_len as usize;
+            if len > max_message || in_use + len > budget {
+                self.stats.dropped.bad_fragment += 1;
+                return None;
+            }
+            let (buf, bits) = (self.buffers.take(), self.bitmaps.take());
+            match Reassembly::start(h, buf, bits) {
+                Ok(r) => {
+                    self.reassembly_bytes += len;
+                    self.call_mut(h.seq)?.reply = Some(r);
+                }
+                Err(_) => {
+                    self.stats.dropped.bad_fragment += 1;
+                    return None;
+                }
+            }
+        }
+        let call = self.call_mut(h.seq)?;
+        call.reply_seen = true;
+        let r = call.reply.as_mut()?;
+        match r.add(h, payload) {
+            Ok(false) => None,
+            Ok(true) => {
+                let r = call.reply.take()?;
+                self.reassembly_bytes -= r.message_len();
+                let (buf, bits) = r.into_parts();
+                self.bitmaps.give(bits);
+                Some(buf)
+            }
+            Err(_) => {
+                self.stats.dropped.bad_fragment += 1;
+                None
+            }
+        }
+    }
+
+    /// The server no longer knows `session`: every call sent in it may or may not have
+    /// executed. Idempotent calls are sent again in a new session; the others fail with
+    /// [`CallError::OutcomeUnknown`].
+    fn session_lost(&mut self, session: u64) {
+        if let Conn::Established { session: current, .. } = self.conn {
+            if current == session {
+                self.stats.sessions_lost += 1;
+                self.events.push_back(Event::SessionLost { session });
+                self.begin_hello();
+            }
+        }
+        let (from, to) = (self.oldest, self.next_seq);
+        for seq in from..to {
+            let Some(call) = self.call(seq) else { continue };
+            if call.session != session {
+                continue;
+            }
+            if call.idempotent {
+                let Some(call) = self.call_mut(seq) else { continue };
+                call.phase = Phase::Held;
+                call.session = 0;
+                call.retransmit_at = None;
+                call.reply_seen = false;
+                if let Some(r) = call.reply.take() {
+                    self.reassembly_bytes -= r.message_len();
+                    self.give_back(r);
+                }
+            } else {
+                self.fail(seq, CallError::OutcomeUnknown);
+            }
+        }
+        self.timers_dirty = true;
+    }
+}
+
+#[cfg(test)]
+mod tests;

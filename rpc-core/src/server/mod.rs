@@ -1,0 +1,1079 @@
+//! The server state machine: sessions, at-most-once execution, the reply cache (retransmit
+//! buffer), reassembly of large requests, and the control replies that keep memory bounded.
+//!
+//! # Driving it
+//!
+//! 1. [`Server::handle_datagram`] for each datagram received. When it returns an
+//!    [`IncomingCall`], execute it: the body borrows from the datagram (zero copy) or, for a
+//!    reassembled request, is owned.
+//! 2. For each executed call, [`Server::begin_reply`] with the reply's length, send the
+//!    datagrams of the returned [`ReplyPlan`] (header, then that range of the reply body),
+//!    then [`Server::finish_reply`] with the body, which keeps a copy for retransmission
+//!    unless the method is idempotent. Sending before copying overlaps the buffering with
+//!    the transmission.
+//! 3. [`Server::poll_transmit`] until `None`: welcomes, busy, stale and error replies, and
+//!    replies resent from the cache.
+//! 4. [`Server::handle_timeout`] once the time of [`Server::poll_timeout`] has come.
+//!
+//! # At-most-once
+//!
+//! A session is opened by a client's `Hello` and keyed by (client id, client incarnation); its
+//! id carries the server's incarnation in the high 32 bits and is never reused. Per session the
+//! server keeps, for each call above the client's acknowledgement point, whether it is
+//! executing, its cached reply, or a tombstone saying why no reply is kept. So:
+//!
+//! - a new call is executed once;
+//! - a duplicate of a call still executing is dropped;
+//! - a duplicate of a completed call is answered from the cache without executing;
+//! - a duplicate of an acknowledged call is dropped (the client already has the reply);
+//! - a request naming a session this server does not have (it restarted, or the session was
+//!   evicted or expired) is refused with `Stale`, never executed: its earlier transmissions may
+//!   have executed in the lost session.
+//!
+//! Every resource has a bound in [`ServerConfig`]; at a bound the server answers `Busy` (the
+//! call did not execute, the client retries later) or evicts the least recently used session.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use rand_core::RngCore;
+use zerocopy::IntoBytes;
+
+pub use crate::body::Body;
+use crate::clock::{LamportClock, LamportStamp};
+use crate::config::{ConfigError, ServerConfig};
+use crate::pool::Pool;
+use crate::wire::{
+    BusyReason, DropCounters, ErrorCode, Flags, FragmentPlan, HEADER_LEN, HeaderRepr, HelloBody,
+    PacketKind, PacketRepr, Reassembly, WELCOME_BODY_LEN, WelcomeBody, read_body,
+};
+
+/// What a handler may know about the call it executes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CallContext {
+    /// The calling client's id.
+    pub client_id: u64,
+    /// The calling client's incarnation.
+    pub client_incarnation: u32,
+    /// The call's sequence number in its client.
+    pub seq: u64,
+    /// The session the call arrived in.
+    pub session: u64,
+    /// The request's Lamport stamp (the client's clock and id).
+    pub request_stamp: LamportStamp,
+    /// The server's Lamport stamp of the receipt, after observing the request.
+    pub received_stamp: LamportStamp,
+    /// Interface fingerprint.
+    pub interface: u32,
+    /// Method fingerprint.
+    pub method: u32,
+    /// Whether the call was flagged idempotent.
+    pub idempotent: bool,
+}
+
+/// A call to execute, handed out once.
+#[derive(Debug)]
+pub struct IncomingCall<'d, A> {
+    /// Pass it to [`Server::begin_reply`] and [`Server::finish_reply`].
+    pub ticket: Ticket<A>,
+    /// Who called, and when.
+    pub context: CallContext,
+    /// The request body.
+    pub body: Body<'d>,
+}
+
+/// Names a call being executed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ticket<A> {
+    dest: A,
+    session: u64,
+    slot: u32,
+    seq: u64,
+    client_id: u64,
+    client_incarnation: u32,
+    interface: u32,
+    method: u32,
+    idempotent: bool,
+    max_datagram: u32,
+    max_message: u32,
+}
+
+impl<A: Copy> Ticket<A> {
+    /// Where the reply goes.
+    pub fn dest(&self) -> A {
+        self.dest
+    }
+    /// Whether the reply will be cached.
+    pub fn idempotent(&self) -> bool {
+        self.idempotent
+    }
+}
+
+/// The datagrams of one reply: for each fragment `i` in `0..count()`, send
+/// [`ReplyPlan::header`]`(i)` followed by the bytes [`ReplyPlan::range`]`(i)` of the body.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplyPlan<A> {
+    /// Where to send.
+    pub dest: A,
+    header: HeaderRepr,
+    plan: FragmentPlan,
+}
+
+impl<A> ReplyPlan<A> {
+    /// Number of datagrams.
+    pub fn count(&self) -> u16 {
+        self.plan.count()
+    }
+
+    /// Header of datagram `index`.
+    pub fn header(&self, index: u16) -> [u8; HEADER_LEN] {
+        let range = self.plan.range(index);
+        HeaderRepr { frag_index: index, payload_len: range.len() as u32, ..self.header }.to_bytes()
+    }
+
+    /// Body bytes of datagram `index`.
+    pub fn range(&self, index: u16) -> Range<usize> {
+        self.plan.range(index)
+    }
+
+    /// Body length: zero when the plan is an error reply.
+    pub fn body_len(&self) -> usize {
+        self.plan.message_len()
+    }
+
+    /// Whether this is an error reply rather than the reply the handler produced.
+    pub fn error(&self) -> Option<ErrorCode> {
+        (self.header.kind == PacketKind::ErrorReply).then(|| ErrorCode::from_u16(self.header.status))
+    }
+
+    /// The reply's Lamport stamp.
+    pub fn lamport(&self) -> u64 {
+        self.header.lamport
+    }
+}
+
+/// A datagram for the driver to send.
+#[derive(Debug)]
+pub struct Transmit<'a, A> {
+    /// Where to send it.
+    pub dest: A,
+    /// The header bytes.
+    pub header: [u8; HEADER_LEN],
+    /// The bytes after the header.
+    pub body: &'a [u8],
+}
+
+/// Counters, for tests, benchmarks and operators.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Calls handed out for execution.
+    pub executed: u64,
+    /// Duplicate requests answered from the reply cache (or its tombstones), not executed.
+    pub answered_from_cache: u64,
+    /// Duplicate requests dropped because the call was still executing.
+    pub dropped_executing: u64,
+    /// Busy replies sent.
+    pub busy: u64,
+    /// Stale replies sent (requests naming an unknown session).
+    pub stale: u64,
+    /// Error replies produced (dispatch errors and limits).
+    pub errors: u64,
+    /// Replies not cached for lack of room (a tombstone is kept instead).
+    pub uncached_replies: u64,
+    /// Sessions opened.
+    pub sessions_opened: u64,
+    /// Sessions evicted to make room.
+    pub sessions_evicted: u64,
+    /// Sessions closed after being idle.
+    pub sessions_expired: u64,
+    /// Reassemblies dropped after being idle.
+    pub reassemblies_expired: u64,
+    /// Control replies dropped because the transmit queue was full.
+    pub transmits_dropped: u64,
+    /// Datagrams dropped, by cause.
+    pub dropped: DropCounters,
+}
+
+/// What the server holds, to check against [`ServerConfig`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerMemory {
+    /// Open sessions.
+    pub sessions: usize,
+    /// Bytes of cached replies, all sessions.
+    pub cached_bytes: usize,
+    /// Most bytes of cached replies held by one session.
+    pub max_session_cached_bytes: usize,
+    /// Most call entries held by one session.
+    pub max_session_entries: usize,
+    /// Bytes of requests being reassembled.
+    pub reassembly_bytes: usize,
+    /// Requests being reassembled.
+    pub reassemblies: usize,
+    /// Control replies queued.
+    pub queued_transmits: usize,
+    /// Bytes kept in buffer pools for reuse.
+    pub pooled_bytes: usize,
+}
+
+impl ServerMemory {
+    /// Checks every figure against its bound; returns the first one exceeded.
+    pub fn check(&self, c: &ServerConfig) -> Result<(), &'static str> {
+        let checks = [
+            (self.sessions <= c.max_sessions, "sessions"),
+            (self.cached_bytes <= c.total_cache_bytes, "cached bytes"),
+            (self.max_session_cached_bytes <= c.session_cache_bytes, "session cached bytes"),
+            (self.max_session_entries <= c.window, "session entries"),
+            (self.reassembly_bytes <= c.reassembly_budget, "reassembly bytes"),
+            (self.reassemblies <= c.max_reassemblies, "reassemblies"),
+            (self.queued_transmits <= c.max_queued_transmits, "queued transmits"),
+            (self.pooled_bytes <= pool_bound(c), "pooled bytes"),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, what)) => Err(what),
+            None => Ok(()),
+        }
+    }
+}
+
+fn pool_bound(c: &ServerConfig) -> usize {
+    // Buffers kept for reuse: cache buffers up to a quarter of the cache budget, reassembly
+    // buffers up to a quarter of the reassembly budget, and their bitmaps.
+    c.total_cache_bytes / 4 + c.reassembly_budget / 4 + (64 << 10)
+}
+
+#[derive(Debug)]
+struct Cached {
+    kind: PacketKind,
+    status: u16,
+    lamport: u64,
+    body: Vec<u8>,
+}
+
+#[derive(Debug)]
+enum Entry {
+    /// Not received yet (a gap below a received call).
+    Unseen,
+    /// Handed out for execution; no reply yet.
+    Executing,
+    /// Executed (or refused); the reply is kept for retransmission.
+    Done(Cached),
+    /// Executed or refused; the reply could not be kept. Duplicates get this error.
+    Gone(ErrorCode),
+}
+
+#[derive(Debug)]
+struct Session<A> {
+    id: u64,
+    client_id: u64,
+    client_incarnation: u32,
+    addr: A,
+    /// For replies: the smaller of the two sides' datagram limits.
+    max_datagram: usize,
+    /// For replies: the client's message limit.
+    max_message: usize,
+    last_used: Instant,
+    /// Every call with a sequence number at or below this one has ended at the client.
+    acked: u64,
+    /// `entries[i]` is the call with sequence number `acked + 1 + i`.
+    entries: VecDeque<Entry>,
+    cached_bytes: usize,
+}
+
+#[derive(Debug)]
+struct InProgress {
+    session: u64,
+    seq: u64,
+    idempotent: bool,
+    last_activity: Instant,
+    r: Reassembly,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum PendingBody {
+    None,
+    Welcome(WelcomeBody),
+    /// Fragments `next..` of a cached reply.
+    Cached { slot: u32, next: u16 },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Pending<A> {
+    dest: A,
+    header: HeaderRepr,
+    body: PendingBody,
+}
+
+/// The server side of the protocol, generic over the driver's address type.
+pub struct Server<A> {
+    config: ServerConfig,
+    incarnation: u32,
+    node_id: u64,
+    clock: LamportClock,
+    sessions: Vec<Option<Session<A>>>,
+    /// Per slot: the low 16 bits of the id of the slot's latest session.
+    generations: Vec<u16>,
+    session_count: usize,
+    reassemblies: Vec<InProgress>,
+    reassembly_bytes: usize,
+    cached_bytes: usize,
+    tx: VecDeque<Pending<A>>,
+    scratch: [u8; WELCOME_BODY_LEN],
+    buffers: Pool<u8>,
+    big_buffers: Pool<u8>,
+    bitmaps: Pool<u64>,
+    next_sweep: Option<Instant>,
+    stats: ServerStats,
+}
+
+impl<A: core::fmt::Debug> core::fmt::Debug for Server<A> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Server")
+            .field("incarnation", &self.incarnation)
+            .field("node_id", &self.node_id)
+            .field("sessions", &self.session_count)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
+    /// A server. `incarnation` must be non-zero and differ from every earlier incarnation of
+    /// this server (a boot counter, or random bits), so that requests sent to an earlier
+    /// incarnation are recognised; `node_id` breaks ties between Lamport stamps; `rng` seeds
+    /// the per-slot part of session ids (the core draws no randomness of its own).
+    pub fn new(
+        config: ServerConfig,
+        incarnation: u32,
+        node_id: u64,
+        mut rng: impl RngCore,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        if incarnation == 0 {
+            return Err(ConfigError::Invalid("server incarnation must be non-zero"));
+        }
+        let sessions = (0..config.max_sessions).map(|_| None).collect();
+        let generations = (0..config.max_sessions).map(|_| rng.next_u32() as u16).collect();
+        Ok(Self {
+            generations,
+            incarnation,
+            node_id,
+            clock: LamportClock::new(),
+            sessions,
+            session_count: 0,
+            reassemblies: Vec::with_capacity(config.max_reassemblies),
+            reassembly_bytes: 0,
+            cached_bytes: 0,
+            tx: VecDeque::new(),
+            scratch: [0; WELCOME_BODY_LEN],
+            buffers: Pool::new(config.total_cache_bytes / 4, 4 * config.window),
+            big_buffers: Pool::new(config.reassembly_budget / 4, 8),
+            bitmaps: Pool::new(64 << 10, 16),
+            next_sweep: None,
+            stats: ServerStats::default(),
+            config,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// This server's incarnation.
+    pub fn incarnation(&self) -> u32 {
+        self.incarnation
+    }
+
+    /// This server's Lamport node id.
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// The Lamport clock.
+    pub fn lamport(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ServerStats {
+        &self.stats
+    }
+
+    /// What the server holds now.
+    pub fn memory(&self) -> ServerMemory {
+        let mut m = ServerMemory {
+            sessions: self.session_count,
+            cached_bytes: self.cached_bytes,
+            reassembly_bytes: self.reassembly_bytes,
+            reassemblies: self.reassemblies.len(),
+            queued_transmits: self.tx.len(),
+            pooled_bytes: self.buffers.held_bytes()
+                + self.big_buffers.held_bytes()
+                + self.bitmaps.held_bytes() * 8,
+            ..Default::default()
+        };
+        for s in self.sessions.iter().flatten() {
+            m.max_session_cached_bytes = m.max_session_cached_bytes.max(s.cached_bytes);
+            m.max_session_entries = m.max_session_entries.max(s.entries.len());
+        }
+        m
+    }
+
+    fn queue(&mut self, p: Pending<A>) {
+        if self.tx.len() >= self.config.max_queued_transmits {
+            self.stats.transmits_dropped += 1;
+        } else {
+            self.tx.push_back(p);
+        }
+    }
+
+    fn control(&mut self, dest: A, req: &HeaderRepr, kind: PacketKind, status: u16) {
+        let header = HeaderRepr {
+            kind,
+            flags: Flags::empty(),
+            status,
+            client_id: req.client_id,
+            client_incarnation: req.client_incarnation,
+            interface: req.interface,
+            method: req.method,
+            session: req.session,
+            seq: req.seq,
+            ack: 0,
+            lamport: self.clock.tick(),
+            frag_index: 0,
+            frag_count: 1,
+            message_len: 0,
+            payload_len: 0,
+        };
+        match kind {
+            PacketKind::Busy => self.stats.busy += 1,
+            PacketKind::Stale => self.stats.stale += 1,
+            PacketKind::ErrorReply => self.stats.errors += 1,
+            _ => {}
+        }
+        self.queue(Pending { dest, header, body: PendingBody::None });
+    }
+
+    /// Processes a received datagram. Returns a call to execute, if it completes a new one.
+    pub fn handle_datagram<'d>(
+        &mut self,
+        now: Instant,
+        src: A,
+        datagram: &'d [u8],
+    ) -> Option<IncomingCall<'d, A>> {
+        let Ok(packet) = PacketRepr::parse(datagram) else {
+            self.stats.dropped.malformed += 1;
+            return None;
+        };
+        let h = packet.header;
+        if !h.kind.from_client() {
+            self.stats.dropped.misdirected += 1;
+            return None;
+        }
+        self.clock.observe(h.lamport);
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now + self.sweep_interval());
+        }
+        match h.kind {
+            PacketKind::Hello => {
+                self.on_hello(now, src, &h, packet.payload);
+                None
+            }
+            _ => self.on_request(now, src, &h, packet.payload),
+        }
+    }
+
+    fn sweep_interval(&self) -> Duration {
+        (self.config.reassembly_timeout.min(self.config.session_idle_timeout) / 2)
+            .max(Duration::from_millis(1))
+    }
+
+    fn find_session(&self, client_id: u64, incarnation: u32) -> Option<usize> {
+        self.sessions.iter().position(|s| {
+            s.as_ref().is_some_and(|s| s.client_id == client_id && s.client_incarnation == incarnation)
+        })
+    }
+
+    /// The slot of a session id, if this server holds that session for that client.
+    fn lookup(&self, id: u64, client_id: u64, incarnation: u32) -> Option<usize> {
+        if (id >> 32) as u32 != self.incarnation {
+            return None;
+        }
+        let slot = ((id >> 16) & 0xffff) as usize;
+        let s = self.sessions.get(slot)?.as_ref()?;
+        (s.id == id && s.client_id == client_id && s.client_incarnation == incarnation).then_some(slot)
+    }
+
+    fn on_hello(&mut self, now: Instant, src: A, h: &HeaderRepr, payload: &[u8]) {
+        let Ok(body) = read_body::<HelloBody>(payload) else {
+            self.stats.dropped.malformed += 1;
+            return;
+        };
+        let client_datagram = body.max_datagram.get() as usize;
+        if client_datagram <= HEADER_LEN {
+            self.stats.dropped.malformed += 1;
+            return;
+        }
+        let max_datagram = client_datagram.min(self.config.max_datagram);
+        let max_message = (body.max_message.get() as usize).min(self.config.max_message);
+        let slot = match self.find_session(h.client_id, h.client_incarnation) {
+            Some(slot) => slot,
+            None => self.open_session(now, src, h),
+        };
+        let Some(s) = self.sessions[slot].as_mut() else { return };
+        s.addr = src;
+        s.last_used = now;
+        s.max_datagram = max_datagram;
+        s.max_message = max_message;
+        let session = s.id;
+        let header = HeaderRepr {
+            kind: PacketKind::Welcome,
+            flags: Flags::empty(),
+            status: 0,
+            client_id: h.client_id,
+            client_incarnation: h.client_incarnation,
+            interface: 0,
+            method: 0,
+            session,
+            seq: h.seq,
+            ack: 0,
+            lamport: self.clock.tick(),
+            frag_index: 0,
+            frag_count: 1,
+            message_len: WELCOME_BODY_LEN as u32,
+            payload_len: WELCOME_BODY_LEN as u32,
+        };
+        let body = WelcomeBody {
+            server_node: self.node_id.into(),
+            max_datagram: (self.config.max_datagram as u32).into(),
+            max_message: (self.config.max_message as u32).into(),
+        };
+        self.queue(Pending { dest: src, header, body: PendingBody::Welcome(body) });
+    }
+
+    fn open_session(&mut self, now: Instant, src: A, h: &HeaderRepr) -> usize {
+        let slot = match self.sessions.iter().position(Option::is_none) {
+            Some(slot) => slot,
+            None => {
+                // Evict the least recently used session (lowest slot on ties).
+                let mut lru = 0;
+                for (i, s) in self.sessions.iter().enumerate() {
+                    if let (Some(s), Some(best)) = (s, &self.sessions[lru]) {
+                        if s.last_used < best.last_used {
+                            lru = i;
+                        }
+                    }
+                }
+                self.close_session(lru);
+                self.stats.sessions_evicted += 1;
+                lru
+            }
+        };
+        // High 32 bits: incarnation; then the slot; then the slot's generation, which starts at
+        // a random value and advances with every session the slot holds, so that an id is not
+        // reused until 65536 sessions have passed through the slot.
+        self.generations[slot] = self.generations[slot].wrapping_add(1);
+        let id = (u64::from(self.incarnation) << 32)
+            | ((slot as u64) << 16)
+            | u64::from(self.generations[slot]);
+        self.sessions[slot] = Some(Session {
+            id,
+            client_id: h.client_id,
+            client_incarnation: h.client_incarnation,
+            addr: src,
+            max_datagram: self.config.max_datagram,
+            max_message: self.config.max_message,
+            last_used: now,
+            acked: 0,
+            entries: VecDeque::new(),
+            cached_bytes: 0,
+        });
+        self.session_count += 1;
+        self.stats.sessions_opened += 1;
+        slot
+    }
+
+    fn close_session(&mut self, slot: usize) {
+        let Some(mut s) = self.sessions[slot].take() else { return };
+        self.session_count -= 1;
+        for e in s.entries.drain(..) {
+            if let Entry::Done(c) = e {
+                self.cached_bytes -= c.body.len();
+                self.buffers.give(c.body);
+            }
+        }
+        let id = s.id;
+        let mut i = 0;
+        while i < self.reassemblies.len() {
+            if self.reassemblies[i].session == id {
+                let p = self.reassemblies.swap_remove(i);
+                self.drop_reassembly(p);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn drop_reassembly(&mut self, p: InProgress) {
+        self.reassembly_bytes -= p.r.message_len();
+        let (buf, bits) = p.r.into_parts();
+        self.big_buffers.give(buf);
+        self.bitmaps.give(bits);
+    }
+
+    /// Frees every entry at or below the client's acknowledgement.
+    fn advance_ack(&mut self, slot: usize, ack: u64) {
+        let Some(s) = self.sessions[slot].as_mut() else { return };
+        if ack <= s.acked {
+            return;
+        }
+        let n = (ack - s.acked).min(s.entries.len() as u64) as usize;
+        for e in s.entries.drain(..n) {
+            if let Entry::Done(c) = e {
+                s.cached_bytes -= c.body.len();
+                self.cached_bytes -= c.body.len();
+                self.buffers.give(c.body);
+            }
+        }
+        s.acked = ack;
+    }
+
+    fn on_request<'d>(
+        &mut self,
+        now: Instant,
+        src: A,
+        h: &HeaderRepr,
+        payload: &'d [u8],
+    ) -> Option<IncomingCall<'d, A>> {
+        let first = h.frag_index == 0;
+        let Some(slot) = self.lookup(h.session, h.client_id, h.client_incarnation) else {
+            if first {
+                self.control(src, h, PacketKind::Stale, 0);
+            } else {
+                self.stats.dropped.stale += 1;
+            }
+            return None;
+        };
+        self.advance_ack(slot, h.ack);
+        let s = self.sessions[slot].as_mut()?;
+        s.addr = src;
+        s.last_used = now;
+        if h.seq <= s.acked {
+            // The client has ended this call: an old duplicate.
+            self.stats.dropped.stale += 1;
+            return None;
+        }
+        let idempotent = h.flags.contains(Flags::IDEMPOTENT);
+        if !idempotent {
+            let offset = (h.seq - s.acked - 1) as usize;
+            if offset >= self.config.window {
+                if first {
+                    self.control(src, h, PacketKind::Busy, BusyReason::WindowFull.to_u16());
+                }
+                return None;
+            }
+            let s = self.sessions[slot].as_mut()?;
+            match s.entries.get(offset) {
+                Some(Entry::Executing) => {
+                    self.stats.dropped_executing += 1;
+                    return None;
+                }
+                Some(Entry::Done(_)) => {
+                    if first {
+                        self.stats.answered_from_cache += 1;
+                        self.resend_cached(slot, offset, src);
+                    } else {
+                        self.stats.dropped.stale += 1;
+                    }
+                    return None;
+                }
+                Some(&Entry::Gone(code)) => {
+                    if first {
+                        self.stats.answered_from_cache += 1;
+                        self.control(src, h, PacketKind::ErrorReply, code.to_u16());
+                    } else {
+                        self.stats.dropped.stale += 1;
+                    }
+                    return None;
+                }
+                Some(Entry::Unseen) | None => {}
+            }
+            if h.message_len as usize > self.config.max_message {
+                self.set_entry(slot, offset, Entry::Gone(ErrorCode::MessageTooLarge));
+                if first {
+                    self.control(src, h, PacketKind::ErrorReply, ErrorCode::MessageTooLarge.to_u16());
+                }
+                return None;
+            }
+            let s = self.sessions[slot].as_ref()?;
+            if s.cached_bytes >= self.config.session_cache_bytes
+                || self.cached_bytes >= self.config.total_cache_bytes
+            {
+                if first {
+                    self.control(src, h, PacketKind::Busy, BusyReason::ReplyCacheFull.to_u16());
+                }
+                return None;
+            }
+        } else if h.message_len as usize > self.config.max_message {
+            if first {
+                self.control(src, h, PacketKind::ErrorReply, ErrorCode::MessageTooLarge.to_u16());
+            }
+            return None;
+        }
+
+        let body = if h.frag_count == 1 {
+            Body::Borrowed(payload)
+        } else {
+            Body::Owned(self.reassemble(now, src, h, payload, idempotent)?)
+        };
+        let s = self.sessions[slot].as_ref()?;
+        if !idempotent {
+            let offset = (h.seq - s.acked - 1) as usize;
+            self.set_entry(slot, offset, Entry::Executing);
+        }
+        let s = self.sessions[slot].as_ref()?;
+        let ticket = Ticket {
+            dest: src,
+            session: s.id,
+            slot: slot as u32,
+            seq: h.seq,
+            client_id: h.client_id,
+            client_incarnation: h.client_incarnation,
+            interface: h.interface,
+            method: h.method,
+            idempotent,
+            max_datagram: s.max_datagram as u32,
+            max_message: s.max_message as u32,
+        };
+        let context = CallContext {
+            client_id: h.client_id,
+            client_incarnation: h.client_incarnation,
+            seq: h.seq,
+            session: s.id,
+            request_stamp: LamportStamp::new(h.lamport, h.client_id),
+            received_stamp: LamportStamp::new(self.clock.now(), self.node_id),
+            interface: h.interface,
+            method: h.method,
+            idempotent,
+        };
+        self.stats.executed += 1;
+        Some(IncomingCall { ticket, context, body })
+    }
+
+    fn set_entry(&mut self, slot: usize, offset: usize, entry: Entry) {
+        let Some(s) = self.sessions[slot].as_mut() else { return };
+        while s.entries.len() <= offset {
+            s.entries.push_back(Entry::Unseen);
+        }
+        if let Some(e) = s.entries.get_mut(offset) {
+            *e = entry;
+        }
+    }
+
+    /// Adds a request fragment; returns the body once complete.
+    fn reassemble(
+        &mut self,
+        now: Instant,
+        src: A,
+        h: &HeaderRepr,
+        payload: &[u8],
+        idempotent: bool,
+    ) -> Option<Vec<u8>> {
+        let index = self.reassemblies.iter().position(|p| p.session == h.session && p.seq == h.seq);
+        let index = match index {
+            Some(i) => i,
+            None => {
+                let len = h.message_len as usize;
+                if self.reassemblies.len() >= self.config.max_reassemblies
+                    || self.reassembly_bytes + len > self.config.reassembly_budget
+                {
+                    if h.frag_index == 0 {
+                        self.control(src, h, PacketKind::Busy, BusyReason::ReassemblyFull.to_u16());
+                    } else {
+                        self.stats.dropped.bad_fragment += 1;
+                    }
+                    return None;
+                }
+                let (buf, bits) = (self.big_buffers.take(), self.bitmaps.take());
+                let r = match Reassembly::start(h, buf, bits) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        self.stats.dropped.bad_fragment += 1;
+                        return None;
+                    }
+                };
+                self.reassembly_bytes += len;
+                self.reassemblies.push(InProgress {
+                    session: h.session,
+                    seq: h.seq,
+                    idempotent,
+                    last_activity: now,
+                    r,
+                });
+                self.reassemblies.len() - 1
+            }
+        };
+        let p = &mut self.reassemblies[index];
+        if p.idempotent != idempotent {
+            self.stats.dropped.bad_fragment += 1;
+            return None;
+        }
+        p.last_activity = now;
+        match p.r.add(h, payload) {
+            Ok(false) => None,
+            Ok(true) => {
+                let p = self.reassemblies.swap_remove(index);
+                self.reassembly_bytes -= p.r.message_len();
+                let (buf, bits) = p.r.into_parts();
+                self.bitmaps.give(bits);
+                Some(buf)
+            }
+            Err(_) => {
+                self.stats.dropped.bad_fragment += 1;
+                None
+            }
+        }
+    }
+
+    fn resend_cached(&mut self, slot: usize, offset: usize, dest: A) {
+        let Some(s) = self.sessions[slot].as_ref() else { return };
+        let seq = s.acked + 1 + offset as u64;
+        let Some(Entry::Done(c)) = s.entries.get(offset) else { return };
+        let Some(plan) = FragmentPlan::new(c.body.len(), s.max_datagram) else { return };
+        let header = HeaderRepr {
+            kind: c.kind,
+            flags: Flags::FROM_CACHE,
+            status: c.status,
+            client_id: s.client_id,
+            client_incarnation: s.client_incarnation,
+            interface: 0,
+            method: 0,
+            session: s.id,
+            seq,
+            ack: 0,
+            lamport: c.lamport,
+            frag_index: 0,
+            frag_count: plan.count(),
+            message_len: c.body.len() as u32,
+            payload_len: 0,
+        };
+        self.queue(Pending { dest, header, body: PendingBody::Cached { slot: slot as u32, next: 0 } });
+    }
+
+    /// Starts the reply to a call: `result` is the reply body's length, or the error to
+    /// report. Returns the datagrams to send, or `None` if nobody waits for the reply any more
+    /// (the client acknowledged the call, having given up on it).
+    pub fn begin_reply(
+        &mut self,
+        _now: Instant,
+        ticket: &Ticket<A>,
+        result: Result<usize, ErrorCode>,
+    ) -> Option<ReplyPlan<A>> {
+        if let Some(s) = self.live_session(ticket) {
+            if ticket.seq <= s.acked {
+                return None;
+            }
+        }
+        let limit = (ticket.max_message as usize).min(self.config.max_message);
+        let result = match result {
+            Ok(len) if len > limit => Err(ErrorCode::ReplyTooLarge),
+            r => r,
+        };
+        let (kind, status, len) = match result {
+            Ok(len) => (PacketKind::Reply, 0, len),
+            Err(code) => {
+                self.stats.errors += 1;
+                (PacketKind::ErrorReply, code.to_u16(), 0)
+            }
+        };
+        let plan = FragmentPlan::new(len, ticket.max_datagram as usize)?;
+        let flags = if ticket.idempotent { Flags::IDEMPOTENT } else { Flags::empty() };
+        let header = HeaderRepr {
+            kind,
+            flags,
+            status,
+            client_id: ticket.client_id,
+            client_incarnation: ticket.client_incarnation,
+            interface: ticket.interface,
+            method: ticket.method,
+            session: ticket.session,
+            seq: ticket.seq,
+            ack: 0,
+            lamport: self.clock.tick(),
+            frag_index: 0,
+            frag_count: plan.count(),
+            message_len: len as u32,
+            payload_len: 0,
+        };
+        Some(ReplyPlan { dest: ticket.dest, header, plan })
+    }
+
+    fn live_session(&self, ticket: &Ticket<A>) -> Option<&Session<A>> {
+        self.sessions.get(ticket.slot as usize)?.as_ref().filter(|s| s.id == ticket.session)
+    }
+
+    /// Ends a reply begun with [`Server::begin_reply`]: keeps the body (its segments, in
+    /// order) for retransmission, or a tombstone if it does not fit. Idempotent calls keep
+    /// nothing.
+    pub fn finish_reply<'b>(
+        &mut self,
+        ticket: &Ticket<A>,
+        plan: &ReplyPlan<A>,
+        body: impl IntoIterator<Item = &'b [u8]>,
+    ) {
+        if ticket.idempotent {
+            return;
+        }
+        let Some(s) = self.live_session(ticket) else { return };
+        if ticket.seq <= s.acked {
+            return;
+        }
+        let offset = (ticket.seq - s.acked - 1) as usize;
+        if !matches!(s.entries.get(offset), Some(Entry::Executing)) {
+            return;
+        }
+        let len = plan.body_len();
+        let fits = s.cached_bytes + len <= self.config.session_cache_bytes
+            && self.cached_bytes + len <= self.config.total_cache_bytes;
+        let slot = ticket.slot as usize;
+        if !fits {
+            self.stats.uncached_replies += 1;
+            self.set_entry(slot, offset, Entry::Gone(ErrorCode::ReplyUnavailable));
+            return;
+        }
+        let mut buf = self.buffers.take();
+        buf.reserve(len);
+        for seg in body {
+            let room = len - buf.len();
+            buf.extend_from_slice(&seg[..seg.len().min(room)]);
+        }
+        buf.resize(len, 0);
+        let cached =
+            Cached { kind: plan.header.kind, status: plan.header.status, lamport: plan.header.lamport, body: buf };
+        if let Some(s) = self.sessions[slot].as_mut() {
+            s.cached_bytes += len;
+        }
+        self.cached_bytes += len;
+        self.set_entry(slot, offset, Entry::Done(cached));
+    }
+
+    /// Abandons a call handed out by `handle_datagram` without replying (the driver could
+    /// not execute it). Duplicates will find it neither executing nor done, and execute it.
+    /// Only for calls that did not start executing.
+    pub fn abandon(&mut self, ticket: &Ticket<A>) {
+        let Some(s) = self.live_session(ticket) else { return };
+        if ticket.idempotent || ticket.seq <= s.acked {
+            return;
+        }
+        let offset = (ticket.seq - s.acked - 1) as usize;
+        if matches!(s.entries.get(offset), Some(Entry::Executing)) {
+            self.set_entry(ticket.slot as usize, offset, Entry::Unseen);
+        }
+    }
+
+    /// Gives back a reassembled request body's buffer for reuse.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.big_buffers.give(buf);
+    }
+
+    /// The next control datagram or cached reply to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Transmit<'_, A>> {
+        loop {
+            let p = *self.tx.front()?;
+            match p.body {
+                PendingBody::None => {
+                    self.tx.pop_front();
+                    return Some(Transmit { dest: p.dest, header: p.header.to_bytes(), body: &[] });
+                }
+                PendingBody::Welcome(body) => {
+                    self.tx.pop_front();
+                    self.scratch.copy_from_slice(body.as_bytes());
+                    return Some(Transmit { dest: p.dest, header: p.header.to_bytes(), body: &self.scratch });
+                }
+                PendingBody::Cached { slot, next } => {
+                    let Some((range, last)) = self.cached_fragment(&p, slot, next) else {
+                        self.tx.pop_front();
+                        continue;
+                    };
+                    if last {
+                        self.tx.pop_front();
+                    } else if let Some(front) = self.tx.front_mut() {
+                        front.body = PendingBody::Cached { slot, next: next + 1 };
+                    }
+                    let header = HeaderRepr {
+                        frag_index: next,
+                        payload_len: range.len() as u32,
+                        ..p.header
+                    };
+                    let body = self.cached_body(slot, p.header.seq)?;
+                    return Some(Transmit { dest: p.dest, header: header.to_bytes(), body: &body[range] });
+                }
+            }
+        }
+    }
+
+    /// Fragment `next` of a queued resend: its byte range and whether it is the last one.
+    /// `None` if the cached reply is gone.
+    fn cached_fragment(&self, p: &Pending<A>, slot: u32, next: u16) -> Option<(Range<usize>, bool)> {
+        let body = self.cached_body(slot, p.header.seq)?;
+        if self.sessions[slot as usize].as_ref()?.id != p.header.session {
+            return None;
+        }
+        let chunk = FragmentPlan::new(body.len(), self.sessions[slot as usize].as_ref()?.max_datagram)?;
+        if next >= chunk.count() || chunk.count() != p.header.frag_count {
+            return None;
+        }
+        Some((chunk.range(next), next + 1 == chunk.count()))
+    }
+
+    fn cached_body(&self, slot: u32, seq: u64) -> Option<&[u8]> {
+        let s = self.sessions.get(slot as usize)?.as_ref()?;
+        let offset = usize::try_from(seq.checked_sub(s.acked + 1)?).ok()?;
+        match s.entries.get(offset)? {
+            Entry::Done(c) => Some(&c.body),
+            _ => None,
+        }
+    }
+
+    /// When [`Server::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.session_count == 0 && self.reassemblies.is_empty() {
+            return None;
+        }
+        self.next_sweep
+    }
+
+    /// Drops idle reassemblies and closes idle sessions.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(at) = self.next_sweep else { return };
+        if now < at {
+            return;
+        }
+        self.next_sweep = Some(now + self.sweep_interval());
+        let mut i = 0;
+        while i < self.reassemblies.len() {
+            if now.saturating_duration_since(self.reassemblies[i].last_activity)
+                >= self.config.reassembly_timeout
+            {
+                let p = self.reassemblies.swap_remove(i);
+                self.drop_reassembly(p);
+                self.stats.reassemblies_expired += 1;
+            } else {
+                i += 1;
+            }
+        }
+        for slot in 0..self.sessions.len() {
+            let idle = self.sessions[slot].as_ref().is_some_and(|s| {
+                now.saturating_duration_since(s.last_used) >= self.config.session_idle_timeout
+            });
+            if idle {
+                self.close_session(slot);
+                self.stats.sessions_expired += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,73 @@
+//! Wire format: the packet header, checked views, validated representations, fragments.
+//!
+//! Nothing here allocates, panics on any input, or reads outside the buffer it is given.
+
+mod frag;
+mod header;
+mod packet;
+
+pub use frag::{FragmentPlan, Reassembly, ReassemblyError};
+pub use header::{
+    BusyReason, ErrorCode, Flags, HEADER_LEN, HELLO_BODY_LEN, Header, HelloBody, MAGIC,
+    MAX_LAMPORT, PacketKind, VERSION, WELCOME_BODY_LEN, WelcomeBody,
+};
+pub use packet::{HeaderRepr, Packet, PacketRepr, read_body};
+
+/// Why a datagram was refused. Small and `Copy`, so dropping a packet costs nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// Shorter than a header.
+    #[error("datagram shorter than the header")]
+    Truncated,
+    /// The magic bytes are wrong: not a packet of this protocol.
+    #[error("bad magic")]
+    BadMagic,
+    /// A protocol version this crate does not speak.
+    #[error("unsupported protocol version {0}")]
+    UnsupportedVersion(u8),
+    /// An unknown packet kind.
+    #[error("unknown packet kind {0}")]
+    UnknownKind(u8),
+    /// Flag bits that are unknown or not allowed on this packet kind.
+    #[error("unknown or misplaced flags")]
+    UnknownFlags,
+    /// The length fields disagree with each other or with the datagram.
+    #[error("length fields disagree")]
+    LengthMismatch,
+    /// Fragment index and count are inconsistent.
+    #[error("bad fragment index or count")]
+    BadFragment,
+    /// A status code where none belongs, or none where one must be.
+    #[error("bad status")]
+    BadStatus,
+    /// A session id where none belongs, or none where one must be.
+    #[error("bad session id")]
+    BadSession,
+    /// A Lamport timestamp too large to accept.
+    #[error("lamport timestamp out of range")]
+    BadTimestamp,
+    /// The output buffer is too small (emit only).
+    #[error("buffer too small")]
+    BufferTooSmall,
+}
+
+/// Counters of datagrams dropped, by cause. Every drop is counted exactly once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropCounters {
+    /// Failed [`PacketRepr::parse`].
+    pub malformed: u64,
+    /// Well-formed, but of a kind this side never receives, or addressed to another client.
+    pub misdirected: u64,
+    /// Fragments inconsistent with the other fragments of their message.
+    pub bad_fragment: u64,
+    /// For a call that already ended or is unknown (late or duplicate replies, old requests).
+    pub stale: u64,
+}
+
+impl DropCounters {
+    /// Sum of all causes.
+    pub fn total(&self) -> u64 {
+        self.malformed + self.misdirected + self.bad_fragment + self.stale
+    }
+}

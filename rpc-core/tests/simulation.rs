@@ -1,0 +1,47 @@
+//! The deterministic simulation over many seeds (see `rpc_core::sim` for what it checks).
+//!
+//! - `RPC_SIM_SEEDS=n` runs `n` seeds (default 100); `RPC_SIM_SEED_START=k` starts at `k`.
+//! - `RPC_SIM_SEED=s` replays one seed and prints its report.
+
+use rpc_core::sim::{self, SimConfig, SimReport};
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name} must be a number")))
+}
+
+#[test]
+fn simulation_over_many_seeds() {
+    let (start, count) = match env_u64("RPC_SIM_SEED") {
+        Some(seed) => (seed, 1),
+        None => (env_u64("RPC_SIM_SEED_START").unwrap_or(0), env_u64("RPC_SIM_SEEDS").unwrap_or(100)),
+    };
+    let mut total = SimReport::default();
+    for seed in start..start + count {
+        match sim::run(&SimConfig::for_seed(seed)) {
+            Ok(report) => total.merge(&report),
+            Err(failure) => panic!("{failure}"),
+        }
+    }
+    println!("{total}");
+    assert_eq!(total.seeds, count);
+    // Most calls get their reply, and the faults the seeds inject were really exercised.
+    assert!(total.succeeded * 10 > total.calls * 8, "too few calls succeeded:\n{total}");
+    if count >= 20 {
+        assert!(total.lost > 0 && total.duplicated > 0 && total.reordered > 0, "{total}");
+        assert!(total.retransmissions > 0, "{total}");
+        assert!(total.answered_from_cache > 0, "{total}");
+        assert!(total.dropped_executing > 0, "{total}");
+        assert!(total.server_restarts > 0 && total.client_restarts > 0, "{total}");
+        assert!(total.outcome_unknown > 0, "{total}");
+        assert!(total.mismatched > 0, "{total}");
+    }
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    let cfg = SimConfig::for_seed(4242);
+    let a = sim::run(&cfg).unwrap();
+    let b = sim::run(&cfg).unwrap();
+    assert_eq!(a, b);
+    assert!(a.calls > 0);
+}
