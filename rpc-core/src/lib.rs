@@ -18,9 +18,11 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod marshal;
 mod pool;
 pub mod rtt;
 pub mod server;
+pub mod service;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod wire;
@@ -29,3 +31,10 @@ pub use body::Body;
 pub use clock::{LamportClock, LamportStamp};
 pub use config::{ClientConfig, ConfigError, ServerConfig};
 pub use error::{CallError, DecodeError, RemoteError};
+
+/// Items the generated code names; not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use std::vec::Vec;
+    pub use zerocopy;
+}

@@ -24,9 +24,10 @@ fn simulation_over_many_seeds() {
     }
     println!("{total}");
     assert_eq!(total.seeds, count);
-    // Most calls get their reply, and the faults the seeds inject were really exercised.
-    assert!(total.succeeded * 10 > total.calls * 8, "too few calls succeeded:\n{total}");
+    // Over many seeds, most calls get their reply and every fault was really exercised. (A
+    // single seed may have limits so tight that most of its calls fail, correctly.)
     if count >= 20 {
+        assert!(total.succeeded * 10 > total.calls * 8, "too few calls succeeded:\n{total}");
         assert!(total.lost > 0 && total.duplicated > 0 && total.reordered > 0, "{total}");
         assert!(total.retransmissions > 0, "{total}");
         assert!(total.answered_from_cache > 0, "{total}");

@@ -20,6 +20,10 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt;
 use std::time::{Duration, Instant};
 
+mod net;
+
+pub use net::{NetFaults, SimNet};
+
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -607,7 +611,8 @@ impl Sim {
     fn deliver_to_client(&mut self, to: u32, bytes: &[u8]) -> Result<(), SimFailure> {
         let index = (to - 1) as usize;
         let now = self.now;
-        let Some(resp) = self.clients[index].core.handle_datagram(now, bytes) else { return Ok(()) };
+        let response = self.clients[index].core.handle_datagram(now, bytes);
+        let Some(resp) = response else { return self.client_events(index) };
         if resp.reply_stamp.time <= resp.request_stamp.time {
             return Err(self.fail(format!(
                 "reply stamp {} does not exceed request stamp {}",
@@ -624,7 +629,7 @@ impl Sim {
             }
             Err(e) => self.end_call(index, seq, Err(e))?,
         }
-        Ok(())
+        self.client_events(index)
     }
 
     fn client_events(&mut self, index: usize) -> Result<(), SimFailure> {
@@ -729,7 +734,25 @@ impl Sim {
                 break;
             }
             let Some(next) = self.next_time() else {
-                return Err(self.fail("nothing left to happen, yet calls are unfinished"));
+                let state: Vec<String> = self
+                    .clients
+                    .iter_mut()
+                    .map(|c| {
+                        format!(
+                            "client {}: {} calls open, {} in flight, started {}, timeout {:?}, session {:?}",
+                            c.addr,
+                            c.calls.len(),
+                            c.core.in_flight(),
+                            c.started,
+                            c.core.poll_timeout(),
+                            c.core.session()
+                        )
+                    })
+                    .collect();
+                return Err(self.fail(format!(
+                    "nothing left to happen, yet calls are unfinished: {}",
+                    state.join("; ")
+                )));
             };
             self.now = self.now.max(next);
             let now = self.now;
