@@ -1,0 +1,2 @@
+//! Procedural macros of the RPC framework. Use them through `rpc_core`, which re-exports them.
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! Transports that drive the `rpc-core` state machines over real I/O.
