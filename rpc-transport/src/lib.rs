@@ -1,1 +1,17 @@
 //! Transports that drive the `rpc-core` state machines over real I/O.
+//!
+//! - [`udp`]: kernel UDP sockets. The client busy-polls (or spins then parks, or blocks), sends
+//!   each datagram with one gather `sendmsg` from the caller's own memory, and multiplexes the
+//!   calls of many threads over one session. The server runs short handlers to completion on
+//!   its receiving threads and blocking ones on a worker pool.
+//! - [`proxy`]: a fault-injecting UDP proxy (loss, duplication, reordering, delay) for tests and
+//!   demos, since this kernel has no netem.
+//!
+//! This crate is the only one with I/O, threads and clocks; the protocol lives in `rpc-core`.
+
+pub mod poll;
+pub mod proxy;
+mod sock;
+pub mod udp;
+
+pub use poll::PollStrategy;

@@ -320,6 +320,11 @@ impl Client {
         }
     }
 
+    /// The id of the call with sequence number `seq`, if it is in flight.
+    pub fn call_id(&self, seq: u64) -> Option<CallId> {
+        self.call(seq).map(|_| CallId(seq))
+    }
+
     /// Calls started and not yet ended.
     pub fn in_flight(&self) -> usize {
         self.in_flight

@@ -972,6 +972,31 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         }
     }
 
+    /// Refuses a call handed out by `handle_datagram` without executing it: the client is told
+    /// the server is busy and retries later (the worker queue was full, say).
+    pub fn refuse(&mut self, ticket: &Ticket<A>, reason: BusyReason) {
+        self.abandon(ticket);
+        self.stats.executed = self.stats.executed.saturating_sub(1);
+        let header = HeaderRepr {
+            kind: PacketKind::Busy,
+            flags: Flags::empty(),
+            status: reason.to_u16(),
+            client_id: ticket.client_id,
+            client_incarnation: ticket.client_incarnation,
+            interface: ticket.interface,
+            method: ticket.method,
+            session: ticket.session,
+            seq: ticket.seq,
+            ack: 0,
+            lamport: 0,
+            frag_index: 0,
+            frag_count: 1,
+            message_len: 0,
+            payload_len: 0,
+        };
+        self.control(ticket.dest, &header, PacketKind::Busy, reason.to_u16());
+    }
+
     /// Gives back a reassembled request body's buffer for reuse.
     pub fn recycle(&mut self, buf: Vec<u8>) {
         self.big_buffers.give(buf);

@@ -1,0 +1,625 @@
+//! The UDP client: one session with one server, shared by every thread that holds a clone.
+//!
+//! # Threads
+//!
+//! Each call is made by a thread that waits for its reply; the caller's arguments stay in its
+//! own memory (the shared descriptor) and only that thread ever sends its call's datagrams,
+//! with one gather `sendmsg` each. Among the waiting threads, one at a time is the *leader*:
+//! it receives from the socket, feeds the protocol state machine, and runs its timers. A
+//! reply for another thread's call is handed over by moving the receive buffer (no copy) and
+//! signalling that thread's slot; the others (*followers*) spin on their slot, or park, as the
+//! poll strategy says. When the leader's own call ends it hands leadership on. With a single
+//! calling thread, that thread is always the leader: send, spin on `recv`, decode in place.
+//!
+//! # Allocation
+//!
+//! None per call in steady state: receive buffers are pooled, the call table and signal slots
+//! are allocated when the client connects.
+
+use std::io::{self, IoSlice};
+use std::net::{SocketAddr, UdpSocket};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+use rpc_core::client::{Body, CallId, CallRequest, Client, ClientStats, Event, Payload, Transmit};
+use rpc_core::marshal::{Encoder, MAX_SEGMENTS};
+use rpc_core::service::{CallOptions, MethodDesc, Reply, Transport};
+use rpc_core::wire::HEADER_LEN;
+use rpc_core::{CallError, ClientConfig, DecodeError, LamportStamp};
+use socket2::SockRef;
+
+use crate::poll::{PollStrategy, wait_readable};
+use crate::sock::{bind_udp, transient};
+
+/// Configuration of a [`UdpClient`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UdpClientConfig {
+    /// Protocol settings: datagram and message sizes, calls in flight, retransmission timeouts
+    /// and the default deadline.
+    pub protocol: ClientConfig,
+    /// How waiting threads wait.
+    pub poll: PollStrategy,
+    /// How long [`UdpClient::connect`] waits for the server to open a session.
+    pub connect_timeout: Duration,
+    /// Kernel send and receive buffer size to ask for, in bytes.
+    pub socket_buffer: usize,
+}
+
+impl Default for UdpClientConfig {
+    fn default() -> Self {
+        Self {
+            protocol: ClientConfig::default(),
+            poll: PollStrategy::default(),
+            connect_timeout: Duration::from_secs(2),
+            socket_buffer: 4 << 20,
+        }
+    }
+}
+
+impl UdpClientConfig {
+    /// Settings for loopback: 64 KiB datagrams.
+    pub fn loopback() -> Self {
+        let mut c = Self::default();
+        c.protocol.max_datagram = rpc_core::config::MAX_UDP_PAYLOAD;
+        c
+    }
+
+    /// With this poll strategy.
+    pub fn poll(mut self, poll: PollStrategy) -> Self {
+        self.poll = poll;
+        self
+    }
+}
+
+/// A client connected to one server. Clone it freely: clones share the session, and any
+/// number of threads may call through it at once.
+#[derive(Clone, Debug)]
+pub struct UdpClient {
+    inner: Arc<Inner>,
+}
+
+/// A slot's signal: `seq << 2 | flags`, written under the state lock, read without it.
+const DONE: u64 = 1;
+const TRANSMIT: u64 = 2;
+
+#[derive(Debug)]
+struct Inner {
+    socket: UdpSocket,
+    server: SocketAddr,
+    poll: PollStrategy,
+    window: usize,
+    buffer_len: usize,
+    state: Mutex<State>,
+    leader: AtomicBool,
+    signals: Box<[CachePadded<AtomicU64>]>,
+    /// Earliest protocol timer, in nanoseconds since `epoch`; `u64::MAX` if none.
+    next_timer: AtomicU64,
+    epoch: Instant,
+    io_errors: AtomicU64,
+}
+
+#[derive(Debug)]
+struct State {
+    core: Client,
+    waiters: Vec<Option<Waiter>>,
+    waiting: usize,
+    buffers: Vec<Vec<u8>>,
+    sessions_seen: u64,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    seq: u64,
+    thread: Thread,
+    outcome: Option<Outcome>,
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Reply { buf: Vec<u8>, body: Range<usize>, request_stamp: LamportStamp, reply_stamp: LamportStamp },
+    Failed(CallError),
+}
+
+/// Datagrams sent per lock acquisition when a call has many fragments.
+const BATCH: usize = 32;
+
+impl UdpClient {
+    /// Connects to `server`: opens a socket, and opens a session with the server (waiting up
+    /// to the configured connect timeout).
+    pub fn connect(server: SocketAddr, config: UdpClientConfig) -> io::Result<Self> {
+        let local: SocketAddr = if server.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+        let socket = bind_udp(local, false, config.socket_buffer)?;
+        socket.connect(server)?;
+        let client_id = getrandom::u64().map_err(io::Error::other)?;
+        let incarnation = getrandom::u32().map_err(io::Error::other)?;
+        let window = config.protocol.window;
+        let buffer_len = config.protocol.max_datagram;
+        let core = Client::new(config.protocol, client_id, incarnation)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let inner = Inner {
+            socket,
+            server,
+            poll: config.poll,
+            window,
+            buffer_len,
+            state: Mutex::new(State {
+                core,
+                waiters: (0..window).map(|_| None).collect(),
+                waiting: 0,
+                buffers: Vec::new(),
+                sessions_seen: 0,
+            }),
+            leader: AtomicBool::new(false),
+            signals: (0..window).map(|_| CachePadded::new(AtomicU64::new(0))).collect(),
+            next_timer: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
+            io_errors: AtomicU64::new(0),
+        };
+        inner.handshake(config.connect_timeout)?;
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// The server's address.
+    pub fn server(&self) -> SocketAddr {
+        self.inner.server
+    }
+
+    /// This client's local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.socket.local_addr()
+    }
+
+    /// Protocol counters.
+    pub fn stats(&self) -> ClientStats {
+        *self.inner.lock().core.stats()
+    }
+
+    /// The smoothed round-trip time, once measured.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.inner.lock().core.rtt().srtt()
+    }
+
+    /// Socket errors seen (and survived) so far.
+    pub fn io_errors(&self) -> u64 {
+        self.inner.io_errors.load(Ordering::Relaxed)
+    }
+}
+
+/// Sends one datagram: the header, then the payload's bytes, in one gather `sendmsg`.
+fn send_transmit(socket: &UdpSocket, t: &Transmit, request: Option<&Encoder<'_>>) -> io::Result<()> {
+    let mut iov = [IoSlice::new(&[]); MAX_SEGMENTS + 1];
+    iov[0] = IoSlice::new(&t.header);
+    let n = match t.payload {
+        Payload::None => 0,
+        Payload::Inline => {
+            iov[1] = IoSlice::new(t.inline());
+            1
+        }
+        Payload::Call { offset, len, .. } => match request {
+            Some(r) => r.gather(offset..offset + len, &mut iov[1..]),
+            None => 0,
+        },
+    };
+    SockRef::from(socket).send_vectored(&iov[..=n]).map(|_| ())
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the state machine consistent (every method
+        // of `Client` is transactional on its own); keep going.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn slot(&self, seq: u64) -> usize {
+        (seq % self.window as u64) as usize
+    }
+
+    fn store_timer(&self, core: &mut Client) {
+        let t = core.poll_timeout().map_or(u64::MAX, |t| t.saturating_duration_since(self.epoch).as_nanos() as u64);
+        self.next_timer.store(t, Ordering::Release);
+    }
+
+    fn timer_due(&self, now: Instant) -> bool {
+        let t = self.next_timer.load(Ordering::Acquire);
+        t != u64::MAX && now.saturating_duration_since(self.epoch).as_nanos() as u64 >= t
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let t = self.next_timer.load(Ordering::Acquire);
+        (t != u64::MAX).then(|| self.epoch + Duration::from_nanos(t))
+    }
+
+    fn send(&self, t: &Transmit, request: Option<&Encoder<'_>>) {
+        if let Err(e) = send_transmit(&self.socket, t, request) {
+            // A lost datagram: the protocol's retransmission recovers it.
+            if !transient(&e) {
+                tracing::warn!(error = %e, "udp client send failed");
+            }
+            self.io_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn handshake(&self, timeout: Duration) -> io::Result<()> {
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let mut buf = vec![0u8; self.buffer_len];
+        {
+            let mut st = self.lock();
+            st.core.connect(start);
+        }
+        loop {
+            let now = Instant::now();
+            {
+                let mut st = self.lock();
+                if st.core.session().is_some() {
+                    st.sessions_seen = st.core.stats().sessions_opened;
+                    self.store_timer(&mut st.core);
+                    return Ok(());
+                }
+                if st.core.poll_timeout().is_some_and(|t| t <= now) {
+                    st.core.handle_timeout(now);
+                }
+                while let Some(t) = st.core.poll_transmit(now) {
+                    self.send(&t, None);
+                }
+            }
+            if now >= deadline {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "no session: the server did not answer"));
+            }
+            let wake = self.lock().core.poll_timeout().map_or(deadline, |t| t.min(deadline));
+            if wait_readable(&self.socket, Some(wake), Duration::from_millis(50))? {
+                match self.socket.recv(&mut buf) {
+                    Ok(n) => {
+                        let mut st = self.lock();
+                        let _ = st.core.handle_datagram(Instant::now(), &buf[..n]);
+                        while st.core.poll_event().is_some() {}
+                    }
+                    Err(e) if transient(&e) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// Sends every datagram `call` has waiting (and a handshake, if one is due).
+    fn flush_own(&self, call: CallId, request: &Encoder<'_>) {
+        loop {
+            let mut batch: [Option<Transmit>; BATCH] = [None; BATCH];
+            let mut n = 0;
+            {
+                let mut st = self.lock();
+                let now = Instant::now();
+                while n < BATCH {
+                    match st.core.poll_transmit_for(now, call) {
+                        Some(t) => {
+                            batch[n] = Some(t);
+                            n += 1;
+                        }
+                        None => break,
+                    }
+                }
+                self.store_timer(&mut st.core);
+            }
+            for t in batch.iter().take(n).flatten() {
+                self.send(t, Some(request));
+            }
+            if n < BATCH {
+                return;
+            }
+        }
+    }
+
+    /// Gives `outcome` to the waiter of `seq` (if it still waits) and wakes it.
+    fn deliver(&self, st: &mut State, seq: u64, outcome: Outcome) {
+        let slot = self.slot(seq);
+        match st.waiters[slot].as_mut() {
+            Some(w) if w.seq == seq => {
+                w.outcome = Some(outcome);
+                self.signals[slot].store(seq << 2 | DONE, Ordering::Release);
+                w.thread.unpark();
+            }
+            _ => {
+                if let Outcome::Reply { buf, .. } = outcome {
+                    st.buffers.push(buf);
+                }
+            }
+        }
+    }
+
+    /// Routes failures to their waiters; returns this thread's own failure, if any.
+    fn route_events(&self, st: &mut State, me: CallId) -> Option<CallError> {
+        let mut mine = None;
+        while let Some(ev) = st.core.poll_event() {
+            if let Event::CallFailed { call, error } = ev {
+                if call == me {
+                    mine = Some(error);
+                } else {
+                    self.deliver(st, call.seq(), Outcome::Failed(error));
+                }
+            }
+        }
+        mine
+    }
+
+    /// Tells the other waiters whose calls have datagrams to send (after timers fired or a
+    /// session opened) to send them.
+    fn notify_transmits(&self, st: &mut State, me: CallId) {
+        if st.waiting <= 1 {
+            return;
+        }
+        for (slot, w) in st.waiters.iter().enumerate() {
+            let Some(w) = w else { continue };
+            if w.seq == me.seq() {
+                continue;
+            }
+            if let Some(id) = st.core.call_id(w.seq) {
+                if st.core.wants_transmit(id) {
+                    let sig = &self.signals[slot];
+                    sig.store(sig.load(Ordering::Relaxed) | TRANSMIT, Ordering::Release);
+                    w.thread.unpark();
+                }
+            }
+        }
+    }
+
+    /// After the state machine ran: route what it produced. Returns this thread's failure.
+    fn after_core(&self, st: &mut State, me: CallId, force_scan: bool) -> Option<CallError> {
+        let mine = self.route_events(st, me);
+        let opened = st.core.stats().sessions_opened;
+        if force_scan || opened != st.sessions_seen {
+            st.sessions_seen = opened;
+            self.notify_transmits(st, me);
+        }
+        self.store_timer(&mut st.core);
+        mine
+    }
+}
+
+/// The end of this thread's call as seen by the leader.
+enum Own {
+    Reply { body: OwnBody, request_stamp: LamportStamp, reply_stamp: LamportStamp },
+    Failed(CallError),
+}
+
+enum OwnBody {
+    /// In this thread's receive buffer.
+    InBuffer(Range<usize>),
+    /// Reassembled.
+    Owned(Vec<u8>),
+    /// Handed over by the leader with its buffer.
+    Handed(Vec<u8>, Range<usize>),
+}
+
+impl Inner {
+    /// Processes one received datagram as the leader.
+    fn on_datagram(&self, me: CallId, buf: &mut Vec<u8>, n: usize) -> Option<Own> {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let got = st.core.handle_datagram(now, &buf[..n]).map(|r| {
+            let result = r.result.map(|b| match b {
+                Body::Borrowed(_) => OwnBody::InBuffer(HEADER_LEN..n),
+                Body::Owned(v) => OwnBody::Owned(v),
+            });
+            (r.call, result, r.request_stamp, r.reply_stamp)
+        });
+        let mut own = None;
+        if let Some((call, result, request_stamp, reply_stamp)) = got {
+            if call == me {
+                own = Some(match result {
+                    Ok(body) => Own::Reply { body, request_stamp, reply_stamp },
+                    Err(e) => Own::Failed(e),
+                });
+            } else {
+                let outcome = match result {
+                    Ok(OwnBody::InBuffer(range)) => {
+                        let spare = st.buffers.pop().unwrap_or_else(|| vec![0; self.buffer_len]);
+                        let full = std::mem::replace(buf, spare);
+                        Outcome::Reply { buf: full, body: range, request_stamp, reply_stamp }
+                    }
+                    Ok(OwnBody::Owned(v) | OwnBody::Handed(v, _)) => {
+                        let len = v.len();
+                        Outcome::Reply { buf: v, body: 0..len, request_stamp, reply_stamp }
+                    }
+                    Err(e) => Outcome::Failed(e),
+                };
+                self.deliver(&mut st, call.seq(), outcome);
+            }
+        }
+        if let Some(e) = self.after_core(&mut st, me, false) {
+            own.get_or_insert(Own::Failed(e));
+        }
+        own
+    }
+
+    /// Runs due timers as the leader.
+    fn on_timers(&self, me: CallId) -> Option<Own> {
+        let mut st = self.lock();
+        let now = Instant::now();
+        if st.core.poll_timeout().is_some_and(|t| t <= now) {
+            st.core.handle_timeout(now);
+        }
+        self.after_core(&mut st, me, true).map(Own::Failed)
+    }
+
+    /// Takes the outcome a leader delivered to this thread's slot.
+    fn take_delivered(&self, me: CallId) -> Option<Own> {
+        let slot = self.slot(me.seq());
+        let mut st = self.lock();
+        let w = st.waiters[slot].as_mut().filter(|w| w.seq == me.seq())?;
+        Some(match w.outcome.take()? {
+            Outcome::Reply { buf, body, request_stamp, reply_stamp } => {
+                Own::Reply { body: OwnBody::Handed(buf, body), request_stamp, reply_stamp }
+            }
+            Outcome::Failed(e) => Own::Failed(e),
+        })
+    }
+
+    /// Waits for the end of `me`, as leader or follower. Sets `leading` when this thread
+    /// became the leader (it must hand leadership on when the call ends).
+    fn wait(&self, me: CallId, request: &Encoder<'_>, buf: &mut Vec<u8>, leading: &mut bool) -> Own {
+        let slot = self.slot(me.seq());
+        let mut idle_since = Instant::now();
+        loop {
+            let sig = self.signals[slot].load(Ordering::Acquire);
+            if sig >> 2 == me.seq() {
+                if sig & DONE != 0 {
+                    if let Some(own) = self.take_delivered(me) {
+                        return own;
+                    }
+                }
+                if sig & TRANSMIT != 0 {
+                    self.signals[slot].store(me.seq() << 2 | (sig & DONE), Ordering::Release);
+                    self.flush_own(me, request);
+                }
+            }
+            if !*leading {
+                *leading = !self.leader.load(Ordering::Relaxed)
+                    && self.leader.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok();
+            }
+            if !*leading {
+                // Follower: the leader signals and unparks us.
+                let now = Instant::now();
+                if self.poll.should_block(idle_since, now) {
+                    thread::park_timeout(Duration::from_millis(5));
+                } else {
+                    std::hint::spin_loop();
+                }
+                continue;
+            }
+            match self.socket.recv(buf) {
+                Ok(n) => {
+                    idle_since = Instant::now();
+                    if let Some(own) = self.on_datagram(me, buf, n) {
+                        return own;
+                    }
+                    if self.signals[slot].load(Ordering::Acquire) & TRANSMIT != 0 {
+                        continue;
+                    }
+                    self.flush_if_wanted(me, request);
+                }
+                Err(e) if transient(&e) => {
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        self.io_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let now = Instant::now();
+                    if self.timer_due(now) {
+                        if let Some(own) = self.on_timers(me) {
+                            return own;
+                        }
+                        self.flush_if_wanted(me, request);
+                    }
+                    if self.poll.should_block(idle_since, now) {
+                        let woke = wait_readable(&self.socket, self.next_deadline(), Duration::from_millis(50));
+                        if !matches!(woke, Ok(false)) {
+                            idle_since = Instant::now();
+                        }
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "udp client receive failed");
+                    self.io_errors.fetch_add(1, Ordering::Relaxed);
+                    return Own::Failed(CallError::Io(e.kind()));
+                }
+            }
+        }
+    }
+
+    fn flush_if_wanted(&self, me: CallId, request: &Encoder<'_>) {
+        let wants = self.lock().core.wants_transmit(me);
+        if wants {
+            self.flush_own(me, request);
+        }
+    }
+
+    /// Ends a call: forgets the waiter, hands leadership on, recycles buffers.
+    fn finish(&self, me: CallId, buf: Vec<u8>, extra: Option<Vec<u8>>, leading: bool) {
+        let slot = self.slot(me.seq());
+        let mut st = self.lock();
+        st.core.cancel(me);
+        if st.waiters[slot].as_ref().is_some_and(|w| w.seq == me.seq()) {
+            st.waiters[slot] = None;
+            st.waiting -= 1;
+        }
+        st.buffers.push(buf);
+        if let Some(v) = extra {
+            if v.capacity() >= self.buffer_len && st.buffers.len() < 2 * self.window {
+                st.buffers.push(v);
+            } else {
+                st.core.recycle(v);
+            }
+        }
+        if leading {
+            self.leader.store(false, Ordering::Release);
+            // Someone must receive for the calls still waiting.
+            if let Some(w) = st.waiters.iter().flatten().next() {
+                w.thread.unpark();
+            }
+        }
+    }
+}
+
+impl Transport for UdpClient {
+    fn call<R>(
+        &self,
+        method: &'static MethodDesc,
+        options: &CallOptions,
+        request: &Encoder<'_>,
+        decode: impl FnOnce(&[u8]) -> Result<R, DecodeError>,
+    ) -> Result<Reply<R>, CallError> {
+        let inner = &*self.inner;
+        let now = Instant::now();
+        let req = CallRequest {
+            interface: method.interface,
+            method: method.id,
+            len: request.len(),
+            idempotent: method.idempotent,
+            deadline: options.timeout.map(|t| now + t),
+        };
+        let (me, mut buf) = {
+            let mut st = inner.lock();
+            let me = loop {
+                match st.core.start_call(Instant::now(), req) {
+                    Ok(id) => break id,
+                    Err(CallError::WindowFull) => {
+                        // Every slot is taken: wait for a call to end.
+                        drop(st);
+                        thread::yield_now();
+                        st = inner.lock();
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            let slot = inner.slot(me.seq());
+            st.waiters[slot] = Some(Waiter { seq: me.seq(), thread: thread::current(), outcome: None });
+            st.waiting += 1;
+            inner.signals[slot].store(me.seq() << 2, Ordering::Release);
+            let buf = st.buffers.pop().unwrap_or_else(|| vec![0; inner.buffer_len]);
+            (me, buf)
+        };
+        inner.flush_own(me, request);
+        let mut leading = false;
+        let own = inner.wait(me, request, &mut buf, &mut leading);
+        let (result, extra) = match own {
+            Own::Failed(e) => (Err(e), None),
+            Own::Reply { body, request_stamp, reply_stamp } => {
+                let reply = |value| Reply { value, request_stamp, reply_stamp };
+                match body {
+                    OwnBody::InBuffer(range) => (decode(&buf[range]).map(reply).map_err(CallError::BadReply), None),
+                    OwnBody::Owned(v) => (decode(&v).map(reply).map_err(CallError::BadReply), Some(v)),
+                    OwnBody::Handed(v, range) => {
+                        (decode(&v[range]).map(reply).map_err(CallError::BadReply), Some(v))
+                    }
+                }
+            }
+        };
+        inner.finish(me, buf, extra, leading);
+        result
+    }
+}

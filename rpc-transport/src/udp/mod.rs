@@ -1,0 +1,7 @@
+//! Kernel UDP transport: [`UdpClient`] and [`UdpServer`].
+
+mod client;
+mod server;
+
+pub use client::{UdpClient, UdpClientConfig};
+pub use server::{ServerCounters, ServerHandle, UdpServer, UdpServerConfig};

@@ -1,0 +1,507 @@
+//! The UDP server.
+//!
+//! ```text
+//!   receive thread (one per socket; sockets share the port through SO_REUSEPORT)
+//!     recv_from ─▶ protocol state ─▶ new call? ─┬─ short handler: decode in place, run, reply
+//!                  (sessions, reply cache)      └─ blocking handler: hand the buffer to the pool
+//!   worker pool (created at start) ─▶ run ─▶ reply
+//! ```
+//!
+//! Each receive thread owns one socket and one protocol state machine: the kernel hashes a
+//! client's address to one socket, so a session always lives on one thread and receive
+//! threads share nothing. A short handler runs to completion on the receiving thread: the
+//! call costs no hand-off, its arguments are decoded from the receive buffer in place, and the
+//! reply leaves with one gather `sendmsg` from the return value's own memory before a copy is
+//! kept in the retransmit buffer. Handlers marked blocking go to a pool of worker threads
+//! created at start, so they never stall receiving; their request buffer moves with them.
+
+use std::io::{self, IoSlice};
+use std::net::{SocketAddr, UdpSocket};
+use std::ops::Range;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver as JobReceiver, Sender as JobSender, TrySendError};
+use rand::SeedableRng;
+use rpc_core::marshal::{Encoder, MAX_SEGMENTS};
+use rpc_core::server::{Body, CallContext, Server, Ticket};
+use rpc_core::service::{Dispatch, ReplySink};
+use rpc_core::wire::{BusyReason, ErrorCode, HEADER_LEN};
+use rpc_core::ServerConfig;
+use socket2::{SockAddr, SockRef};
+
+use crate::poll::{PollStrategy, wait_readable};
+use crate::sock::{bind_udp, transient};
+
+/// Configuration of a [`UdpServer`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UdpServerConfig {
+    /// Protocol settings: sizes, session and cache bounds, timeouts.
+    pub protocol: ServerConfig,
+    /// How receive threads wait.
+    pub poll: PollStrategy,
+    /// Receive threads, each with its own socket on the same port (SO_REUSEPORT). Default 1.
+    pub receivers: usize,
+    /// Worker threads for blocking handlers, created at start. Default 2.
+    pub workers: usize,
+    /// Calls waiting for a worker; beyond this the server answers busy. Default 1024.
+    pub worker_queue: usize,
+    /// Kernel send and receive buffer size to ask for, in bytes.
+    pub socket_buffer: usize,
+}
+
+impl Default for UdpServerConfig {
+    fn default() -> Self {
+        Self {
+            protocol: ServerConfig::default(),
+            poll: PollStrategy::default(),
+            receivers: 1,
+            workers: 2,
+            worker_queue: 1024,
+            socket_buffer: 8 << 20,
+        }
+    }
+}
+
+impl UdpServerConfig {
+    /// Settings for loopback: 64 KiB datagrams.
+    pub fn loopback() -> Self {
+        let mut c = Self::default();
+        c.protocol.max_datagram = rpc_core::config::MAX_UDP_PAYLOAD;
+        c
+    }
+
+    /// With this poll strategy.
+    pub fn poll(mut self, poll: PollStrategy) -> Self {
+        self.poll = poll;
+        self
+    }
+}
+
+/// Counters of a running server, summed over its receive threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerCounters {
+    /// Calls executed (handed to a handler).
+    pub executed: u64,
+    /// Duplicate requests answered from the reply cache without executing.
+    pub answered_from_cache: u64,
+    /// Duplicate requests dropped because their call was still executing.
+    pub dropped_executing: u64,
+    /// Datagrams dropped because they did not parse.
+    pub malformed: u64,
+    /// Datagrams dropped for any reason (malformed included).
+    pub dropped: u64,
+    /// Busy replies sent.
+    pub busy: u64,
+    /// Stale-session replies sent.
+    pub stale: u64,
+    /// Error replies sent.
+    pub errors: u64,
+    /// Bytes of replies held in the reply cache now.
+    pub cached_bytes: u64,
+    /// Sessions open now.
+    pub sessions: u64,
+    /// Handlers that panicked (each answered with an error reply).
+    pub handler_panics: u64,
+    /// Socket errors survived.
+    pub io_errors: u64,
+}
+
+/// A server whose sockets are bound but which does not serve yet.
+#[derive(Debug)]
+pub struct UdpServer {
+    sockets: Vec<UdpSocket>,
+    local_addr: SocketAddr,
+    config: UdpServerConfig,
+}
+
+impl UdpServer {
+    /// Binds the server's sockets to `addr` (port 0 picks a free port).
+    pub fn bind(addr: SocketAddr, config: UdpServerConfig) -> io::Result<Self> {
+        config.protocol.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        if config.receivers == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "at least one receive thread"));
+        }
+        let reuse = config.receivers > 1;
+        let first = bind_udp(addr, reuse, config.socket_buffer)?;
+        let local_addr = first.local_addr()?;
+        let mut sockets = vec![first];
+        for _ in 1..config.receivers {
+            sockets.push(bind_udp(local_addr, true, config.socket_buffer)?);
+        }
+        Ok(Self { sockets, local_addr, config })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Starts the receive threads and the worker pool, serving `dispatch` (a generated
+    /// `{Trait}Server`, or a `Router` of several).
+    pub fn serve(self, dispatch: impl Dispatch + 'static) -> io::Result<ServerHandle> {
+        let dispatch: Arc<dyn Dispatch> = Arc::new(dispatch);
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            handler_panics: AtomicU64::new(0),
+            io_errors: AtomicU64::new(0),
+        });
+        let incarnation_base = getrandom::u32().map_err(io::Error::other)?;
+        let node_id = getrandom::u64().map_err(io::Error::other)?;
+        let (jobs, job_rx) = crossbeam_channel::bounded::<Job>(self.config.worker_queue.max(1));
+        let mut receivers = Vec::new();
+        for (i, socket) in self.sockets.into_iter().enumerate() {
+            // Each receive thread's state machine is its own incarnation: session ids never
+            // collide between threads, nor with those of an earlier run.
+            let incarnation = incarnation_base.wrapping_add(i as u32).max(1);
+            let seed = getrandom::u64().map_err(io::Error::other)?;
+            let core = Server::new(
+                self.config.protocol.clone(),
+                incarnation,
+                node_id,
+                rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+            )
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            receivers.push(Arc::new(Rx {
+                socket,
+                core: Mutex::new(core),
+                next_timer: AtomicU64::new(u64::MAX),
+                epoch: Instant::now(),
+            }));
+        }
+        let mut threads = Vec::new();
+        for (i, rx) in receivers.iter().enumerate() {
+            let ctx = RxThread {
+                rx: rx.clone(),
+                shared: shared.clone(),
+                dispatch: dispatch.clone(),
+                jobs: jobs.clone(),
+                poll: self.config.poll,
+                buffer_len: self.config.protocol.max_datagram,
+            };
+            threads.push(thread::Builder::new().name(format!("rpc-recv-{i}")).spawn(move || ctx.run())?);
+        }
+        let mut workers = Vec::new();
+        for i in 0..self.config.workers {
+            let (rx, dispatch, shared) = (job_rx.clone(), dispatch.clone(), shared.clone());
+            workers.push(thread::Builder::new().name(format!("rpc-worker-{i}")).spawn(move || worker(rx, dispatch, shared))?);
+        }
+        Ok(ServerHandle { local_addr: self.local_addr, shared, receivers, threads, workers, jobs: Some(jobs) })
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    stop: AtomicBool,
+    handler_panics: AtomicU64,
+    io_errors: AtomicU64,
+}
+
+struct Rx {
+    socket: UdpSocket,
+    core: Mutex<Server<SocketAddr>>,
+    /// Earliest protocol timer, nanoseconds since `epoch`; `u64::MAX` if none.
+    next_timer: AtomicU64,
+    epoch: Instant,
+}
+
+impl Rx {
+    fn lock(&self) -> MutexGuard<'_, Server<SocketAddr>> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn store_timer(&self, core: &Server<SocketAddr>) {
+        let t = core.poll_timeout().map_or(u64::MAX, |t| t.saturating_duration_since(self.epoch).as_nanos() as u64);
+        self.next_timer.store(t, Ordering::Relaxed);
+    }
+
+    fn timer(&self) -> Option<Instant> {
+        let t = self.next_timer.load(Ordering::Relaxed);
+        (t != u64::MAX).then(|| self.epoch + Duration::from_nanos(t))
+    }
+
+    /// Sends the control replies and cached replies the state machine has queued.
+    fn flush(&self, core: &mut Server<SocketAddr>, shared: &Shared) {
+        let sock = SockRef::from(&self.socket);
+        while let Some(t) = core.poll_transmit() {
+            let iov = [IoSlice::new(&t.header), IoSlice::new(t.body)];
+            if sock.send_to_vectored(&iov, &SockAddr::from(t.dest)).is_err() {
+                shared.io_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.store_timer(core);
+    }
+}
+
+/// A blocking call on its way to a worker, with the buffer holding its request.
+struct Job {
+    rx: Arc<Rx>,
+    ticket: Ticket<SocketAddr>,
+    ctx: CallContext,
+    buf: Vec<u8>,
+    body: Range<usize>,
+}
+
+/// Sends a reply (or an error reply) for `ticket`: one gather `sendmsg` per datagram from the
+/// reply's own memory, then a copy into the retransmit buffer.
+fn send_reply(
+    core: &mut Server<SocketAddr>,
+    socket: &UdpSocket,
+    shared: &Shared,
+    ticket: &Ticket<SocketAddr>,
+    reply: Result<&Encoder<'_>, ErrorCode>,
+) {
+    let now = Instant::now();
+    let Some(plan) = core.begin_reply(now, ticket, reply.map(Encoder::len)) else { return };
+    let sock = SockRef::from(socket);
+    let dest = SockAddr::from(plan.dest);
+    for i in 0..plan.count() {
+        let header = plan.header(i);
+        let mut iov = [IoSlice::new(&[]); MAX_SEGMENTS + 1];
+        iov[0] = IoSlice::new(&header);
+        let n = match (reply, plan.error()) {
+            (Ok(body), None) => body.gather(plan.range(i), &mut iov[1..]),
+            _ => 0,
+        };
+        if let Err(e) = sock.send_to_vectored(&iov[..=n], &dest) {
+            if !transient(&e) {
+                tracing::warn!(error = %e, "udp server send failed");
+            }
+            shared.io_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    match reply {
+        Ok(body) if plan.error().is_none() => core.finish_reply(ticket, &plan, body.segments()),
+        _ => core.finish_reply(ticket, &plan, []),
+    }
+}
+
+/// The protocol state a reply needs: held by the receive thread already, or to be locked by
+/// a worker once its handler has returned.
+enum CoreRef<'a> {
+    Held(&'a mut Server<SocketAddr>),
+    Shared(&'a Rx),
+}
+
+/// The reply path handed to a dispatcher.
+struct Sink<'a> {
+    core: CoreRef<'a>,
+    socket: &'a UdpSocket,
+    shared: &'a Shared,
+    ticket: Ticket<SocketAddr>,
+    sent: bool,
+}
+
+impl Sink<'_> {
+    fn reply(&mut self, reply: Result<&Encoder<'_>, ErrorCode>) {
+        match &mut self.core {
+            CoreRef::Held(core) => send_reply(core, self.socket, self.shared, &self.ticket, reply),
+            CoreRef::Shared(rx) => {
+                let mut core = rx.lock();
+                send_reply(&mut core, self.socket, self.shared, &self.ticket, reply);
+                rx.flush(&mut core, self.shared);
+            }
+        }
+    }
+}
+
+impl ReplySink for Sink<'_> {
+    fn send(&mut self, body: &Encoder<'_>) {
+        if !std::mem::replace(&mut self.sent, true) {
+            self.reply(Ok(body));
+        }
+    }
+}
+
+/// Runs a call through the dispatcher, answering errors and panics with error replies.
+fn execute(mut sink: Sink<'_>, dispatch: &dyn Dispatch, ctx: &CallContext, body: &[u8]) {
+    let result = catch_unwind(AssertUnwindSafe(|| dispatch.dispatch(ctx, body, &mut sink)));
+    let error = match result {
+        Ok(Ok(())) if sink.sent => return,
+        // A dispatcher that returns without replying breaks its contract: say so.
+        Ok(Ok(())) => ErrorCode::Other(u16::MAX),
+        Ok(Err(e)) => e.code(),
+        Err(_) => {
+            sink.shared.handler_panics.fetch_add(1, Ordering::Relaxed);
+            ErrorCode::HandlerPanicked
+        }
+    };
+    if !sink.sent {
+        sink.reply(Err(error));
+    }
+}
+
+struct RxThread {
+    rx: Arc<Rx>,
+    shared: Arc<Shared>,
+    dispatch: Arc<dyn Dispatch>,
+    jobs: JobSender<Job>,
+    poll: PollStrategy,
+    buffer_len: usize,
+}
+
+impl RxThread {
+    fn run(self) {
+        let mut buf = vec![0u8; self.buffer_len];
+        let mut idle_since = Instant::now();
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            match self.rx.socket.recv_from(&mut buf) {
+                Ok((n, src)) => {
+                    idle_since = Instant::now();
+                    self.on_datagram(&mut buf, n, src);
+                }
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        self.shared.io_errors.fetch_add(1, Ordering::Relaxed);
+                        if !transient(&e) {
+                            tracing::warn!(error = %e, "udp server receive failed");
+                        }
+                    }
+                    let now = Instant::now();
+                    let timer = self.rx.timer();
+                    if timer.is_some_and(|t| t <= now) {
+                        let mut core = self.rx.lock();
+                        core.handle_timeout(now);
+                        self.rx.flush(&mut core, &self.shared);
+                    }
+                    if self.poll.should_block(idle_since, now) {
+                        let _ = wait_readable(&self.rx.socket, self.rx.timer(), Duration::from_millis(20));
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_datagram(&self, buf: &mut Vec<u8>, n: usize, src: SocketAddr) {
+        let rx = &*self.rx;
+        let mut core = rx.lock();
+        let now = Instant::now();
+        let Some(call) = core.handle_datagram(now, src, &buf[..n]) else {
+            rx.flush(&mut core, &self.shared);
+            return;
+        };
+        let (ticket, ctx) = (call.ticket, call.context);
+        let method = self.dispatch.method(ctx.interface, ctx.method);
+        match method {
+            Err(code) => send_reply(&mut core, &rx.socket, &self.shared, &ticket, Err(code)),
+            Ok(m) if ctx.idempotent && !m.idempotent => {
+                send_reply(&mut core, &rx.socket, &self.shared, &ticket, Err(ErrorCode::NotIdempotent))
+            }
+            Ok(m) if m.blocking => {
+                let (job_buf, body) = match call.body {
+                    Body::Borrowed(_) => {
+                        let spare = vec![0u8; self.buffer_len];
+                        (std::mem::replace(buf, spare), HEADER_LEN..n)
+                    }
+                    Body::Owned(v) => {
+                        let len = v.len();
+                        (v, 0..len)
+                    }
+                };
+                let job = Job { rx: self.rx.clone(), ticket, ctx, buf: job_buf, body };
+                if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = self.jobs.try_send(job) {
+                    core.refuse(&job.ticket, BusyReason::Overloaded);
+                }
+            }
+            Ok(_) => {
+                // Run to completion here, decoding from the receive buffer in place.
+                let body = call.body;
+                let sink = Sink { core: CoreRef::Held(&mut core), socket: &rx.socket, shared: &self.shared, ticket, sent: false };
+                execute(sink, &*self.dispatch, &ctx, &body);
+                if let Some(v) = body.into_owned_buffer() {
+                    core.recycle(v);
+                }
+            }
+        }
+        rx.flush(&mut core, &self.shared);
+    }
+}
+
+fn worker(jobs: JobReceiver<Job>, dispatch: Arc<dyn Dispatch>, shared: Arc<Shared>) {
+    for job in jobs {
+        // The handler runs without the receive thread's lock; the sink takes it to reply.
+        let sink = Sink { core: CoreRef::Shared(&job.rx), socket: &job.rx.socket, shared: &shared, ticket: job.ticket, sent: false };
+        execute(sink, &*dispatch, &job.ctx, &job.buf[job.body.clone()]);
+    }
+}
+
+/// A running server. Dropping it shuts it down.
+#[derive(Debug)]
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    receivers: Vec<Arc<Rx>>,
+    threads: Vec<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+    jobs: Option<JobSender<Job>>,
+}
+
+impl core::fmt::Debug for Rx {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Rx").field("socket", &self.socket).finish_non_exhaustive()
+    }
+}
+
+impl ServerHandle {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Counters, summed over the receive threads.
+    pub fn stats(&self) -> ServerCounters {
+        let mut c = ServerCounters {
+            handler_panics: self.shared.handler_panics.load(Ordering::Relaxed),
+            io_errors: self.shared.io_errors.load(Ordering::Relaxed),
+            ..Default::default()
+        };
+        for rx in &self.receivers {
+            let core = rx.lock();
+            let s = core.stats();
+            let m = core.memory();
+            c.executed += s.executed;
+            c.answered_from_cache += s.answered_from_cache;
+            c.dropped_executing += s.dropped_executing;
+            c.malformed += s.dropped.malformed;
+            c.dropped += s.dropped.total();
+            c.busy += s.busy;
+            c.stale += s.stale;
+            c.errors += s.errors;
+            c.cached_bytes += m.cached_bytes as u64;
+            c.sessions += m.sessions as u64;
+        }
+        c
+    }
+
+    /// Stops receiving, lets the workers finish the calls they hold, and joins every thread.
+    /// Returns the final counters.
+    pub fn shutdown(mut self) -> ServerCounters {
+        self.stop();
+        self.stats()
+    }
+
+    fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        // Receive threads are gone: closing the queue lets workers drain it and exit.
+        self.jobs = None;
+        for t in self.workers.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
