@@ -1,1 +1,251 @@
-//! Shared code of the examples.
+//! Shared code of the examples and the latency demo: a counting allocator, the raw UDP floor,
+//! histograms with a progress bar, the percentile table and the plot.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use rpc_transport::PollStrategy;
+
+/// A global allocator that counts allocations, to measure allocations per call.
+#[derive(Debug)]
+pub struct CountingAlloc;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every method forwards to the system allocator with the caller's arguments unchanged;
+// the counter has no effect on the memory handed out.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+/// Allocations so far, in the whole process (client and server threads alike).
+pub fn allocations() -> u64 {
+    ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+/// The measured latencies of one case.
+#[derive(Debug)]
+pub struct Case {
+    /// What was measured.
+    pub name: String,
+    /// Round trips, in nanoseconds.
+    pub hist: Histogram<u64>,
+    /// Allocations per call in the measured loop (both ends), if counted.
+    pub allocs_per_call: Option<f64>,
+    /// Which floor this case is compared with, by name.
+    pub floor: Option<String>,
+}
+
+impl Case {
+    /// A percentile in microseconds.
+    pub fn us(&self, q: f64) -> f64 {
+        self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// Runs `op` `warmup` times, then `iterations` times timing each, with a progress bar.
+pub fn measure(name: &str, warmup: u64, iterations: u64, mut op: impl FnMut()) -> Case {
+    let bar = ProgressBar::new(warmup + iterations);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:<34} [{bar:30}] {pos:>7}/{len:7} {per_sec:>12}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(name.to_string());
+    let tick = ((warmup + iterations) / 200).max(1);
+    for i in 0..warmup {
+        op();
+        if i % tick == 0 {
+            bar.set_position(i);
+        }
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("valid bounds");
+    let before = allocations();
+    for i in 0..iterations {
+        let t = Instant::now();
+        op();
+        let ns = t.elapsed().as_nanos() as u64;
+        hist.saturating_record(ns.max(1));
+        if i % tick == 0 {
+            bar.set_position(warmup + i);
+        }
+    }
+    let allocs = allocations() - before;
+    bar.finish_and_clear();
+    Case {
+        name: name.to_string(),
+        hist,
+        allocs_per_call: Some(allocs as f64 / iterations as f64),
+        floor: None,
+    }
+}
+
+/// A raw UDP echo server: the floor a protocol on UDP cannot beat. Spins on a non-blocking
+/// socket, or blocks, as told.
+#[derive(Debug)]
+pub struct RawEcho {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RawEcho {
+    /// Starts the echo thread on a free loopback port, pinned to `cpu` if given.
+    pub fn start(poll: PollStrategy, cpu: Option<usize>) -> std::io::Result<Self> {
+        let socket = UdpSocket::bind(("127.0.0.1", 0))?;
+        let addr = socket.local_addr()?;
+        let spin = poll == PollStrategy::Spin;
+        socket.set_nonblocking(spin)?;
+        if !spin {
+            socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = thread::Builder::new().name("raw-echo".into()).spawn(move || {
+            if let Some(cpu) = cpu {
+                let _ = rpc_transport::pin_to_cpu(cpu);
+            }
+            let mut buf = vec![0u8; 65_536];
+            while !stop2.load(Ordering::Relaxed) {
+                match socket.recv_from(&mut buf) {
+                    Ok((n, from)) => {
+                        let _ = socket.send_to(&buf[..n], from);
+                    }
+                    Err(_) => std::hint::spin_loop(),
+                }
+            }
+        })?;
+        Ok(Self { addr, stop, thread: Some(thread) })
+    }
+
+    /// The echo's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for RawEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The client side of the raw floor: a connected socket that sends a payload and waits for
+/// it to come back, spinning or blocking.
+#[derive(Debug)]
+pub struct RawPing {
+    socket: UdpSocket,
+    payload: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl RawPing {
+    /// Connects to a [`RawEcho`].
+    pub fn connect(server: SocketAddr, poll: PollStrategy, payload_len: usize) -> std::io::Result<Self> {
+        let socket = UdpSocket::bind(("127.0.0.1", 0))?;
+        socket.connect(server)?;
+        socket.set_nonblocking(poll == PollStrategy::Spin)?;
+        Ok(Self { socket, payload: vec![0x5a; payload_len], buf: vec![0u8; 65_536] })
+    }
+
+    /// One round trip.
+    pub fn ping(&mut self) {
+        let _ = self.socket.send(&self.payload);
+        loop {
+            match self.socket.recv(&mut self.buf) {
+                Ok(_) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Prints the percentile table, with each case's p50 and p99 against its floor's.
+pub fn print_table(cases: &[Case]) {
+    println!(
+        "{:<36} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9}",
+        "case", "p50 µs", "p99 µs", "p99.9 µs", "mean µs", "p50/floor", "p99/floor", "allocs"
+    );
+    println!("{}", "-".repeat(108));
+    for c in cases {
+        let floor = c.floor.as_ref().and_then(|f| cases.iter().find(|x| &x.name == f));
+        let ratio = |q: f64| floor.map_or(String::from("-"), |f| format!("{:.2}x", c.us(q) / f.us(q)));
+        let allocs = c.allocs_per_call.map_or(String::from("-"), |a| format!("{a:.2}"));
+        println!(
+            "{:<36} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10} {:>10} {:>9}",
+            c.name,
+            c.us(0.5),
+            c.us(0.99),
+            c.us(0.999),
+            c.hist.mean() / 1000.0,
+            ratio(0.5),
+            ratio(0.99),
+            allocs
+        );
+    }
+}
+
+/// Writes an SVG plot of each case's latency by percentile.
+pub fn plot(cases: &[Case], path: &std::path::Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // x: "nines" of the percentile, so that p50, p90, p99, p99.9 are evenly spaced.
+    let nines = |q: f64| -(1.0 - q).log10();
+    let qs: Vec<f64> = (0..=60).map(|i| 1.0 - 0.5 * 10f64.powf(-(i as f64) / 20.0)).collect();
+    let max_us = cases.iter().map(|c| c.us(0.9995)).fold(1.0, f64::max) * 1.1;
+    let root = SVGBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Round-trip latency by percentile (loopback)", ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(nines(0.5)..nines(0.9995), (0.1f64..max_us).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile")
+        .y_desc("µs (log)")
+        .x_label_formatter(&|x| format!("p{}", 100.0 - 100.0 * 10f64.powf(-x)))
+        .draw()?;
+    for (i, c) in cases.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let points: Vec<(f64, f64)> = qs.iter().filter(|&&q| q <= 0.9995).map(|&q| (nines(q), c.us(q).max(0.1))).collect();
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            .label(c.name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(())
+}

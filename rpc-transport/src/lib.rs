@@ -15,3 +15,11 @@ mod sock;
 pub mod udp;
 
 pub use poll::PollStrategy;
+
+/// Pins the calling thread to one CPU (for latency measurements: the benchmarks pin the client
+/// to one core and the server to another).
+pub fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    rustix::thread::sched_setaffinity(None, &set).map_err(Into::into)
+}

@@ -52,6 +52,8 @@ pub struct UdpServerConfig {
     pub worker_queue: usize,
     /// Kernel send and receive buffer size to ask for, in bytes.
     pub socket_buffer: usize,
+    /// CPUs to pin receive threads to (thread `i` to `cpus[i % len]`); empty: no pinning.
+    pub cpus: Vec<usize>,
 }
 
 impl Default for UdpServerConfig {
@@ -63,6 +65,7 @@ impl Default for UdpServerConfig {
             workers: 2,
             worker_queue: 1024,
             socket_buffer: 8 << 20,
+            cpus: Vec::new(),
         }
     }
 }
@@ -78,6 +81,12 @@ impl UdpServerConfig {
     /// With this poll strategy.
     pub fn poll(mut self, poll: PollStrategy) -> Self {
         self.poll = poll;
+        self
+    }
+
+    /// Pinning receive threads to these CPUs.
+    pub fn pin(mut self, cpus: Vec<usize>) -> Self {
+        self.cpus = cpus;
         self
     }
 }
@@ -176,7 +185,9 @@ impl UdpServer {
         }
         let mut threads = Vec::new();
         for (i, rx) in receivers.iter().enumerate() {
+            let cpu = (!self.config.cpus.is_empty()).then(|| self.config.cpus[i % self.config.cpus.len()]);
             let ctx = RxThread {
+                cpu,
                 rx: rx.clone(),
                 shared: shared.clone(),
                 dispatch: dispatch.clone(),
@@ -337,6 +348,7 @@ fn execute(mut sink: Sink<'_>, dispatch: &dyn Dispatch, ctx: &CallContext, body:
 }
 
 struct RxThread {
+    cpu: Option<usize>,
     rx: Arc<Rx>,
     shared: Arc<Shared>,
     dispatch: Arc<dyn Dispatch>,
@@ -347,6 +359,11 @@ struct RxThread {
 
 impl RxThread {
     fn run(self) {
+        if let Some(cpu) = self.cpu {
+            if let Err(e) = crate::pin_to_cpu(cpu) {
+                tracing::warn!(cpu, error = %e, "could not pin receive thread");
+            }
+        }
         let mut buf = vec![0u8; self.buffer_len];
         let mut idle_since = Instant::now();
         while !self.shared.stop.load(Ordering::Relaxed) {

@@ -1,0 +1,176 @@
+//! The latency demo: our RPC over loopback UDP against the raw UDP floor, measured in the
+//! same run, in every poll strategy.
+//!
+//! ```text
+//! cargo run --release -p examples --bin latency
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use examples::{Case, CountingAlloc, RawEcho, RawPing, measure, plot, print_table};
+use rpc_core::marshal::{Decoder, Encoder};
+use rpc_core::service::{CallContext, CallOptions, DispatchError, MethodDesc, ReplySink, Service, Transport};
+use rpc_transport::PollStrategy;
+use rpc_transport::udp::{UdpClient, UdpClientConfig, UdpServer, UdpServerConfig};
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+#[derive(Parser, Debug)]
+#[command(about = "Round-trip latency of the RPC framework against the raw UDP floor, on loopback")]
+struct Args {
+    /// Measured round trips per case in spinning modes (blocking modes use a fifth).
+    #[arg(long, default_value_t = 100_000)]
+    iterations: u64,
+    /// Round trips before measuring.
+    #[arg(long, default_value_t = 20_000)]
+    warmup: u64,
+    /// Payload of the echo call, in bytes.
+    #[arg(long, default_value_t = 1024)]
+    echo_bytes: usize,
+    /// Poll strategies to measure: spin, park, block.
+    #[arg(long, value_delimiter = ',', default_value = "spin,park,block")]
+    modes: Vec<String>,
+    /// Budget of the spin-then-park strategy, in microseconds.
+    #[arg(long, default_value_t = 50)]
+    park_after_us: u64,
+    /// Do not pin the client to CPU 0 and the server to CPU 1.
+    #[arg(long)]
+    no_pin: bool,
+    /// Where to write the percentile plot.
+    #[arg(long, default_value = "results/latency.svg")]
+    plot: PathBuf,
+}
+
+const NULL: MethodDesc =
+    MethodDesc { interface: 0xbe4c_0001, id: 1, interface_name: "Bench", name: "null", idempotent: false, blocking: false };
+const ECHO: MethodDesc = MethodDesc { id: 2, name: "echo", ..NULL };
+static METHODS: [MethodDesc; 2] = [NULL, ECHO];
+
+struct Bench;
+
+impl Service for Bench {
+    fn interface(&self) -> u32 {
+        NULL.interface
+    }
+    fn methods(&self) -> &'static [MethodDesc] {
+        &METHODS
+    }
+    fn call(&self, ctx: &CallContext, request: &[u8], sink: &mut dyn ReplySink) -> Result<(), DispatchError> {
+        let mut dec = Decoder::new(request);
+        let mut enc = Encoder::new();
+        match ctx.method {
+            1 => dec.finish()?,
+            2 => {
+                let data: &[u8] = dec.get()?;
+                dec.finish()?;
+                enc.put(data);
+            }
+            _ => return Err(DispatchError::UnknownMethod),
+        }
+        sink.send(&enc);
+        Ok(())
+    }
+}
+
+fn null_call(client: &UdpClient) {
+    let enc = Encoder::new();
+    client.call(&NULL, &CallOptions::new(), &enc, |_| Ok(())).expect("null call");
+}
+
+fn echo_call(client: &UdpClient, data: &[u8]) {
+    let mut enc = Encoder::new();
+    enc.put(data);
+    let n = client
+        .call(&ECHO, &CallOptions::new(), &enc, |b| rpc_core::marshal::decode::<&[u8]>(b).map(<[u8]>::len))
+        .expect("echo call");
+    assert_eq!(n.value, data.len());
+}
+
+fn mode(name: &str, park_after: Duration) -> anyhow::Result<PollStrategy> {
+    Ok(match name {
+        "spin" => PollStrategy::Spin,
+        "park" => PollStrategy::SpinThenPark(park_after),
+        "block" => PollStrategy::Block,
+        other => anyhow::bail!("unknown mode {other:?} (spin, park, block)"),
+    })
+}
+
+fn label(poll: PollStrategy) -> &'static str {
+    match poll {
+        PollStrategy::Spin => "spin",
+        PollStrategy::SpinThenPark(_) => "spin-then-park",
+        PollStrategy::Block => "block",
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let pin = !args.no_pin && cpus >= 2;
+    if pin {
+        rpc_transport::pin_to_cpu(0).context("pinning the client to cpu 0")?;
+    }
+    let server_cpu = pin.then_some(1);
+    let park_after = Duration::from_micros(args.park_after_us);
+    let echo = vec![0xa5u8; args.echo_bytes];
+    let mut cases: Vec<Case> = Vec::new();
+    println!(
+        "loopback round trips, {} iterations per spinning case after {} warm-up; client on cpu 0, server on cpu 1: {}",
+        args.iterations, args.warmup, if pin { "pinned" } else { "not pinned" }
+    );
+
+    for m in &args.modes {
+        let poll = mode(m, park_after)?;
+        let iterations = if poll == PollStrategy::Block { args.iterations / 5 } else { args.iterations };
+        let warmup = if poll == PollStrategy::Block { args.warmup / 5 } else { args.warmup };
+        // The floor: raw UDP with both ends spinning for the spinning modes, both blocking for
+        // the blocking one.
+        let floor_poll = if poll == PollStrategy::Block { PollStrategy::Block } else { PollStrategy::Spin };
+        let floor_name = |bytes: usize| format!("raw udp {} {bytes} B", label(floor_poll));
+        for bytes in [32, args.echo_bytes] {
+            let name = floor_name(bytes);
+            if cases.iter().any(|c| c.name == name) {
+                continue;
+            }
+            let echo_server = RawEcho::start(floor_poll, server_cpu)?;
+            let mut ping = RawPing::connect(echo_server.addr(), floor_poll, bytes)?;
+            let mut case = measure(&name, warmup, iterations, || ping.ping());
+            case.allocs_per_call = None;
+            cases.push(case);
+        }
+
+        let config = UdpServerConfig::loopback().poll(poll).pin(server_cpu.into_iter().collect());
+        let server = UdpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)?.serve(Bench)?;
+        let client = UdpClient::connect(server.local_addr(), UdpClientConfig::loopback().poll(poll))?;
+        let mut case = measure(&format!("rpc {} null call", label(poll)), warmup, iterations, || null_call(&client));
+        case.floor = Some(floor_name(32));
+        cases.push(case);
+        let mut case =
+            measure(&format!("rpc {} echo {} B", label(poll), args.echo_bytes), warmup, iterations, || {
+                echo_call(&client, &echo)
+            });
+        case.floor = Some(floor_name(args.echo_bytes));
+        cases.push(case);
+        let stats = client.stats();
+        drop(client);
+        let counters = server.shutdown();
+        println!(
+            "{:<15} retransmissions {}, executed {}, answered from cache {}, srtt samples {}",
+            label(poll),
+            stats.retransmissions,
+            counters.executed,
+            counters.answered_from_cache,
+            stats.rtt_samples
+        );
+    }
+    println!();
+    print_table(&cases);
+    plot(&cases, &args.plot)?;
+    println!("\nplot: {}", args.plot.display());
+    Ok(())
+}
