@@ -41,6 +41,9 @@ struct Args {
     /// Do not pin the client to CPU 0 and the server to CPU 1.
     #[arg(long)]
     no_pin: bool,
+    /// Interleaved rounds: every case is measured once per round, in turn.
+    #[arg(long, default_value_t = 10)]
+    rounds: u64,
     /// Where to write the percentile plot.
     #[arg(long, default_value = "results/latency.svg")]
     plot: PathBuf,
@@ -91,6 +94,29 @@ fn echo_call(client: &UdpClient, data: &[u8]) {
     assert_eq!(n.value, data.len());
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Raw(usize),
+    Null,
+    Echo,
+}
+
+/// Adds a round's measurements to a case.
+fn merge(into: &mut Option<Case>, round: Case, name: &str) {
+    match into {
+        None => {
+            *into = Some(Case { name: name.to_string(), ..round });
+        }
+        Some(case) => {
+            let _ = case.hist.add(&round.hist);
+            case.allocs_per_call = match (case.allocs_per_call, round.allocs_per_call) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
+        }
+    }
+}
+
 fn mode(name: &str, park_after: Duration) -> anyhow::Result<PollStrategy> {
     Ok(match name {
         "spin" => PollStrategy::Spin,
@@ -126,46 +152,69 @@ fn main() -> anyhow::Result<()> {
 
     for m in &args.modes {
         let poll = mode(m, park_after)?;
-        let iterations = if poll == PollStrategy::Block { args.iterations / 5 } else { args.iterations };
-        let warmup = if poll == PollStrategy::Block { args.warmup / 5 } else { args.warmup };
+        let blocking = poll == PollStrategy::Block;
+        let iterations = if blocking { args.iterations / 5 } else { args.iterations };
+        let warmup = if blocking { args.warmup / 5 } else { args.warmup };
+        let rounds = args.rounds.max(1);
         // The floor: raw UDP with both ends spinning for the spinning modes, both blocking for
         // the blocking one.
-        let floor_poll = if poll == PollStrategy::Block { PollStrategy::Block } else { PollStrategy::Spin };
+        let floor_poll = if blocking { PollStrategy::Block } else { PollStrategy::Spin };
         let floor_name = |bytes: usize| format!("raw udp {} {bytes} B", label(floor_poll));
+        let mut plan: Vec<(String, Kind)> = Vec::new();
         for bytes in [32, args.echo_bytes] {
             let name = floor_name(bytes);
-            if cases.iter().any(|c| c.name == name) {
-                continue;
+            if !cases.iter().any(|c| c.name == name) {
+                plan.push((name, Kind::Raw(bytes)));
             }
-            let echo_server = RawEcho::start(floor_poll, server_cpu)?;
-            let mut ping = RawPing::connect(echo_server.addr(), floor_poll, bytes)?;
-            let mut case = measure(&name, warmup, iterations, || ping.ping());
-            case.allocs_per_call = None;
+        }
+        plan.push((format!("rpc {} null call", label(poll)), Kind::Null));
+        plan.push((format!("rpc {} echo {} B", label(poll), args.echo_bytes), Kind::Echo));
+        let mut measured: Vec<Option<Case>> = plan.iter().map(|_| None).collect();
+        let (mut retransmissions, mut from_cache) = (0, 0);
+        // Interleave the cases round by round, so that the machine's slow drifts touch them
+        // all alike; only the measured case's server runs at any time.
+        for round in 0..rounds {
+            for (i, (name, kind)) in plan.iter().enumerate() {
+                let label = format!("{name} ({}/{rounds})", round + 1);
+                let (n, w) = (iterations / rounds, warmup / rounds);
+                let case = match *kind {
+                    Kind::Raw(bytes) => {
+                        let echo_server = RawEcho::start(floor_poll, server_cpu)?;
+                        let mut ping = RawPing::connect(echo_server.addr(), floor_poll, bytes)?;
+                        let mut case = measure(&label, w, n, || ping.ping());
+                        case.allocs_per_call = None;
+                        case
+                    }
+                    Kind::Null | Kind::Echo => {
+                        let config = UdpServerConfig::loopback().poll(poll).pin(server_cpu.into_iter().collect());
+                        let server = UdpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)?.serve(Bench)?;
+                        let client = UdpClient::connect(server.local_addr(), UdpClientConfig::loopback().poll(poll))?;
+                        let case = if *kind == Kind::Null {
+                            measure(&label, w, n, || null_call(&client))
+                        } else {
+                            measure(&label, w, n, || echo_call(&client, &echo))
+                        };
+                        retransmissions += client.stats().retransmissions;
+                        drop(client);
+                        from_cache += server.shutdown().answered_from_cache;
+                        case
+                    }
+                };
+                merge(&mut measured[i], case, name);
+            }
+        }
+        for (case, (_, kind)) in measured.into_iter().zip(&plan) {
+            let Some(mut case) = case else { continue };
+            case.floor = match *kind {
+                Kind::Raw(_) => None,
+                Kind::Null => Some(floor_name(32)),
+                Kind::Echo => Some(floor_name(args.echo_bytes)),
+            };
             cases.push(case);
         }
-
-        let config = UdpServerConfig::loopback().poll(poll).pin(server_cpu.into_iter().collect());
-        let server = UdpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)?.serve(Bench)?;
-        let client = UdpClient::connect(server.local_addr(), UdpClientConfig::loopback().poll(poll))?;
-        let mut case = measure(&format!("rpc {} null call", label(poll)), warmup, iterations, || null_call(&client));
-        case.floor = Some(floor_name(32));
-        cases.push(case);
-        let mut case =
-            measure(&format!("rpc {} echo {} B", label(poll), args.echo_bytes), warmup, iterations, || {
-                echo_call(&client, &echo)
-            });
-        case.floor = Some(floor_name(args.echo_bytes));
-        cases.push(case);
-        let stats = client.stats();
-        drop(client);
-        let counters = server.shutdown();
         println!(
-            "{:<15} retransmissions {}, executed {}, answered from cache {}, srtt samples {}",
-            label(poll),
-            stats.retransmissions,
-            counters.executed,
-            counters.answered_from_cache,
-            stats.rtt_samples
+            "{:<15} {rounds} interleaved rounds; retransmissions {retransmissions}, duplicates answered from the cache {from_cache}",
+            label(poll)
         );
     }
     println!();

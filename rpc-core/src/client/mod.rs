@@ -638,7 +638,14 @@ impl Client {
             if let Conn::Connecting { retry_at, .. } = self.conn {
                 consider(retry_at);
             }
-            for call in self.calls.iter().flatten() {
+            // Only the calls in flight: from the oldest to the newest.
+            for seq in self.oldest..self.next_seq {
+                let Some(call) = self.calls[(seq % self.config.window as u64) as usize].as_ref() else {
+                    continue;
+                };
+                if call.seq != seq {
+                    continue;
+                }
                 consider(Some(call.deadline));
                 if call.phase == Phase::Waiting {
                     consider(call.retransmit_at);

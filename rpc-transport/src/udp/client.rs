@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
+use arrayvec::ArrayVec;
 use crossbeam_utils::CachePadded;
 use rpc_core::client::{Body, CallId, CallRequest, Client, ClientStats, Event, Payload, Transmit};
 use rpc_core::marshal::{Encoder, MAX_SEGMENTS};
@@ -192,20 +193,18 @@ impl UdpClient {
 
 /// Sends one datagram: the header, then the payload's bytes, in one gather `sendmsg`.
 fn send_transmit(socket: &UdpSocket, t: &Transmit, request: Option<&Encoder<'_>>) -> io::Result<()> {
-    let mut iov = [IoSlice::new(&[]); MAX_SEGMENTS + 1];
-    iov[0] = IoSlice::new(&t.header);
-    let n = match t.payload {
-        Payload::None => 0,
-        Payload::Inline => {
-            iov[1] = IoSlice::new(t.inline());
-            1
+    let mut iov = ArrayVec::<IoSlice<'_>, { MAX_SEGMENTS + 1 }>::new();
+    iov.push(IoSlice::new(&t.header));
+    match t.payload {
+        Payload::None => {}
+        Payload::Inline => iov.push(IoSlice::new(t.inline())),
+        Payload::Call { offset, len, .. } => {
+            if let Some(r) = request {
+                r.for_each_in(offset..offset + len, |s| iov.push(IoSlice::new(s)));
+            }
         }
-        Payload::Call { offset, len, .. } => match request {
-            Some(r) => r.gather(offset..offset + len, &mut iov[1..]),
-            None => 0,
-        },
-    };
-    SockRef::from(socket).send_vectored(&iov[..=n]).map(|_| ())
+    }
+    SockRef::from(socket).send_vectored(&iov).map(|_| ())
 }
 
 impl Inner {
@@ -286,32 +285,40 @@ impl Inner {
         }
     }
 
-    /// Sends every datagram `call` has waiting (and a handshake, if one is due).
-    fn flush_own(&self, call: CallId, request: &Encoder<'_>) {
-        loop {
-            let mut batch: [Option<Transmit>; BATCH] = [None; BATCH];
-            let mut n = 0;
-            {
-                let mut st = self.lock();
-                let now = Instant::now();
-                while n < BATCH {
-                    match st.core.poll_transmit_for(now, call) {
-                        Some(t) => {
-                            batch[n] = Some(t);
-                            n += 1;
-                        }
-                        None => break,
-                    }
-                }
-                self.store_timer(&mut st.core);
-            }
-            for t in batch.iter().take(n).flatten() {
-                self.send(t, Some(request));
-            }
-            if n < BATCH {
-                return;
+    /// Takes up to [`BATCH`] datagrams `call` has waiting (and a handshake, if one is due).
+    fn take_own(&self, st: &mut State, now: Instant, call: CallId, batch: &mut ArrayVec<Transmit, BATCH>) {
+        while !batch.is_full() {
+            match st.core.poll_transmit_for(now, call) {
+                Some(t) => batch.push(t),
+                None => break,
             }
         }
+        self.store_timer(&mut st.core);
+    }
+
+    /// Sends the batch, then everything else `call` has waiting.
+    fn send_own(&self, call: CallId, request: &Encoder<'_>, mut batch: ArrayVec<Transmit, BATCH>) {
+        loop {
+            for t in &batch {
+                self.send(t, Some(request));
+            }
+            if !batch.is_full() {
+                return;
+            }
+            batch.clear();
+            let mut st = self.lock();
+            self.take_own(&mut st, Instant::now(), call, &mut batch);
+        }
+    }
+
+    /// Sends every datagram `call` has waiting.
+    fn flush_own(&self, call: CallId, request: &Encoder<'_>) {
+        let mut batch = ArrayVec::new();
+        {
+            let mut st = self.lock();
+            self.take_own(&mut st, Instant::now(), call, &mut batch);
+        }
+        self.send_own(call, request, batch);
     }
 
     /// Gives `outcome` to the waiter of `seq` (if it still waits) and wakes it.
@@ -396,8 +403,16 @@ enum OwnBody {
 }
 
 impl Inner {
-    /// Processes one received datagram as the leader.
-    fn on_datagram(&self, me: CallId, buf: &mut Vec<u8>, n: usize) -> Option<Own> {
+    /// Processes one received datagram as the leader. Returns this thread's outcome if the
+    /// datagram ended its call; otherwise fills `batch` with its call's datagrams to send.
+    fn on_datagram(
+        &self,
+        me: CallId,
+        buf: &mut Vec<u8>,
+        n: usize,
+        batch: &mut ArrayVec<Transmit, BATCH>,
+        leading: &mut bool,
+    ) -> Option<Own> {
         let mut st = self.lock();
         let now = Instant::now();
         let got = st.core.handle_datagram(now, &buf[..n]).map(|r| {
@@ -433,17 +448,30 @@ impl Inner {
         if let Some(e) = self.after_core(&mut st, me, false) {
             own.get_or_insert(Own::Failed(e));
         }
+        if own.is_none() && st.core.wants_transmit(me) {
+            self.take_own(&mut st, now, me, batch);
+        }
+        if own.is_some() {
+            // Retire the call while the lock is held anyway: the fast path then needs no
+            // further lock once the reply is decoded.
+            self.retire(&mut st, me, *leading);
+            *leading = false;
+        }
         own
     }
 
     /// Runs due timers as the leader.
-    fn on_timers(&self, me: CallId) -> Option<Own> {
+    fn on_timers(&self, me: CallId, batch: &mut ArrayVec<Transmit, BATCH>) -> Option<Own> {
         let mut st = self.lock();
         let now = Instant::now();
         if st.core.poll_timeout().is_some_and(|t| t <= now) {
             st.core.handle_timeout(now);
         }
-        self.after_core(&mut st, me, true).map(Own::Failed)
+        let own = self.after_core(&mut st, me, true).map(Own::Failed);
+        if own.is_none() && st.core.wants_transmit(me) {
+            self.take_own(&mut st, now, me, batch);
+        }
+        own
     }
 
     /// Takes the outcome a leader delivered to this thread's slot.
@@ -494,13 +522,13 @@ impl Inner {
             match self.socket.recv(buf) {
                 Ok(n) => {
                     idle_since = Instant::now();
-                    if let Some(own) = self.on_datagram(me, buf, n) {
+                    let mut batch = ArrayVec::new();
+                    if let Some(own) = self.on_datagram(me, buf, n, &mut batch, leading) {
                         return own;
                     }
-                    if self.signals[slot].load(Ordering::Acquire) & TRANSMIT != 0 {
-                        continue;
+                    if !batch.is_empty() {
+                        self.send_own(me, request, batch);
                     }
-                    self.flush_if_wanted(me, request);
                 }
                 Err(e) if transient(&e) => {
                     if e.kind() != io::ErrorKind::WouldBlock {
@@ -508,10 +536,13 @@ impl Inner {
                     }
                     let now = Instant::now();
                     if self.timer_due(now) {
-                        if let Some(own) = self.on_timers(me) {
+                        let mut batch = ArrayVec::new();
+                        if let Some(own) = self.on_timers(me, &mut batch) {
                             return own;
                         }
-                        self.flush_if_wanted(me, request);
+                        if !batch.is_empty() {
+                            self.send_own(me, request, batch);
+                        }
                     }
                     if self.poll.should_block(idle_since, now) {
                         let woke = wait_readable(&self.socket, self.next_deadline(), Duration::from_millis(50));
@@ -531,23 +562,35 @@ impl Inner {
         }
     }
 
-    fn flush_if_wanted(&self, me: CallId, request: &Encoder<'_>) {
-        let wants = self.lock().core.wants_transmit(me);
-        if wants {
-            self.flush_own(me, request);
-        }
-    }
-
-    /// Ends a call: forgets the waiter, hands leadership on, recycles buffers.
-    fn finish(&self, me: CallId, buf: Vec<u8>, extra: Option<Vec<u8>>, leading: bool) {
+    /// Forgets the waiter of `me` and, if this thread leads, hands leadership on.
+    fn retire(&self, st: &mut State, me: CallId, leading: bool) {
         let slot = self.slot(me.seq());
-        let mut st = self.lock();
         st.core.cancel(me);
         if st.waiters[slot].as_ref().is_some_and(|w| w.seq == me.seq()) {
             st.waiters[slot] = None;
             st.waiting -= 1;
+            self.signals[slot].store(0, Ordering::Release);
         }
-        st.buffers.push(buf);
+        if leading {
+            self.leader.store(false, Ordering::Release);
+            // Someone must receive for the calls still waiting.
+            if st.waiting > 0 {
+                if let Some(w) = st.waiters.iter().flatten().next() {
+                    w.thread.unpark();
+                }
+            }
+        }
+    }
+
+    /// Ends a call: retires it if that was not done yet, and recycles a reply buffer.
+    fn finish(&self, me: CallId, extra: Option<Vec<u8>>, leading: bool) {
+        let slot = self.slot(me.seq());
+        let registered = self.signals[slot].load(Ordering::Acquire) >> 2 == me.seq();
+        if !leading && extra.is_none() && !registered {
+            return;
+        }
+        let mut st = self.lock();
+        self.retire(&mut st, me, leading);
         if let Some(v) = extra {
             if v.capacity() >= self.buffer_len && st.buffers.len() < 2 * self.window {
                 st.buffers.push(v);
@@ -555,14 +598,12 @@ impl Inner {
                 st.core.recycle(v);
             }
         }
-        if leading {
-            self.leader.store(false, Ordering::Release);
-            // Someone must receive for the calls still waiting.
-            if let Some(w) = st.waiters.iter().flatten().next() {
-                w.thread.unpark();
-            }
-        }
     }
+}
+
+thread_local! {
+    /// Each calling thread's receive buffer, kept between calls.
+    static RECV_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 impl Transport for UdpClient {
@@ -574,7 +615,7 @@ impl Transport for UdpClient {
         decode: impl FnOnce(&[u8]) -> Result<R, DecodeError>,
     ) -> Result<Reply<R>, CallError> {
         let inner = &*self.inner;
-        let now = Instant::now();
+        let mut now = Instant::now();
         let req = CallRequest {
             interface: method.interface,
             method: method.id,
@@ -582,16 +623,21 @@ impl Transport for UdpClient {
             idempotent: method.idempotent,
             deadline: options.timeout.map(|t| now + t),
         };
-        let (me, mut buf) = {
+        let mut buf = RECV_BUF.take();
+        if buf.len() < inner.buffer_len {
+            buf.resize(inner.buffer_len, 0);
+        }
+        let (me, batch) = {
             let mut st = inner.lock();
             let me = loop {
-                match st.core.start_call(Instant::now(), req) {
+                match st.core.start_call(now, req) {
                     Ok(id) => break id,
                     Err(CallError::WindowFull) => {
                         // Every slot is taken: wait for a call to end.
                         drop(st);
                         thread::yield_now();
                         st = inner.lock();
+                        now = Instant::now();
                     }
                     Err(e) => return Err(e),
                 }
@@ -600,10 +646,11 @@ impl Transport for UdpClient {
             st.waiters[slot] = Some(Waiter { seq: me.seq(), thread: thread::current(), outcome: None });
             st.waiting += 1;
             inner.signals[slot].store(me.seq() << 2, Ordering::Release);
-            let buf = st.buffers.pop().unwrap_or_else(|| vec![0; inner.buffer_len]);
-            (me, buf)
+            let mut batch = ArrayVec::new();
+            inner.take_own(&mut st, now, me, &mut batch);
+            (me, batch)
         };
-        inner.flush_own(me, request);
+        inner.send_own(me, request, batch);
         let mut leading = false;
         let own = inner.wait(me, request, &mut buf, &mut leading);
         let (result, extra) = match own {
@@ -619,7 +666,10 @@ impl Transport for UdpClient {
                 }
             }
         };
-        inner.finish(me, buf, extra, leading);
+        // The waiter is forgotten (and its signal slot reused) only under the lock, so a
+        // registered signal still naming this call means it has not been retired yet.
+        inner.finish(me, extra, leading);
+        RECV_BUF.set(buf);
         result
     }
 }

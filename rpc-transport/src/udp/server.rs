@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use arrayvec::ArrayVec;
 use crossbeam_channel::{Receiver as JobReceiver, Sender as JobSender, TrySendError};
 use rand::SeedableRng;
 use rpc_core::marshal::{Encoder, MAX_SEGMENTS};
@@ -273,13 +274,12 @@ fn send_reply(
     let dest = SockAddr::from(plan.dest);
     for i in 0..plan.count() {
         let header = plan.header(i);
-        let mut iov = [IoSlice::new(&[]); MAX_SEGMENTS + 1];
-        iov[0] = IoSlice::new(&header);
-        let n = match (reply, plan.error()) {
-            (Ok(body), None) => body.gather(plan.range(i), &mut iov[1..]),
-            _ => 0,
-        };
-        if let Err(e) = sock.send_to_vectored(&iov[..=n], &dest) {
+        let mut iov = ArrayVec::<IoSlice<'_>, { MAX_SEGMENTS + 1 }>::new();
+        iov.push(IoSlice::new(&header));
+        if let (Ok(body), None) = (reply, plan.error()) {
+            body.for_each_in(plan.range(i), |s| iov.push(IoSlice::new(s)));
+        }
+        if let Err(e) = sock.send_to_vectored(&iov, &dest) {
             if !transient(&e) {
                 tracing::warn!(error = %e, "udp server send failed");
             }
