@@ -22,6 +22,8 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod marshal;
 mod pool;
 pub mod rtt;
@@ -35,6 +37,7 @@ pub use body::Body;
 pub use clock::{LamportClock, LamportStamp};
 pub use config::{ClientConfig, ConfigError, ServerConfig};
 pub use error::{CallError, DecodeError, RemoteError};
+pub use rpc_derive::{Marshal, rpc};
 
 /// Items the generated code names; not part of the public API.
 #[doc(hidden)]

@@ -16,13 +16,15 @@ use super::{Decode, DecodeError, Decoder, Encode, Encoder};
 /// `IntoBytes`, `KnownLayout`, `Immutable` and `Unaligned`.
 pub trait ZeroCopy: Sized + FromBytes + IntoBytes + KnownLayout + Immutable + Unaligned {}
 
-/// Implements `Encode`/`Decode` for a `ZeroCopy` type: by value it is copied inline (it is
-/// small), in slices and arrays it goes by reference.
+/// Implements `Encode`/`Decode` for a `ZeroCopy` type: values, slices and arrays of it go by
+/// reference to their own bytes (copied inline when no longer than `COPY_THRESHOLD`). Generic
+/// parameters go in braces first, bounds in braces after `where`:
+/// `{T: ZeroCopy} Wrapper<T> where {T: Copy}`.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __zerocopy_marshal {
-    ($({$($gen:tt)*})? $ty:ty) => {
-        impl $(<$($gen)*>)? $crate::marshal::Encode for $ty {
+    ($({$($gen:tt)*})? $ty:ty $(where {$($bound:tt)*})?) => {
+        impl $(<$($gen)*>)? $crate::marshal::Encode for $ty $(where $($bound)*)? {
             fn encode<'a>(&'a self, enc: &mut $crate::marshal::Encoder<'a>) {
                 enc.put_bytes($crate::__private::zerocopy::IntoBytes::as_bytes(self));
             }
@@ -30,8 +32,8 @@ macro_rules! __zerocopy_marshal {
                 enc.put_bytes($crate::__private::zerocopy::IntoBytes::as_bytes(items));
             }
         }
-        impl $(<$($gen)*>)? $crate::marshal::ZeroCopyVec for $ty {}
-        impl<'de, $($($gen)*)?> $crate::marshal::Decode<'de> for $ty {
+        impl $(<$($gen)*>)? $crate::marshal::ZeroCopyVec for $ty $(where $($bound)*)? {}
+        impl<'de, $($($gen)*)?> $crate::marshal::Decode<'de> for $ty $(where $($bound)*)? {
             const MIN_SIZE: usize = ::core::mem::size_of::<$ty>();
             fn decode(
                 dec: &mut $crate::marshal::Decoder<'de>,

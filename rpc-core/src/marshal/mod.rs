@@ -21,7 +21,9 @@
 //! # Bounds
 //!
 //! Decoding never panics and never trusts a count: a sequence count must not exceed the bytes
-//! left in the input, and collections grow as elements actually decode.
+//! left in the input, and collections grow as elements actually decode. Types that contain
+//! themselves decode through [`Decoder::nested`], which bounds the depth of recursion (and so
+//! the stack a hostile message can make a decoder use) to [`MAX_DEPTH`].
 
 mod impls;
 
@@ -206,6 +208,9 @@ impl<'a> Encoder<'a> {
     /// returns how many it wrote. `out` needs at most [`MAX_SEGMENTS`] entries; if it is
     /// shorter, the slices that do not fit are left out (check the returned count's total).
     pub fn gather<'s>(&'s self, range: Range<usize>, out: &mut [IoSlice<'s>]) -> usize {
+        if range.is_empty() {
+            return 0;
+        }
         let mut n = 0;
         let mut offset = 0;
         for s in &self.segs {
@@ -262,16 +267,39 @@ impl<'a> Encoder<'a> {
     }
 }
 
+/// How deeply [`Decoder::nested`] calls may nest: derived types that contain themselves
+/// (a tree of `Vec<Node>`, a `Box<Expr>`) decode at most this many levels deep.
+pub const MAX_DEPTH: u32 = 128;
+
 /// Reads values from a received message, borrowing from it where the type allows.
 #[derive(Clone, Copy, Debug)]
 pub struct Decoder<'de> {
     input: &'de [u8],
+    /// Nesting depth of [`Decoder::nested`] calls.
+    depth: u32,
 }
 
 impl<'de> Decoder<'de> {
     /// A decoder over a whole message.
     pub fn new(input: &'de [u8]) -> Self {
-        Self { input }
+        Self { input, depth: 0 }
+    }
+
+    /// Runs `f` one nesting level deeper, refusing with [`DecodeError::OutOfRange`] past
+    /// [`MAX_DEPTH`] levels. `#[derive(Marshal)]` decodes every struct and enum through it, so
+    /// that a hostile message cannot make a recursive type's decoder overflow the stack;
+    /// hand-written `Decode` impls of recursive types should do the same.
+    pub fn nested<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, DecodeError>,
+    ) -> Result<T, DecodeError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(DecodeError::OutOfRange);
+        }
+        self.depth += 1;
+        let result = f(self);
+        self.depth -= 1;
+        result
     }
 
     /// Bytes not yet read.
@@ -344,6 +372,11 @@ impl<'de> Decoder<'de> {
 }
 
 /// A type that can be described by segments of a shared descriptor.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be marshalled",
+    label = "not marshallable",
+    note = "derive it with `#[derive(rpc_core::Marshal)]`, or use a type rpc_core marshals"
+)]
 pub trait Encode {
     /// Appends this value to the descriptor, by reference where the type allows.
     fn encode<'a>(&'a self, enc: &mut Encoder<'a>);
@@ -372,6 +405,12 @@ pub trait Encode {
 }
 
 /// A type that can be read from a received message, borrowing from it for `'de`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be decoded from a message",
+    label = "not decodable",
+    note = "derive it with `#[derive(rpc_core::Marshal)]`; references can only borrow from the \
+            message as `&[u8]`, `&str`, or `&T`/`&[T]` of a `ZeroCopy` type"
+)]
 pub trait Decode<'de>: Sized {
     /// Smallest number of bytes one value takes on the wire (bounds sequence counts).
     const MIN_SIZE: usize = 1;
