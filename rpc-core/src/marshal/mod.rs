@@ -234,6 +234,9 @@ impl<'a> Encoder<'a> {
     /// Calls `f` with the slices covering bytes `range` of the message, in order. The slices
     /// borrow the descriptor, so `f` may keep them (to build a gather list, say).
     pub fn for_each_in<'s>(&'s self, range: Range<usize>, mut f: impl FnMut(&'s [u8])) {
+        if range.is_empty() {
+            return;
+        }
         let mut offset = 0;
         for s in &self.segs {
             if offset >= range.end {
