@@ -1,0 +1,195 @@
+//! Entry points for fuzz targets (`fuzz/`) and for replaying their corpus as ordinary tests.
+//!
+//! Each function takes arbitrary bytes, drives one part of the crate with them, and panics only
+//! if an invariant breaks: decoding must not panic, what parses must round-trip, and the state
+//! machines must stay within their configured bounds whatever arrives.
+
+use std::time::{Duration, Instant};
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
+use zerocopy::IntoBytes;
+
+use crate::client::{CallRequest, Client, Payload};
+use crate::config::{ClientConfig, ServerConfig};
+use crate::marshal::{self, Decoder};
+use crate::server::Server;
+use crate::wire::{
+    FragmentPlan, HEADER_LEN, HeaderRepr, HelloBody, PacketKind, PacketRepr, Reassembly, Flags,
+};
+
+/// Splits fuzzer input into datagrams: each is preceded by a `u16` length (little-endian).
+fn datagrams(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = data;
+    core::iter::from_fn(move || {
+        if rest.len() < 2 {
+            return None;
+        }
+        let n = usize::from(u16::from_le_bytes([rest[0], rest[1]])).min(rest.len() - 2);
+        let (d, tail) = rest[2..].split_at(n);
+        rest = tail;
+        Some(d)
+    })
+}
+
+/// Parses a datagram; whatever parses must emit back to the same bytes.
+pub fn packet(data: &[u8]) {
+    if let Ok(p) = PacketRepr::parse(data) {
+        let mut out = vec![0u8; p.buffer_len()];
+        let n = p.emit(&mut out).expect("a parsed packet emits");
+        assert_eq!(&out[..n], data, "emit(parse(x)) == x");
+        assert_eq!(PacketRepr::parse(&out[..n]), Ok(p));
+    }
+}
+
+fn small_server() -> Server<u32> {
+    let config = ServerConfig {
+        max_sessions: 4,
+        window: 16,
+        session_cache_bytes: 64 << 10,
+        total_cache_bytes: 128 << 10,
+        reassembly_budget: 1 << 20,
+        max_message: 1 << 20,
+        max_reassemblies: 4,
+        max_queued_transmits: 64,
+        ..ServerConfig::default()
+    };
+    Server::new(config, 7, 7, ChaCha8Rng::seed_from_u64(7)).expect("valid config")
+}
+
+/// Feeds datagrams to a server that has one open session (whose id is patched into requests
+/// that carry the client's id), executing every call it hands out; checks its bounds after
+/// every datagram.
+pub fn server(data: &[u8]) {
+    let mut server = small_server();
+    let mut now = Instant::now();
+    let hello = HeaderRepr {
+        kind: PacketKind::Hello,
+        flags: Flags::empty(),
+        status: 0,
+        client_id: 1,
+        client_incarnation: 1,
+        interface: 0,
+        method: 0,
+        session: 0,
+        seq: 1,
+        ack: 0,
+        lamport: 1,
+        frag_index: 0,
+        frag_count: 1,
+        message_len: 8,
+        payload_len: 8,
+    };
+    let body = HelloBody { max_datagram: 1500.into(), max_message: (1u32 << 20).into() };
+    let mut bytes = hello.to_bytes().to_vec();
+    bytes.extend_from_slice(body.as_bytes());
+    let _ = server.handle_datagram(now, 1, &bytes);
+    let session = server.poll_transmit().map(|t| u64::from_le_bytes(t.header[24..32].try_into().unwrap_or([0; 8])));
+    let mut patched = Vec::new();
+    for d in datagrams(data) {
+        now += Duration::from_micros(u64::from(d.first().copied().unwrap_or(0)));
+        patched.clear();
+        patched.extend_from_slice(d);
+        // Most requests of the real client id name the real session, so that fuzzed requests
+        // reach the session logic.
+        if patched.len() >= 32 && patched[8..16] == 1u64.to_le_bytes() {
+            if let Some(s) = session {
+                patched[24..32].copy_from_slice(&s.to_le_bytes());
+            }
+        }
+        if let Some(call) = server.handle_datagram(now, 1, &patched) {
+            let ticket = call.ticket;
+            let reply: Vec<u8> = call.body.iter().rev().copied().collect();
+            if let Some(plan) = server.begin_reply(now, &ticket, Ok(reply.len())) {
+                server.finish_reply(&ticket, &plan, [&reply[..]]);
+            }
+        }
+        while server.poll_transmit().is_some() {}
+        if server.poll_timeout().is_some_and(|t| t <= now) {
+            server.handle_timeout(now);
+        }
+        let m = server.memory();
+        if let Err(what) = m.check(server.config()) {
+            panic!("server exceeds its bound on {what}: {m:?}");
+        }
+    }
+}
+
+/// Feeds datagrams to a client with calls in flight (replies name their sequence numbers);
+/// every call must end at most once, and the client's memory stays bounded.
+pub fn client(data: &[u8]) {
+    let config = ClientConfig { window: 8, reassembly_budget: 1 << 20, max_message: 1 << 20, ..ClientConfig::default() };
+    let Ok(mut client) = Client::new(config, 1, 1) else { return };
+    let mut now = Instant::now();
+    client.connect(now);
+    while client.poll_transmit(now).is_some() {}
+    let mut ended = std::collections::BTreeSet::new();
+    let mut started = 0u64;
+    for d in datagrams(data) {
+        now += Duration::from_micros(u64::from(d.first().copied().unwrap_or(0)) * 10);
+        while client.can_start() && started < 64 {
+            let req = CallRequest { interface: 1, method: 1, len: d.len() % 3000, idempotent: started % 3 == 0, deadline: None };
+            if client.start_call(now, req).is_ok() {
+                started += 1;
+            }
+        }
+        if let Some(resp) = client.handle_datagram(now, d) {
+            assert!(ended.insert(resp.call), "call {:?} ended twice", resp.call);
+        }
+        if client.poll_timeout().is_some_and(|t| t <= now) {
+            client.handle_timeout(now);
+        }
+        while let Some(ev) = client.poll_event() {
+            if let crate::client::Event::CallFailed { call, .. } = ev {
+                assert!(ended.insert(call), "call {call:?} ended twice");
+            }
+        }
+        while let Some(t) = client.poll_transmit(now) {
+            if let Payload::Call { offset, len, .. } = t.payload {
+                assert!(offset + len <= 3000);
+            }
+        }
+        assert!(client.memory() <= 2 << 20, "client holds {} bytes", client.memory());
+    }
+}
+
+/// Reassembles fragments whose headers come from the input.
+pub fn reassembly(data: &[u8]) {
+    let mut r: Option<Reassembly> = None;
+    for d in datagrams(data) {
+        let Ok(p) = PacketRepr::parse(d) else { continue };
+        if p.header.frag_count < 2 || p.header.message_len > 1 << 20 {
+            continue;
+        }
+        match &mut r {
+            None => r = Reassembly::start(&p.header, Vec::new(), Vec::new()).ok(),
+            Some(r) => {
+                let _ = r.add(&p.header, p.payload);
+                assert!(r.received() <= p.header.frag_count);
+            }
+        }
+    }
+    let _ = FragmentPlan::new(data.len(), HEADER_LEN + 1 + data.len() % 2000);
+}
+
+/// Decodes the input as a range of types; none may panic, and what decodes must re-encode to
+/// the same bytes.
+pub fn decode(data: &[u8]) {
+    fn check<'de, T: marshal::Decode<'de> + marshal::Encode>(data: &'de [u8]) {
+        if let Ok(v) = marshal::decode::<T>(data) {
+            assert_eq!(marshal::encode(&v).to_vec(), data, "encode(decode(x)) == x");
+        }
+    }
+    check::<Vec<u8>>(data);
+    check::<String>(data);
+    check::<(u8, u16, u32, u64)>(data);
+    check::<Option<Vec<String>>>(data);
+    check::<Result<Vec<u64>, String>>(data);
+    check::<Vec<Vec<(bool, char)>>>(data);
+    check::<[u32; 4]>(data);
+    let mut dec = Decoder::new(data);
+    let _ = dec.get::<&[u8]>();
+    let _ = dec.get::<&str>();
+    let _ = dec.get::<Vec<Option<u128>>>();
+    let _ = marshal::decode::<Vec<()>>(data);
+}
