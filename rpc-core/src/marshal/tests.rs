@@ -135,6 +135,10 @@ fn gather_with_a_short_output_leaves_the_rest_out() {
 }
 
 #[test]
+#[expect(
+    clippy::reversed_empty_ranges,
+    reason = "an inverted range, on purpose"
+)]
 fn empty_and_inverted_ranges_cover_nothing() {
     let long = vec![1u8; 100];
     let mut enc = Encoder::new();
@@ -300,7 +304,7 @@ fn nesting_is_bounded() {
 
 #[test]
 fn decoders_borrow_from_the_input() {
-    let long = vec![3u8; 100];
+    let long = [3u8; 100];
     let text = "a string longer than the copy threshold, to be borrowed";
     let mut enc = Encoder::new();
     enc.put(&long[..]);
