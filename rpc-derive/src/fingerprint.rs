@@ -208,7 +208,28 @@ mod tests {
                 ..base
             })
         );
-        // Stable across builds: a change here breaks compatibility with deployed peers.
-        assert_eq!(interface_id("Kv"), hash(b"rpc-interface/1\0Kv"));
+        // Stable across builds, compilers and versions of this crate: a change here breaks
+        // compatibility with every deployed peer.
+        assert_eq!(interface_id("Kv"), 0x8eab_489f);
+        let option: syn::Type = syn::parse_str("Option<Vec<u8>>").unwrap();
+        let get = MethodSig {
+            ret: Some(&option),
+            ..base
+        };
+        assert_eq!(method_id(&get), 0xbec8_2e9b);
+    }
+
+    #[test]
+    fn a_known_collision() {
+        // Found by search; tests/ui/id_collision.rs shows the compile error it causes.
+        let sig = |method| MethodSig {
+            interface: "Collide",
+            method,
+            args: &[],
+            ret: None,
+            idempotent: false,
+        };
+        assert_eq!(method_id(&sig("m23268")), 0x9c3a_780e);
+        assert_eq!(method_id(&sig("m32351")), 0x9c3a_780e);
     }
 }

@@ -275,7 +275,9 @@ fn zerocopy(input: &syn::DeriveInput, krate: &syn::Path, span: Span) -> TokenStr
             .push(syn::parse_quote!(#ident: #krate::marshal::ZeroCopy));
     }
     let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
+    // A type missing one of zerocopy's traits fails here: point at the request for zero-copy.
     let zero_copy = quote_spanned!(span=> #krate::marshal::ZeroCopy);
+    let name_at = syn::Ident::new(&name.to_string(), span);
     let params = generics.params.iter().map(|p| match p {
         syn::GenericParam::Type(t) => {
             let mut t = t.clone();
@@ -293,7 +295,7 @@ fn zerocopy(input: &syn::DeriveInput, krate: &syn::Path, span: Span) -> TokenStr
     });
     let predicates = generics.where_clause.as_ref().map(|w| &w.predicates);
     quote! {
-        impl #impl_generics #zero_copy for #name #ty_generics #where_clause {}
+        impl #impl_generics #zero_copy for #name_at #ty_generics #where_clause {}
         #krate::__zerocopy_marshal!({#(#params),*} #name #ty_generics where {#predicates});
     }
 }

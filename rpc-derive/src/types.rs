@@ -68,9 +68,16 @@ impl<'ast> Visit<'ast> for Checker<'_> {
     }
 
     fn visit_lifetime(&mut self, l: &'ast syn::Lifetime) {
-        if self.position == Position::Return {
-            self.errors
-                .at(l, "a return type cannot borrow: return an owned type");
+        match self.position {
+            Position::Return => self
+                .errors
+                .at(l, "a return type cannot borrow: return an owned type"),
+            Position::Argument if l.ident == "static" => self.errors.at(
+                l,
+                "an argument cannot borrow for `'static`: the server decodes it from the \
+                 request buffer; take an owned type, or a reference of any lifetime",
+            ),
+            Position::Argument => {}
         }
     }
 
