@@ -25,9 +25,11 @@ pub trait ZeroCopy: Sized + FromBytes + IntoBytes + KnownLayout + Immutable + Un
 macro_rules! __zerocopy_marshal {
     ($({$($gen:tt)*})? $ty:ty $(where {$($bound:tt)*})?) => {
         impl $(<$($gen)*>)? $crate::marshal::Encode for $ty $(where $($bound)*)? {
+            #[inline]
             fn encode<'a>(&'a self, enc: &mut $crate::marshal::Encoder<'a>) {
                 enc.put_bytes($crate::__private::zerocopy::IntoBytes::as_bytes(self));
             }
+            #[inline]
             fn encode_elements<'a>(items: &'a [Self], enc: &mut $crate::marshal::Encoder<'a>) {
                 enc.put_bytes($crate::__private::zerocopy::IntoBytes::as_bytes(items));
             }
@@ -35,6 +37,7 @@ macro_rules! __zerocopy_marshal {
         impl $(<$($gen)*>)? $crate::marshal::ZeroCopyVec for $ty $(where $($bound)*)? {}
         impl<'de, $($($gen)*)?> $crate::marshal::Decode<'de> for $ty $(where $($bound)*)? {
             const MIN_SIZE: usize = ::core::mem::size_of::<$ty>();
+            #[inline]
             fn decode(
                 dec: &mut $crate::marshal::Decoder<'de>,
             ) -> ::core::result::Result<Self, $crate::marshal::DecodeError> {
@@ -105,12 +108,14 @@ impl<'de, T: ZeroCopy> Decode<'de> for &'de [T] {
 macro_rules! scalars {
     ($($ty:ty),*) => {$(
         impl Encode for $ty {
+            #[inline]
             fn encode<'a>(&'a self, enc: &mut Encoder<'a>) {
                 enc.put_inline(&self.to_le_bytes());
             }
         }
         impl<'de> Decode<'de> for $ty {
             const MIN_SIZE: usize = size_of::<$ty>();
+            #[inline]
             fn decode(dec: &mut Decoder<'de>) -> Result<Self, DecodeError> {
                 Ok(<$ty>::from_le_bytes(dec.take_array()?))
             }
@@ -120,34 +125,40 @@ macro_rules! scalars {
 scalars!(u16, u32, u64, u128, i16, i32, i64, i128, f32, f64);
 
 impl Encode for usize {
+    #[inline]
     fn encode<'a>(&'a self, enc: &mut Encoder<'a>) {
         enc.put_u64(*self as u64);
     }
 }
 impl<'de> Decode<'de> for usize {
     const MIN_SIZE: usize = 8;
+    #[inline]
     fn decode(dec: &mut Decoder<'de>) -> Result<Self, DecodeError> {
         usize::try_from(dec.get_u64()?).map_err(|_| DecodeError::OutOfRange)
     }
 }
 impl Encode for isize {
+    #[inline]
     fn encode<'a>(&'a self, enc: &mut Encoder<'a>) {
         enc.put_u64(*self as i64 as u64);
     }
 }
 impl<'de> Decode<'de> for isize {
     const MIN_SIZE: usize = 8;
+    #[inline]
     fn decode(dec: &mut Decoder<'de>) -> Result<Self, DecodeError> {
         isize::try_from(dec.get_u64()? as i64).map_err(|_| DecodeError::OutOfRange)
     }
 }
 
 impl Encode for bool {
+    #[inline]
     fn encode<'a>(&'a self, enc: &mut Encoder<'a>) {
         enc.put_u8(u8::from(*self));
     }
 }
 impl<'de> Decode<'de> for bool {
+    #[inline]
     fn decode(dec: &mut Decoder<'de>) -> Result<Self, DecodeError> {
         match dec.get_u8()? {
             0 => Ok(false),
@@ -158,22 +169,26 @@ impl<'de> Decode<'de> for bool {
 }
 
 impl Encode for char {
+    #[inline]
     fn encode<'a>(&'a self, enc: &mut Encoder<'a>) {
         enc.put_u32(u32::from(*self));
     }
 }
 impl<'de> Decode<'de> for char {
     const MIN_SIZE: usize = 4;
+    #[inline]
     fn decode(dec: &mut Decoder<'de>) -> Result<Self, DecodeError> {
         char::from_u32(dec.get_u32()?).ok_or(DecodeError::OutOfRange)
     }
 }
 
 impl Encode for () {
+    #[inline]
     fn encode<'a>(&'a self, _: &mut Encoder<'a>) {}
 }
 impl<'de> Decode<'de> for () {
     const MIN_SIZE: usize = 0;
+    #[inline]
     fn decode(_: &mut Decoder<'de>) -> Result<Self, DecodeError> {
         Ok(())
     }
@@ -213,17 +228,20 @@ impl<'de, T: Decode<'de>, const N: usize> Decode<'de> for [T; N] {
 }
 
 impl Encode for str {
+    #[inline]
     fn encode<'a>(&'a self, enc: &mut Encoder<'a>) {
         self.as_bytes().encode(enc);
     }
 }
 impl Encode for String {
+    #[inline]
     fn encode<'a>(&'a self, enc: &mut Encoder<'a>) {
         self.as_bytes().encode(enc);
     }
 }
 impl<'de> Decode<'de> for &'de str {
     const MIN_SIZE: usize = 4;
+    #[inline]
     fn decode(dec: &mut Decoder<'de>) -> Result<Self, DecodeError> {
         let bytes = <&[u8]>::decode(dec)?;
         core::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)
@@ -231,18 +249,21 @@ impl<'de> Decode<'de> for &'de str {
 }
 impl<'de> Decode<'de> for String {
     const MIN_SIZE: usize = 4;
+    #[inline]
     fn decode(dec: &mut Decoder<'de>) -> Result<Self, DecodeError> {
         <&str>::decode(dec).map(str::to_owned)
     }
 }
 
 impl Encode for bytes::Bytes {
+    #[inline]
     fn encode<'a>(&'a self, enc: &mut Encoder<'a>) {
         self[..].encode(enc);
     }
 }
 impl<'de> Decode<'de> for bytes::Bytes {
     const MIN_SIZE: usize = 4;
+    #[inline]
     fn decode(dec: &mut Decoder<'de>) -> Result<Self, DecodeError> {
         <&[u8]>::decode(dec).map(bytes::Bytes::copy_from_slice)
     }

@@ -76,16 +76,19 @@ pub struct Encoder<'a> {
 
 impl<'a> Encoder<'a> {
     /// An empty descriptor.
+    #[inline]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Total length of the message in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// Whether the message is empty.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -101,10 +104,12 @@ impl<'a> Encoder<'a> {
         !self.spill.is_empty()
     }
 
+    #[inline]
     fn spilling(&self) -> bool {
         matches!(self.segs.last(), Some(Seg::Spill { .. }))
     }
 
+    #[cold]
     fn spill(&mut self, bytes: &[u8]) {
         let start = self.spill.len();
         self.spill.extend_from_slice(bytes);
@@ -117,6 +122,7 @@ impl<'a> Encoder<'a> {
 
     /// Appends bytes by reference: the descriptor points at them, nothing is copied (unless
     /// they are shorter than [`COPY_THRESHOLD`] or the descriptor is full).
+    #[inline]
     pub fn put_bytes(&mut self, bytes: &'a [u8]) {
         if bytes.is_empty() {
             return;
@@ -134,6 +140,7 @@ impl<'a> Encoder<'a> {
     }
 
     /// Appends bytes by copying them into the inline area.
+    #[inline]
     pub fn put_inline(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
@@ -163,18 +170,22 @@ impl<'a> Encoder<'a> {
     }
 
     /// Appends a `u8`.
+    #[inline]
     pub fn put_u8(&mut self, v: u8) {
         self.put_inline(&[v]);
     }
     /// Appends a little-endian `u16`.
+    #[inline]
     pub fn put_u16(&mut self, v: u16) {
         self.put_inline(&v.to_le_bytes());
     }
     /// Appends a little-endian `u32`.
+    #[inline]
     pub fn put_u32(&mut self, v: u32) {
         self.put_inline(&v.to_le_bytes());
     }
     /// Appends a little-endian `u64`.
+    #[inline]
     pub fn put_u64(&mut self, v: u64) {
         self.put_inline(&v.to_le_bytes());
     }
@@ -182,6 +193,7 @@ impl<'a> Encoder<'a> {
     /// Appends a sequence count. Counts above `u32::MAX` cannot be represented; no message of
     /// this protocol can hold such a sequence, so the count saturates and the peer's decoder
     /// refuses it.
+    #[inline]
     pub fn put_len(&mut self, len: usize) {
         self.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
     }
@@ -284,6 +296,7 @@ pub struct Decoder<'de> {
 
 impl<'de> Decoder<'de> {
     /// A decoder over a whole message.
+    #[inline]
     pub fn new(input: &'de [u8]) -> Self {
         Self { input, depth: 0 }
     }
@@ -306,16 +319,19 @@ impl<'de> Decoder<'de> {
     }
 
     /// Bytes not yet read.
+    #[inline]
     pub fn remaining(&self) -> usize {
         self.input.len()
     }
 
     /// The bytes not yet read.
+    #[inline]
     pub fn rest(&self) -> &'de [u8] {
         self.input
     }
 
     /// Takes the next `n` bytes, borrowed from the input.
+    #[inline]
     pub fn take(&mut self, n: usize) -> Result<&'de [u8], DecodeError> {
         if n > self.input.len() {
             return Err(DecodeError::Truncated);
@@ -334,18 +350,22 @@ impl<'de> Decoder<'de> {
     }
 
     /// Reads a `u8`.
+    #[inline]
     pub fn get_u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take_array::<1>()?[0])
     }
     /// Reads a little-endian `u16`.
+    #[inline]
     pub fn get_u16(&mut self) -> Result<u16, DecodeError> {
         Ok(u16::from_le_bytes(self.take_array()?))
     }
     /// Reads a little-endian `u32`.
+    #[inline]
     pub fn get_u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_le_bytes(self.take_array()?))
     }
     /// Reads a little-endian `u64`.
+    #[inline]
     pub fn get_u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.take_array()?))
     }
@@ -355,6 +375,7 @@ impl<'de> Decoder<'de> {
     ///
     /// Zero-sized elements count as one byte each here, so that no count can make a decoder
     /// loop (or a collection grow) beyond what the message's own length justifies.
+    #[inline]
     pub fn get_len(&mut self, min_size: usize) -> Result<usize, DecodeError> {
         let n = self.get_u32()? as usize;
         if n.saturating_mul(min_size.max(1)) > self.input.len() {
@@ -369,6 +390,7 @@ impl<'de> Decoder<'de> {
     }
 
     /// Ends decoding: refuses trailing bytes.
+    #[inline]
     pub fn finish(self) -> Result<(), DecodeError> {
         if self.input.is_empty() { Ok(()) } else { Err(DecodeError::TrailingBytes) }
     }
