@@ -10,6 +10,9 @@ pub const MAX_UDP_PAYLOAD: usize = 65_507;
 /// UDP payload that fits a 1500-byte Ethernet MTU over IPv4 without IP fragmentation.
 pub const ETHERNET_DATAGRAM: usize = 1_472;
 
+/// Default largest message body: 32 MiB.
+pub const DEFAULT_MAX_MESSAGE: usize = 32 << 20;
+
 /// Why a configuration was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -58,7 +61,8 @@ pub struct ClientConfig {
     /// this and the server's value. Default: [`ETHERNET_DATAGRAM`]; on loopback raise it
     /// towards [`MAX_UDP_PAYLOAD`].
     pub max_datagram: usize,
-    /// Largest request or reply body. Default: 16 MiB.
+    /// Largest request or reply body. Default: 32 MiB, so that a 16 MiB argument fits with
+    /// room to spare for the rest of the call.
     pub max_message: usize,
     /// Calls in flight at once; also the largest distance between the oldest call in flight
     /// and the newest. Default: 128.
@@ -83,7 +87,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             max_datagram: ETHERNET_DATAGRAM,
-            max_message: 16 << 20,
+            max_message: DEFAULT_MAX_MESSAGE,
             window: 128,
             initial_rto: Duration::from_millis(10),
             min_rto: Duration::from_millis(1),
@@ -125,7 +129,7 @@ impl ClientConfig {
 pub struct ServerConfig {
     /// Largest datagram sent or accepted, header included. Default: [`ETHERNET_DATAGRAM`].
     pub max_datagram: usize,
-    /// Largest request or reply body. Default: 16 MiB.
+    /// Largest request or reply body. Default: 32 MiB.
     pub max_message: usize,
     /// Sessions kept at once; the least recently used is evicted to make room. Default: 1024.
     pub max_sessions: usize,
@@ -153,7 +157,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             max_datagram: ETHERNET_DATAGRAM,
-            max_message: 16 << 20,
+            max_message: DEFAULT_MAX_MESSAGE,
             max_sessions: 1024,
             window: 256,
             session_cache_bytes: 32 << 20,
@@ -211,7 +215,7 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::Datagram { .. })));
         let c = ClientConfig { max_datagram: 70_000, ..Default::default() };
         assert!(matches!(c.validate(), Err(ConfigError::Datagram { .. })));
-        // 16 MiB in 1400-byte chunks is 11,984 fragments: fine. 1 GiB is not.
+        // 32 MiB in 1400-byte chunks is 23,968 fragments: fine. 1 GiB is not.
         let c = ClientConfig { max_message: 1 << 30, reassembly_budget: 1 << 30, ..Default::default() };
         assert!(matches!(c.validate(), Err(ConfigError::MessageTooLarge { .. })));
         let s = ServerConfig { session_cache_bytes: 1 << 30, ..Default::default() };

@@ -238,7 +238,8 @@ pub struct Client {
     in_flight: usize,
     /// Indexed by `seq % window`.
     calls: Vec<Option<Call>>,
-    /// Calls with datagrams to send, oldest first (entries may be stale; checked on pop).
+    /// Calls with datagrams to send, oldest first (entries may be stale; checked on pop, and
+    /// dropped once the queue holds twice the window).
     tx_queue: VecDeque<u64>,
     events: VecDeque<Event>,
     /// Earliest timer, recomputed when `timers_dirty`.
@@ -318,6 +319,11 @@ impl Client {
             Conn::Established { session, .. } => Some(session),
             _ => None,
         }
+    }
+
+    /// The sequence number the next call will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
     }
 
     /// The id of the call with sequence number `seq`, if it is in flight.
@@ -446,6 +452,16 @@ impl Client {
         if retransmit {
             call.attempts += 1;
             self.stats.retransmissions += 1;
+        }
+        if self.tx_queue.len() >= 2 * self.config.window {
+            // Drivers that send per call (`poll_transmit_for`) never drain the queue: drop the
+            // entries of calls that have nothing left to send, so it stays bounded.
+            let (calls, window) = (&self.calls, self.config.window as u64);
+            self.tx_queue.retain(|&q| {
+                calls[(q % window) as usize]
+                    .as_ref()
+                    .is_some_and(|c| c.seq == q && matches!(c.phase, Phase::Sending { .. }))
+            });
         }
         self.tx_queue.push_back(seq);
         self.timers_dirty = true;

@@ -63,13 +63,20 @@ pub enum ReassemblyError {
 
 /// A message being put back together from its fragments.
 ///
-/// Memory: one buffer of the message's length, plus one bit per fragment. Both are handed in
-/// by the owner (from a pool) after it has checked the length against its own budget, and are
-/// handed back by [`Reassembly::into_parts`].
+/// Fragments are appended in the order they arrive, each at a stride of the fragment size, so
+/// the memory and the work a reassembly costs follow the bytes actually received, never the
+/// length a first fragment claims. When fragments arrive in order (the usual case on a LAN)
+/// the buffer is the message as it stands; otherwise it is put in order once, at completion.
+///
+/// The buffer and the bitmap storage are handed in by the owner (from a pool) and handed back
+/// by [`Reassembly::into_parts`].
 #[derive(Debug)]
 pub struct Reassembly {
+    /// Received fragments, the `k`-th to arrive at `k * chunk`.
     buf: Vec<u8>,
     seen: Vec<u64>,
+    /// Fragment index of each arrival, once fragments arrived out of order (empty before).
+    arrival: Vec<u16>,
     message_len: u32,
     count: u16,
     chunk: u32,
@@ -104,9 +111,8 @@ impl Reassembly {
     }
 
     /// Starts a reassembly from any fragment of a message (the fragment is not yet added).
-    ///
-    /// `buf` is resized to the message length and `seen` to one bit per fragment; pass buffers
-    /// from a pool to avoid allocating in steady state.
+    /// `buf` and `seen` are cleared and reused; pass buffers from a pool to avoid allocating
+    /// in steady state.
     pub fn start(
         first: &HeaderRepr,
         mut buf: Vec<u8>,
@@ -114,12 +120,13 @@ impl Reassembly {
     ) -> Result<Self, ReassemblyError> {
         let chunk = Self::infer_chunk(first).ok_or(ReassemblyError::Inconsistent)?;
         buf.clear();
-        buf.resize(first.message_len as usize, 0);
         seen.clear();
+        // One bit per fragment: at most 8 KiB, whatever the message claims.
         seen.resize(usize::from(first.frag_count).div_ceil(64), 0);
         Ok(Self {
             buf,
             seen,
+            arrival: Vec::new(),
             message_len: first.message_len,
             count: first.frag_count,
             chunk,
@@ -140,16 +147,25 @@ impl Reassembly {
         let index = usize::from(h.frag_index);
         let (word, bit) = (index / 64, 1u64 << (index % 64));
         let seen = self.seen.get_mut(word).ok_or(ReassemblyError::Inconsistent)?;
-        if *seen & bit == 0 {
-            let start = index * self.chunk as usize;
-            let dst = self
-                .buf
-                .get_mut(start..start + payload.len())
-                .ok_or(ReassemblyError::Inconsistent)?;
-            dst.copy_from_slice(payload);
-            *seen |= bit;
-            self.received += 1;
+        if *seen & bit != 0 {
+            return Ok(self.is_complete());
         }
+        *seen |= bit;
+        let k = self.received;
+        if self.arrival.is_empty() && h.frag_index != k {
+            // The first fragment out of order: from now on, remember where each one went.
+            self.arrival.extend(0..k);
+        }
+        if !self.arrival.is_empty() {
+            self.arrival.push(h.frag_index);
+        }
+        self.buf.extend_from_slice(payload);
+        // Keep the stride: a short last fragment that arrives early is padded.
+        let stride = (usize::from(k) + 1) * self.chunk as usize;
+        if self.buf.len() < stride && usize::from(k) + 1 < usize::from(self.count) {
+            self.buf.resize(stride, 0);
+        }
+        self.received += 1;
         Ok(self.is_complete())
     }
 
@@ -174,9 +190,32 @@ impl Reassembly {
         self.received
     }
 
-    /// Gives back the message buffer (complete or not) and the bitmap storage.
+    /// Gives back the buffer and the bitmap storage. Once the reassembly is complete, the
+    /// buffer is the message, in order.
     pub fn into_parts(self) -> (Vec<u8>, Vec<u64>) {
-        (self.buf, self.seen)
+        if !self.is_complete() || self.arrival.is_empty() {
+            let mut buf = self.buf;
+            if self.received == self.count {
+                buf.truncate(self.message_len as usize);
+            }
+            return (buf, self.seen);
+        }
+        // Out of order: fragment `arrival[k]` sits at `k * chunk`. Put them in order.
+        let chunk = self.chunk as usize;
+        let mut position = vec![0usize; usize::from(self.count)];
+        for (k, &index) in self.arrival.iter().enumerate() {
+            position[usize::from(index)] = k;
+        }
+        let mut out = Vec::with_capacity(self.message_len as usize);
+        for (index, &k) in position.iter().enumerate() {
+            let len = if index + 1 == position.len() {
+                self.message_len as usize - index * chunk
+            } else {
+                chunk
+            };
+            out.extend_from_slice(&self.buf[k * chunk..k * chunk + len]);
+        }
+        (out, self.seen)
     }
 }
 
@@ -255,6 +294,33 @@ mod tests {
         assert!(Reassembly::start(&frag(2500, 0, 2, 1000), Vec::new(), Vec::new()).is_err());
         assert!(Reassembly::start(&frag(2500, 2, 3, 499), Vec::new(), Vec::new()).is_err());
         assert!(Reassembly::start(&frag(2500, 0, 1, 2500), Vec::new(), Vec::new()).is_err());
+    }
+
+    #[test]
+    fn memory_follows_bytes_received_not_bytes_claimed() {
+        // A first fragment claiming a 60,000-fragment message costs its own bytes, not the
+        // claim.
+        let claim = frag(60_000 * 1000, 59_999, 60_000, 1000);
+        let mut r = Reassembly::start(&claim, Vec::new(), Vec::new()).unwrap();
+        assert!(!r.add(&claim, &[1; 1000]).unwrap());
+        assert!(r.buf.capacity() < 64 << 10, "{}", r.buf.capacity());
+    }
+
+    #[test]
+    fn reassembles_every_arrival_order() {
+        let msg: Vec<u8> = (0..4500u32).map(|i| (i * 7) as u8).collect();
+        let plan = FragmentPlan::new(msg.len(), HEADER_LEN + 1000).unwrap();
+        let orders: [&[u16]; 5] = [&[0, 1, 2, 3, 4], &[4, 3, 2, 1, 0], &[4, 0, 1, 2, 3], &[1, 0, 3, 4, 2], &[0, 4, 1, 3, 2]];
+        for order in orders {
+            let first = frag(4500, order[0], 5, plan.range(order[0]).len() as u32);
+            let mut r = Reassembly::start(&first, Vec::new(), Vec::new()).unwrap();
+            for &i in order {
+                let range = plan.range(i);
+                r.add(&frag(4500, i, 5, range.len() as u32), &msg[range]).unwrap();
+            }
+            assert!(r.is_complete());
+            assert_eq!(r.into_parts().0, msg, "order {order:?}");
+        }
     }
 
     #[test]

@@ -630,10 +630,15 @@ impl Transport for UdpClient {
         let (me, batch) = {
             let mut st = inner.lock();
             let me = loop {
-                match st.core.start_call(now, req) {
+                // The protocol frees a call's slot when the call ends, but its waiter holds the
+                // slot of the waiter table until it has collected the outcome: a new call whose
+                // sequence number maps there must wait for that, or it would take the outcome
+                // away from under the old waiter.
+                let free = st.waiters[inner.slot(st.core.next_seq())].is_none();
+                let started = if free { st.core.start_call(now, req) } else { Err(CallError::WindowFull) };
+                match started {
                     Ok(id) => break id,
                     Err(CallError::WindowFull) => {
-                        // Every slot is taken: wait for a call to end.
                         drop(st);
                         thread::yield_now();
                         st = inner.lock();
