@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use examples::{Case, CountingAlloc, RawEcho, RawPing, measure, plot, print_table};
-use rpc_core::marshal::{Decoder, Encoder};
-use rpc_core::service::{CallContext, CallOptions, DispatchError, MethodDesc, ReplySink, Service, Transport};
+use rpc_core::marshal::PooledBytes;
+use rpc_core::rpc;
 use rpc_transport::PollStrategy;
 use rpc_transport::udp::{UdpClient, UdpClientConfig, UdpServer, UdpServerConfig};
 
@@ -49,49 +49,31 @@ struct Args {
     plot: PathBuf,
 }
 
-const NULL: MethodDesc =
-    MethodDesc { interface: 0xbe4c_0001, id: 1, interface_name: "Bench", name: "null", idempotent: false, blocking: false };
-const ECHO: MethodDesc = MethodDesc { id: 2, name: "echo", ..NULL };
-static METHODS: [MethodDesc; 2] = [NULL, ECHO];
+/// The benchmark's interface.
+#[rpc]
+pub trait Bench {
+    /// Does nothing: the round trip of an empty call.
+    fn null(&self);
+    /// Returns its argument, in a pooled buffer (no allocation per call on either side).
+    fn echo(&self, data: &[u8]) -> PooledBytes;
+}
 
-struct Bench;
+struct Handlers;
 
-impl Service for Bench {
-    fn interface(&self) -> u32 {
-        NULL.interface
-    }
-    fn methods(&self) -> &'static [MethodDesc] {
-        &METHODS
-    }
-    fn call(&self, ctx: &CallContext, request: &[u8], sink: &mut dyn ReplySink) -> Result<(), DispatchError> {
-        let mut dec = Decoder::new(request);
-        let mut enc = Encoder::new();
-        match ctx.method {
-            1 => dec.finish()?,
-            2 => {
-                let data: &[u8] = dec.get()?;
-                dec.finish()?;
-                enc.put(data);
-            }
-            _ => return Err(DispatchError::UnknownMethod),
-        }
-        sink.send(&enc);
-        Ok(())
+impl Bench for Handlers {
+    fn null(&self) {}
+    fn echo(&self, data: &[u8]) -> PooledBytes {
+        PooledBytes::copy_from(data)
     }
 }
 
-fn null_call(client: &UdpClient) {
-    let enc = Encoder::new();
-    client.call(&NULL, &CallOptions::new(), &enc, |_| Ok(())).expect("null call");
+fn null_call(client: &BenchClient<UdpClient>) {
+    client.null().expect("null call");
 }
 
-fn echo_call(client: &UdpClient, data: &[u8]) {
-    let mut enc = Encoder::new();
-    enc.put(data);
-    let n = client
-        .call(&ECHO, &CallOptions::new(), &enc, |b| rpc_core::marshal::decode::<&[u8]>(b).map(<[u8]>::len))
-        .expect("echo call");
-    assert_eq!(n.value, data.len());
+fn echo_call(client: &BenchClient<UdpClient>, data: &[u8]) {
+    let reply = client.echo(data).expect("echo call");
+    assert_eq!(reply.len(), data.len());
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,14 +169,17 @@ fn main() -> anyhow::Result<()> {
                     }
                     Kind::Null | Kind::Echo => {
                         let config = UdpServerConfig::loopback().poll(poll).pin(server_cpu.into_iter().collect());
-                        let server = UdpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)?.serve(Bench)?;
-                        let client = UdpClient::connect(server.local_addr(), UdpClientConfig::loopback().poll(poll))?;
+                        let server = UdpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)?.serve(BenchServer::new(Handlers))?;
+                        let client = BenchClient::new(UdpClient::connect(
+                            server.local_addr(),
+                            UdpClientConfig::loopback().poll(poll),
+                        )?);
                         let case = if *kind == Kind::Null {
                             measure(&label, w, n, || null_call(&client))
                         } else {
                             measure(&label, w, n, || echo_call(&client, &echo))
                         };
-                        retransmissions += client.stats().retransmissions;
+                        retransmissions += client.transport().stats().retransmissions;
                         drop(client);
                         from_cache += server.shutdown().answered_from_cache;
                         case

@@ -26,8 +26,10 @@
 //! the stack a hostile message can make a decoder use) to [`MAX_DEPTH`].
 
 mod impls;
+mod pooled;
 
 pub use impls::{ZeroCopy, decode_zerocopy_vec};
+pub use pooled::PooledBytes;
 #[doc(hidden)]
 pub use impls::ZeroCopyVec;
 
