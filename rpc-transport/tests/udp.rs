@@ -136,3 +136,32 @@ fn a_call_to_a_missing_server_times_out_by_its_deadline() {
     let err = client.with(CallOptions::new().timeout(Duration::from_millis(50))).record(tag(), 1).unwrap_err();
     assert_eq!(err, CallError::TimedOut);
 }
+
+#[test]
+fn several_receive_threads_share_the_port() {
+    let book = Book::default();
+    let mut config = server_config(park());
+    config.receivers = 3;
+    let server = UdpServer::bind(localhost(), config).unwrap().serve(LedgerServer::new(book.clone())).unwrap();
+    let addr = server.local_addr();
+    let handles: Vec<_> = (0..6u8)
+        .map(|c| {
+            thread::spawn(move || {
+                let client = LedgerClient::new(UdpClient::connect(addr, client_config(park())).unwrap());
+                for i in 0..100u64 {
+                    let data = pattern((i as usize * 31) % 3000, c);
+                    assert_eq!(client.echo(tag(), &data).unwrap(), data);
+                }
+                assert_eq!(client.transport().stats().sessions_opened, 1);
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(book.executions(), 600);
+    assert!(book.twice().is_empty());
+    let counters = server.shutdown();
+    // Each client's session lives on the one receive thread its address hashes to.
+    assert_eq!((counters.sessions, counters.executed), (6, 600));
+}
