@@ -75,6 +75,10 @@ pub struct ClientConfig {
     pub max_rto: Duration,
     /// Deadline of a call that names none. Default: 5 s.
     pub default_deadline: Duration,
+    /// Times a call is sent again (after timeouts or busy replies) before it fails, even if
+    /// its deadline is later: with `TimedOut`, or `ServerBusy` if the server's last answer
+    /// was busy. Default: no limit but the deadline.
+    pub max_retransmissions: u32,
     /// Bandwidth assumed when allowing for the time a large message takes to send, in bytes
     /// per second: a call of `n` bytes waits `RTO + n / assumed_bandwidth` before it is
     /// retransmitted. Default: 125 MB/s (gigabit Ethernet).
@@ -93,6 +97,7 @@ impl Default for ClientConfig {
             min_rto: Duration::from_millis(1),
             max_rto: Duration::from_millis(500),
             default_deadline: Duration::from_secs(5),
+            max_retransmissions: u32::MAX,
             assumed_bandwidth: 125_000_000,
             reassembly_budget: 64 << 20,
         }

@@ -165,3 +165,17 @@ fn several_receive_threads_share_the_port() {
     // Each client's session lives on the one receive thread its address hashes to.
     assert_eq!((counters.sessions, counters.executed), (6, 600));
 }
+
+#[test]
+fn a_retry_limit_ends_a_call_before_its_deadline() {
+    let server = UdpServer::bind(localhost(), server_config(park())).unwrap().serve(LedgerServer::new(Book::default())).unwrap();
+    let mut config = client_config(park());
+    config.protocol.max_retransmissions = 2;
+    let client = LedgerClient::new(UdpClient::connect(server.local_addr(), config).unwrap());
+    drop(server);
+    // The default deadline is 20 s; three sends 2 + 4 + 8 ms apart end the call long before.
+    let err = client.record(tag(), 1).unwrap_err();
+    assert_eq!(err, CallError::TimedOut);
+    let stats = client.transport().stats();
+    assert_eq!((stats.retransmissions, stats.timeouts), (2, 1));
+}

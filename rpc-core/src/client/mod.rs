@@ -702,6 +702,14 @@ impl Client {
                 continue;
             }
             let due = call.phase == Phase::Waiting && call.retransmit_at.is_some_and(|t| now >= t);
+            if due && call.attempts >= self.config.max_retransmissions {
+                let error = match call.last_busy {
+                    Some(reason) => CallError::ServerBusy(reason),
+                    None => CallError::TimedOut,
+                };
+                self.fail(seq, error);
+                continue;
+            }
             if due {
                 match session {
                     Some((session, max_datagram)) => self.begin_round(seq, session, max_datagram, true),

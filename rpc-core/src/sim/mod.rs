@@ -102,6 +102,7 @@ impl SimConfig {
             min_rto: Duration::from_micros(200),
             max_rto: Duration::from_millis(100),
             default_deadline: Duration::from_secs(2),
+            max_retransmissions: u32::MAX,
             assumed_bandwidth: 1_000_000_000,
             reassembly_budget: 4 << 20,
         };
