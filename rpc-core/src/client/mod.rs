@@ -162,7 +162,7 @@ pub struct ClientStats {
     pub outcome_unknown: u64,
     /// Datagrams sent (all fragments, all kinds).
     pub datagrams_sent: u64,
-    /// Calls sent again after a timeout or busy reply.
+    /// Calls sent again after a timeout or busy reply, or in a new session after a lost one.
     pub retransmissions: u64,
     /// Hellos sent.
     pub hellos: u64,
@@ -455,12 +455,15 @@ impl Client {
         }
         if self.tx_queue.len() >= 2 * self.config.window {
             // Drivers that send per call (`poll_transmit_for`) never drain the queue: drop the
-            // entries of calls that have nothing left to send, so it stays bounded.
+            // entries of calls that have nothing left to send, so it stays bounded. This call's
+            // own earlier entries go too (it is pushed again below), or a call retransmitted
+            // again and again would keep every one of them.
             let (calls, window) = (&self.calls, self.config.window as u64);
             self.tx_queue.retain(|&q| {
-                calls[(q % window) as usize]
-                    .as_ref()
-                    .is_some_and(|c| c.seq == q && matches!(c.phase, Phase::Sending { .. }))
+                q != seq
+                    && calls[(q % window) as usize]
+                        .as_ref()
+                        .is_some_and(|c| c.seq == q && matches!(c.phase, Phase::Sending { .. }))
             });
         }
         self.tx_queue.push_back(seq);
@@ -782,16 +785,21 @@ impl Client {
         };
         self.stats.sessions_opened += 1;
         self.events.push_back(Event::Connected { session: h.session });
+        // The handshake's timer is over.
+        self.timers_dirty = true;
         let (from, to) = (self.oldest, self.next_seq);
         for seq in from..to {
             let Some(call) = self.call(seq) else { continue };
             if call.phase != Phase::Held {
                 continue;
             }
+            // A call already sent in a lost session is sent again: a retransmission (so, by
+            // Karn's rule, no round-trip sample from its reply).
+            let sent_before = call.first_sent.is_some();
             if call.len > max_message {
                 self.fail(seq, CallError::MessageTooLarge { len: call.len, max: max_message });
             } else {
-                self.begin_round(seq, h.session, max_datagram, false);
+                self.begin_round(seq, h.session, max_datagram, sent_before);
             }
         }
     }
@@ -831,7 +839,7 @@ impl Client {
                 let backoff = self.rtt.backoff(attempts + 1);
                 let call = self.call_mut(h.seq)?;
                 call.last_busy = Some(BusyReason::from_u16(h.status));
-                call.attempts += 1;
+                // The round that follows counts as the attempt (`begin_round`).
                 call.phase = Phase::Waiting;
                 call.retransmit_at = Some(now + backoff);
                 self.timers_dirty = true;

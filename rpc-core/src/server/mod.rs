@@ -682,7 +682,7 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
                 Some(Entry::Done(_)) => {
                     if first {
                         self.stats.answered_from_cache += 1;
-                        self.resend_cached(slot, offset, src);
+                        self.resend_cached(slot, offset, src, h);
                     } else {
                         self.stats.dropped.stale += 1;
                     }
@@ -836,7 +836,9 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         }
     }
 
-    fn resend_cached(&mut self, slot: usize, offset: usize, dest: A) {
+    /// Queues the cached reply of entry `offset` for `dest`, in answer to the duplicate `req`
+    /// (whose interface and method it carries, as the original reply did).
+    fn resend_cached(&mut self, slot: usize, offset: usize, dest: A, req: &HeaderRepr) {
         let Some(s) = self.sessions[slot].as_ref() else { return };
         let seq = s.acked + 1 + offset as u64;
         let Some(Entry::Done(c)) = s.entries.get(offset) else { return };
@@ -847,8 +849,8 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             status: c.status,
             client_id: s.client_id,
             client_incarnation: s.client_incarnation,
-            interface: 0,
-            method: 0,
+            interface: req.interface,
+            method: req.method,
             session: s.id,
             seq,
             ack: 0,
@@ -949,6 +951,11 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             buf.extend_from_slice(&seg[..seg.len().min(room)]);
         }
         buf.resize(len, 0);
+        if buf.capacity() > 2 * len {
+            // A pooled buffer of an earlier, larger reply: keeping it for this one would hold
+            // memory that `cached_bytes` does not count.
+            buf.shrink_to(len);
+        }
         let cached =
             Cached { kind: plan.header.kind, status: plan.header.status, lamport: plan.header.lamport, body: buf };
         if let Some(s) = self.sessions[slot].as_mut() {
