@@ -541,3 +541,35 @@ proptest! {
         }
     }
 }
+
+/// rpc_core under another path, as a crate re-exporting it would name it.
+mod reexport {
+    pub(crate) use rpc_core as api;
+}
+
+#[derive(Marshal, Debug, PartialEq)]
+#[marshal(crate = "crate::reexport::api")]
+struct Pair(u8, String);
+
+#[rpc(crate = "crate::reexport::api")]
+trait Renamed {
+    fn swap(&self, pair: Pair) -> Pair;
+}
+
+struct Swapper;
+
+impl Renamed for Swapper {
+    fn swap(&self, Pair(n, s): Pair) -> Pair {
+        Pair(n.wrapping_add(1), s.chars().rev().collect())
+    }
+}
+
+#[test]
+fn the_crate_path_can_be_named() {
+    let net = SimNet::new(15, NetFaults::none(), RenamedServer::new(Swapper));
+    let client = RenamedClient::new(&net);
+    assert_eq!(
+        client.swap(Pair(1, "abc".into())).unwrap(),
+        Pair(2, "cba".into())
+    );
+}

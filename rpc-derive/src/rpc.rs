@@ -151,7 +151,7 @@ impl Interface {
                 continue;
             };
             IdentCollector(&mut taken).visit_signature(&f.sig);
-            let Some(method) = Method::parse(f, &name, errors) else {
+            let Some(mut method) = Method::parse(f, &name, errors) else {
                 continue;
             };
             if let Some(other) = methods.iter().find(|m| m.id == method.id) {
@@ -162,6 +162,15 @@ impl Interface {
                         method.ident, other.ident, method.id
                     ),
                 );
+            }
+            if method.docs.is_empty() {
+                // The client's methods are documented even where the trait's are not.
+                let doc = format!(
+                    " Calls [`{}::{}`].",
+                    item.ident.unraw(),
+                    method.ident.unraw()
+                );
+                method.docs.push(syn::parse_quote!(#[doc = #doc]));
             }
             methods.push(method);
         }
