@@ -437,9 +437,10 @@ impl Client {
     fn begin_round(&mut self, seq: u64, session: u64, max_datagram: usize, retransmit: bool) {
         let Some(call) = self.call_mut(seq) else { return };
         let Some(plan) = FragmentPlan::new(call.len, max_datagram) else { return };
+        let mut stale_reply = None;
         if call.session != session {
             // A new session: fragments of an earlier one are of no use.
-            call.reply = None;
+            stale_reply = call.reply.take();
             call.reply_seen = false;
         }
         call.session = session;
@@ -468,6 +469,10 @@ impl Client {
         }
         self.tx_queue.push_back(seq);
         self.timers_dirty = true;
+        if let Some(r) = stale_reply {
+            self.reassembly_bytes -= r.message_len();
+            self.give_back(r);
+        }
     }
 
     /// Abandons a call without an event; a reply that arrives later is dropped.
@@ -856,7 +861,8 @@ impl Client {
                 Some(Response { call: CallId(h.seq), result: Err(error), request_stamp, reply_stamp })
             }
             PacketKind::Reply => {
-                if now > deadline {
+                // At its deadline a call is over, as `handle_timeout` at that instant says.
+                if now >= deadline {
                     self.fail(h.seq, CallError::TimedOut);
                     return None;
                 }
@@ -895,7 +901,11 @@ impl Client {
                 self.stats.dropped.bad_fragment += 1;
                 return None;
             }
-            let (buf, bits) = (self.buffers.take(), self.bitmaps.take());
+            let (mut buf, bits) = (self.buffers.take(), self.bitmaps.take());
+            if buf.capacity() > 2 * len {
+                // Much larger than this reply: it would hold memory the budget does not count.
+                buf = Vec::new();
+            }
             match Reassembly::start(h, buf, bits) {
                 Ok(r) => {
                     self.reassembly_bytes += len;
@@ -927,8 +937,8 @@ impl Client {
     }
 
     /// The server no longer knows `session`: every call sent in it may or may not have
-    /// executed. Idempotent calls are sent again in a new session; the others fail with
-    /// [`CallError::OutcomeUnknown`].
+    /// executed. Idempotent calls, and calls none of whose datagrams were sent yet, are sent
+    /// again in a new session; the others fail with [`CallError::OutcomeUnknown`].
     fn session_lost(&mut self, session: u64) {
         if let Conn::Established { session: current, .. } = self.conn {
             if current == session {
@@ -943,7 +953,10 @@ impl Client {
             if call.session != session {
                 continue;
             }
-            if call.idempotent {
+            // A call none of whose datagrams left (its first round has not started sending)
+            // cannot have executed: it waits for the new session like an idempotent one.
+            let unsent = call.first_sent.is_none() && matches!(call.phase, Phase::Sending { next: 0, .. });
+            if call.idempotent || unsent {
                 let Some(call) = self.call_mut(seq) else { continue };
                 call.phase = Phase::Held;
                 call.session = 0;

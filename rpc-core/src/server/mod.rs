@@ -455,6 +455,16 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         self.queue(Pending { dest, header, body: PendingBody::None });
     }
 
+    /// Refuses a request: the first fragment gets the answer, the others are dropped and
+    /// counted (answering each would multiply the answers by the fragment count).
+    fn refuse_fragment(&mut self, dest: A, req: &HeaderRepr, kind: PacketKind, status: u16) {
+        if req.frag_index == 0 {
+            self.control(dest, req, kind, status);
+        } else {
+            self.stats.dropped.refused += 1;
+        }
+    }
+
     /// Processes a received datagram. Returns a call to execute, if it completes a new one.
     pub fn handle_datagram<'d>(
         &mut self,
@@ -516,7 +526,9 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             return;
         }
         let max_datagram = client_datagram.min(self.config.max_datagram);
-        let max_message = (body.max_message.get() as usize).min(self.config.max_message);
+        // No reply may need more fragments than a header can number.
+        let carriable = usize::from(u16::MAX) * (max_datagram - HEADER_LEN);
+        let max_message = (body.max_message.get() as usize).min(self.config.max_message).min(carriable);
         let slot = match self.find_session(h.client_id, h.client_incarnation) {
             Some(slot) => slot,
             None => self.open_session(now, src, h),
@@ -668,9 +680,7 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         if !idempotent {
             let offset = (h.seq - s.acked - 1) as usize;
             if offset >= self.config.window {
-                if first {
-                    self.control(src, h, PacketKind::Busy, BusyReason::WindowFull.to_u16());
-                }
+                self.refuse_fragment(src, h, PacketKind::Busy, BusyReason::WindowFull.to_u16());
                 return None;
             }
             let s = self.sessions[slot].as_mut()?;
@@ -691,7 +701,7 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
                 Some(&Entry::Gone(code)) => {
                     if first {
                         self.stats.answered_from_cache += 1;
-                        self.control(src, h, PacketKind::ErrorReply, code.to_u16());
+                        self.resend_tombstone(src, h, code);
                     } else {
                         self.stats.dropped.stale += 1;
                     }
@@ -701,24 +711,22 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             }
             if h.message_len as usize > self.config.max_message {
                 self.set_entry(slot, offset, Entry::Gone(ErrorCode::MessageTooLarge));
-                if first {
-                    self.control(src, h, PacketKind::ErrorReply, ErrorCode::MessageTooLarge.to_u16());
-                }
+                self.refuse_fragment(src, h, PacketKind::ErrorReply, ErrorCode::MessageTooLarge.to_u16());
                 return None;
             }
             let s = self.sessions[slot].as_ref()?;
-            if s.cached_bytes >= self.config.session_cache_bytes
-                || self.cached_bytes >= self.config.total_cache_bytes
-            {
-                if first {
-                    self.control(src, h, PacketKind::Busy, BusyReason::ReplyCacheFull.to_u16());
-                }
+            // With the cache full, new calls wait (busy) for the client to acknowledge replies.
+            // The oldest call it has not acknowledged is let through all the same: the client
+            // cannot acknowledge anything past it until it ends, so refusing it would stall
+            // the session until its deadline. Its reply is kept only if it fits.
+            let full = s.cached_bytes >= self.config.session_cache_bytes
+                || self.cached_bytes >= self.config.total_cache_bytes;
+            if full && offset != 0 {
+                self.refuse_fragment(src, h, PacketKind::Busy, BusyReason::ReplyCacheFull.to_u16());
                 return None;
             }
         } else if h.message_len as usize > self.config.max_message {
-            if first {
-                self.control(src, h, PacketKind::ErrorReply, ErrorCode::MessageTooLarge.to_u16());
-            }
+            self.refuse_fragment(src, h, PacketKind::ErrorReply, ErrorCode::MessageTooLarge.to_u16());
             return None;
         }
 
@@ -795,7 +803,12 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
                     }
                     return None;
                 }
-                let (buf, bits) = (self.big_buffers.take(), self.bitmaps.take());
+                let (mut buf, bits) = (self.big_buffers.take(), self.bitmaps.take());
+                if buf.capacity() > 2 * len {
+                    // A pooled buffer much larger than this message would hold memory that
+                    // the reassembly budget does not count.
+                    buf = Vec::new();
+                }
                 let r = match Reassembly::start(h, buf, bits) {
                     Ok(r) => r,
                     Err(_) => {
@@ -838,6 +851,29 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
 
     /// Queues the cached reply of entry `offset` for `dest`, in answer to the duplicate `req`
     /// (whose interface and method it carries, as the original reply did).
+    /// Answers a duplicate of a call whose reply could not be kept with that call's error,
+    /// marked as coming from the cache.
+    fn resend_tombstone(&mut self, dest: A, req: &HeaderRepr, code: ErrorCode) {
+        let header = HeaderRepr {
+            kind: PacketKind::ErrorReply,
+            flags: Flags::FROM_CACHE,
+            status: code.to_u16(),
+            client_id: req.client_id,
+            client_incarnation: req.client_incarnation,
+            interface: req.interface,
+            method: req.method,
+            session: req.session,
+            seq: req.seq,
+            ack: 0,
+            lamport: self.clock.tick(),
+            frag_index: 0,
+            frag_count: 1,
+            message_len: 0,
+            payload_len: 0,
+        };
+        self.queue(Pending { dest, header, body: PendingBody::None });
+    }
+
     fn resend_cached(&mut self, slot: usize, offset: usize, dest: A, req: &HeaderRepr) {
         let Some(s) = self.sessions[slot].as_ref() else { return };
         let seq = s.acked + 1 + offset as u64;

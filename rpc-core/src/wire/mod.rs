@@ -63,11 +63,13 @@ pub struct DropCounters {
     pub bad_fragment: u64,
     /// For a call that already ended or is unknown (late or duplicate replies, old requests).
     pub stale: u64,
+    /// Later fragments of a request the server refused (its first fragment got the answer).
+    pub refused: u64,
 }
 
 impl DropCounters {
     /// Sum of all causes.
     pub fn total(&self) -> u64 {
-        self.malformed + self.misdirected + self.bad_fragment + self.stale
+        self.malformed + self.misdirected + self.bad_fragment + self.stale + self.refused
     }
 }
