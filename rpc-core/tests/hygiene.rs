@@ -66,6 +66,25 @@ mod service {
         fn unit(&self);
     }
 
+    /// Types named like the generated code's generic parameters.
+    #[derive(::rpc_core::Marshal, ::std::fmt::Debug, ::std::cmp::PartialEq)]
+    pub(crate) struct T(pub(crate) u8);
+    #[derive(::rpc_core::Marshal, ::std::fmt::Debug, ::std::cmp::PartialEq)]
+    pub(crate) struct S(pub(crate) u8);
+
+    #[::rpc_core::rpc]
+    pub(crate) trait Names {
+        #[allow(clippy::needless_lifetimes)]
+        fn names<'c>(&self, t: T, s: &'c str) -> S;
+    }
+
+    impl Names for Impl {
+        #[allow(clippy::needless_lifetimes)]
+        fn names<'c>(&self, t: T, s: &'c str) -> S {
+            S(t.0 + s.len() as u8)
+        }
+    }
+
     pub(crate) struct Impl;
 
     impl Hygienic for Impl {
@@ -144,4 +163,8 @@ fn generated_code_is_hygienic() {
         Some(5)
     );
     assert_eq!(client.unit().ok(), Some(()));
+
+    let net = SimNet::new(2, NetFaults::none(), service::NamesServer::new(Impl));
+    let client = service::NamesClient::new(&net);
+    assert_eq!(client.names(service::T(1), "ab").ok(), Some(service::S(3)));
 }
