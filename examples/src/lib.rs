@@ -125,21 +125,27 @@ impl RawEcho {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
-        let thread = thread::Builder::new().name("raw-echo".into()).spawn(move || {
-            if let Some(cpu) = cpu {
-                let _ = rpc_transport::pin_to_cpu(cpu);
-            }
-            let mut buf = vec![0u8; 65_536];
-            while !stop2.load(Ordering::Relaxed) {
-                match socket.recv_from(&mut buf) {
-                    Ok((n, from)) => {
-                        let _ = socket.send_to(&buf[..n], from);
-                    }
-                    Err(_) => std::hint::spin_loop(),
+        let thread = thread::Builder::new()
+            .name("raw-echo".into())
+            .spawn(move || {
+                if let Some(cpu) = cpu {
+                    let _ = rpc_transport::pin_to_cpu(cpu);
                 }
-            }
-        })?;
-        Ok(Self { addr, stop, thread: Some(thread) })
+                let mut buf = vec![0u8; 65_536];
+                while !stop2.load(Ordering::Relaxed) {
+                    match socket.recv_from(&mut buf) {
+                        Ok((n, from)) => {
+                            let _ = socket.send_to(&buf[..n], from);
+                        }
+                        Err(_) => std::hint::spin_loop(),
+                    }
+                }
+            })?;
+        Ok(Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// The echo's address.
@@ -168,11 +174,19 @@ pub struct RawPing {
 
 impl RawPing {
     /// Connects to a [`RawEcho`].
-    pub fn connect(server: SocketAddr, poll: PollStrategy, payload_len: usize) -> std::io::Result<Self> {
+    pub fn connect(
+        server: SocketAddr,
+        poll: PollStrategy,
+        payload_len: usize,
+    ) -> std::io::Result<Self> {
         let socket = UdpSocket::bind(("127.0.0.1", 0))?;
         socket.connect(server)?;
         socket.set_nonblocking(poll == PollStrategy::Spin)?;
-        Ok(Self { socket, payload: vec![0x5a; payload_len], buf: vec![0u8; 65_536] })
+        Ok(Self {
+            socket,
+            payload: vec![0x5a; payload_len],
+            buf: vec![0u8; 65_536],
+        })
     }
 
     /// One round trip.
@@ -196,9 +210,15 @@ pub fn print_table(cases: &[Case]) {
     );
     println!("{}", "-".repeat(108));
     for c in cases {
-        let floor = c.floor.as_ref().and_then(|f| cases.iter().find(|x| &x.name == f));
-        let ratio = |q: f64| floor.map_or(String::from("-"), |f| format!("{:.2}x", c.us(q) / f.us(q)));
-        let allocs = c.allocs_per_call.map_or(String::from("-"), |a| format!("{a:.2}"));
+        let floor = c
+            .floor
+            .as_ref()
+            .and_then(|f| cases.iter().find(|x| &x.name == f));
+        let ratio =
+            |q: f64| floor.map_or(String::from("-"), |f| format!("{:.2}x", c.us(q) / f.us(q)));
+        let allocs = c
+            .allocs_per_call
+            .map_or(String::from("-"), |a| format!("{a:.2}"));
         println!(
             "{:<36} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10} {:>10} {:>9}",
             c.name,
@@ -221,12 +241,17 @@ pub fn plot(cases: &[Case], path: &std::path::Path) -> anyhow::Result<()> {
     }
     // x: "nines" of the percentile, so that p50, p90, p99, p99.9 are evenly spaced.
     let nines = |q: f64| -(1.0 - q).log10();
-    let qs: Vec<f64> = (0..=60).map(|i| 1.0 - 0.5 * 10f64.powf(-(i as f64) / 20.0)).collect();
+    let qs: Vec<f64> = (0..=60)
+        .map(|i| 1.0 - 0.5 * 10f64.powf(-(i as f64) / 20.0))
+        .collect();
     let max_us = cases.iter().map(|c| c.us(0.9995)).fold(1.0, f64::max) * 1.1;
     let root = SVGBackend::new(path, (1000, 600)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Round-trip latency by percentile (loopback)", ("sans-serif", 22))
+        .caption(
+            "Round-trip latency by percentile (loopback)",
+            ("sans-serif", 22),
+        )
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -239,13 +264,23 @@ pub fn plot(cases: &[Case], path: &std::path::Path) -> anyhow::Result<()> {
         .draw()?;
     for (i, c) in cases.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let points: Vec<(f64, f64)> = qs.iter().filter(|&&q| q <= 0.9995).map(|&q| (nines(q), c.us(q).max(0.1))).collect();
+        let points: Vec<(f64, f64)> = qs
+            .iter()
+            .filter(|&&q| q <= 0.9995)
+            .map(|&q| (nines(q), c.us(q).max(0.1)))
+            .collect();
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))?
             .label(c.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
     root.present()?;
     Ok(())
 }

@@ -43,11 +43,14 @@ pub enum ConfigError {
 fn check_sizes(max_datagram: usize, max_message: usize) -> Result<(), ConfigError> {
     let min = HEADER_LEN + 1;
     if !(min..=MAX_UDP_PAYLOAD).contains(&max_datagram) {
-        return Err(ConfigError::Datagram { min, max: MAX_UDP_PAYLOAD, got: max_datagram });
+        return Err(ConfigError::Datagram {
+            min,
+            max: MAX_UDP_PAYLOAD,
+            got: max_datagram,
+        });
     }
     let chunk = max_datagram - HEADER_LEN;
-    if max_message.div_ceil(chunk) > usize::from(u16::MAX) || u32::try_from(max_message).is_err()
-    {
+    if max_message.div_ceil(chunk) > usize::from(u16::MAX) || u32::try_from(max_message).is_err() {
         return Err(ConfigError::MessageTooLarge { max_message, chunk });
     }
     Ok(())
@@ -111,9 +114,13 @@ impl ClientConfig {
         if self.window == 0 || self.window > 1 << 16 {
             return Err(ConfigError::Invalid("window must be between 1 and 65536"));
         }
-        if self.min_rto.is_zero() || self.min_rto > self.initial_rto || self.initial_rto > self.max_rto
+        if self.min_rto.is_zero()
+            || self.min_rto > self.initial_rto
+            || self.initial_rto > self.max_rto
         {
-            return Err(ConfigError::Invalid("need 0 < min_rto <= initial_rto <= max_rto"));
+            return Err(ConfigError::Invalid(
+                "need 0 < min_rto <= initial_rto <= max_rto",
+            ));
         }
         if self.default_deadline.is_zero() {
             return Err(ConfigError::Invalid("default_deadline must be positive"));
@@ -122,7 +129,9 @@ impl ClientConfig {
             return Err(ConfigError::Invalid("assumed_bandwidth must be positive"));
         }
         if self.reassembly_budget < self.max_message {
-            return Err(ConfigError::Invalid("reassembly_budget must hold at least max_message"));
+            return Err(ConfigError::Invalid(
+                "reassembly_budget must hold at least max_message",
+            ));
         }
         Ok(())
     }
@@ -181,13 +190,17 @@ impl ServerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_sizes(self.max_datagram, self.max_message)?;
         if self.max_sessions == 0 || self.max_sessions > 1 << 16 {
-            return Err(ConfigError::Invalid("max_sessions must be between 1 and 65536"));
+            return Err(ConfigError::Invalid(
+                "max_sessions must be between 1 and 65536",
+            ));
         }
         if self.window == 0 || self.window > 1 << 16 {
             return Err(ConfigError::Invalid("window must be between 1 and 65536"));
         }
         if self.session_cache_bytes > self.total_cache_bytes {
-            return Err(ConfigError::Invalid("session_cache_bytes exceeds total_cache_bytes"));
+            return Err(ConfigError::Invalid(
+                "session_cache_bytes exceeds total_cache_bytes",
+            ));
         }
         if self.reassembly_budget < self.max_message || self.max_reassemblies == 0 {
             return Err(ConfigError::Invalid(
@@ -198,7 +211,9 @@ impl ServerConfig {
             return Err(ConfigError::Invalid("timeouts must be positive"));
         }
         if self.max_queued_transmits == 0 {
-            return Err(ConfigError::Invalid("max_queued_transmits must be positive"));
+            return Err(ConfigError::Invalid(
+                "max_queued_transmits must be positive",
+            ));
         }
         Ok(())
     }
@@ -216,16 +231,35 @@ mod tests {
 
     #[test]
     fn refuses_bad_sizes() {
-        let c = ClientConfig { max_datagram: HEADER_LEN, ..Default::default() };
+        let c = ClientConfig {
+            max_datagram: HEADER_LEN,
+            ..Default::default()
+        };
         assert!(matches!(c.validate(), Err(ConfigError::Datagram { .. })));
-        let c = ClientConfig { max_datagram: 70_000, ..Default::default() };
+        let c = ClientConfig {
+            max_datagram: 70_000,
+            ..Default::default()
+        };
         assert!(matches!(c.validate(), Err(ConfigError::Datagram { .. })));
         // 32 MiB in 1400-byte chunks is 23,968 fragments: fine. 1 GiB is not.
-        let c = ClientConfig { max_message: 1 << 30, reassembly_budget: 1 << 30, ..Default::default() };
-        assert!(matches!(c.validate(), Err(ConfigError::MessageTooLarge { .. })));
-        let s = ServerConfig { session_cache_bytes: 1 << 30, ..Default::default() };
+        let c = ClientConfig {
+            max_message: 1 << 30,
+            reassembly_budget: 1 << 30,
+            ..Default::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::MessageTooLarge { .. })
+        ));
+        let s = ServerConfig {
+            session_cache_bytes: 1 << 30,
+            ..Default::default()
+        };
         assert!(s.validate().is_err());
-        let c = ClientConfig { min_rto: Duration::from_secs(1), ..Default::default() };
+        let c = ClientConfig {
+            min_rto: Duration::from_secs(1),
+            ..Default::default()
+        };
         assert!(c.validate().is_err());
     }
 

@@ -31,7 +31,9 @@ pub enum CallError {
     ServerBusy(BusyReason),
     /// The server serves the interface, but not this method with this signature: the client
     /// and server were built from different versions of the interface.
-    #[error("interface mismatch: the server does not know method {method:#010x} of interface {interface:#010x}")]
+    #[error(
+        "interface mismatch: the server does not know method {method:#010x} of interface {interface:#010x}"
+    )]
     InterfaceMismatch {
         /// Interface fingerprint.
         interface: u32,
@@ -99,7 +101,13 @@ pub struct RemoteError {
 impl RemoteError {
     /// Whether the server may have executed the call.
     pub fn may_have_executed(&self) -> bool {
-        matches!(self.code, ErrorCode::HandlerPanicked | ErrorCode::ReplyTooLarge | ErrorCode::ReplyUnavailable | ErrorCode::Other(_))
+        matches!(
+            self.code,
+            ErrorCode::HandlerPanicked
+                | ErrorCode::ReplyTooLarge
+                | ErrorCode::ReplyUnavailable
+                | ErrorCode::Other(_)
+        )
     }
 }
 
@@ -149,6 +157,9 @@ pub enum DecodeError {
     /// The bytes do not form a valid value of a zero-copy type.
     #[error("invalid bytes for a zero-copy value")]
     InvalidValue,
+    /// Values nested deeper than [`crate::marshal::MAX_DEPTH`] (a recursive type).
+    #[error("values nested too deeply")]
+    TooDeep,
 }
 
 #[cfg(test)]
@@ -161,9 +172,14 @@ mod tests {
             CallError::TimedOut,
             CallError::OutcomeUnknown,
             CallError::ServerBusy(BusyReason::WindowFull),
-            CallError::InterfaceMismatch { interface: 1, method: 2 },
+            CallError::InterfaceMismatch {
+                interface: 1,
+                method: 2,
+            },
             CallError::UnknownInterface { interface: 1 },
-            CallError::Remote(RemoteError { code: ErrorCode::HandlerPanicked }),
+            CallError::Remote(RemoteError {
+                code: ErrorCode::HandlerPanicked,
+            }),
             CallError::BadReply(DecodeError::Truncated),
             CallError::MessageTooLarge { len: 2, max: 1 },
             CallError::WindowFull,
@@ -181,7 +197,10 @@ mod tests {
     fn error_codes_map_to_call_errors() {
         assert_eq!(
             CallError::from_code(ErrorCode::UnknownMethod, 7, 9),
-            CallError::InterfaceMismatch { interface: 7, method: 9 }
+            CallError::InterfaceMismatch {
+                interface: 7,
+                method: 9
+            }
         );
         assert_eq!(
             CallError::from_code(ErrorCode::UnknownInterface, 7, 9),

@@ -15,7 +15,7 @@ use crate::config::{ClientConfig, ServerConfig};
 use crate::marshal::{self, Decoder};
 use crate::server::Server;
 use crate::wire::{
-    FragmentPlan, HEADER_LEN, HeaderRepr, HelloBody, PacketKind, PacketRepr, Reassembly, Flags,
+    Flags, FragmentPlan, HEADER_LEN, HeaderRepr, HelloBody, PacketKind, PacketRepr, Reassembly,
 };
 
 /// Splits fuzzer input into datagrams: each is preceded by a `u16` length (little-endian).
@@ -80,11 +80,16 @@ pub fn server(data: &[u8]) {
         message_len: 8,
         payload_len: 8,
     };
-    let body = HelloBody { max_datagram: 1500.into(), max_message: (1u32 << 20).into() };
+    let body = HelloBody {
+        max_datagram: 1500.into(),
+        max_message: (1u32 << 20).into(),
+    };
     let mut bytes = hello.to_bytes().to_vec();
     bytes.extend_from_slice(body.as_bytes());
     let _ = server.handle_datagram(now, 1, &bytes);
-    let session = server.poll_transmit().map(|t| u64::from_le_bytes(t.header[24..32].try_into().unwrap_or([0; 8])));
+    let session = server
+        .poll_transmit()
+        .map(|t| u64::from_le_bytes(t.header[24..32].try_into().unwrap_or([0; 8])));
     let mut patched = Vec::new();
     for d in datagrams(data) {
         now += Duration::from_micros(u64::from(d.first().copied().unwrap_or(0)));
@@ -118,8 +123,15 @@ pub fn server(data: &[u8]) {
 /// Feeds datagrams to a client with calls in flight (replies name their sequence numbers);
 /// every call must end at most once, and the client's memory stays bounded.
 pub fn client(data: &[u8]) {
-    let config = ClientConfig { window: 8, reassembly_budget: 1 << 20, max_message: 1 << 20, ..ClientConfig::default() };
-    let Ok(mut client) = Client::new(config, 1, 1) else { return };
+    let config = ClientConfig {
+        window: 8,
+        reassembly_budget: 1 << 20,
+        max_message: 1 << 20,
+        ..ClientConfig::default()
+    };
+    let Ok(mut client) = Client::new(config, 1, 1) else {
+        return;
+    };
     let mut now = Instant::now();
     client.connect(now);
     while client.poll_transmit(now).is_some() {}
@@ -130,7 +142,13 @@ pub fn client(data: &[u8]) {
         // Attempts, not successes, are counted: a server may legitimately make every call
         // fail to start (a Welcome advertising a zero message size, say).
         while client.can_start() && started < 64 {
-            let req = CallRequest { interface: 1, method: 1, len: d.len() % 3000, idempotent: started % 3 == 0, deadline: None };
+            let req = CallRequest {
+                interface: 1,
+                method: 1,
+                len: d.len() % 3000,
+                idempotent: started % 3 == 0,
+                deadline: None,
+            };
             started += 1;
             let _ = client.start_call(now, req);
         }
@@ -150,7 +168,11 @@ pub fn client(data: &[u8]) {
                 assert!(offset + len <= 3000);
             }
         }
-        assert!(client.memory() <= 2 << 20, "client holds {} bytes", client.memory());
+        assert!(
+            client.memory() <= 2 << 20,
+            "client holds {} bytes",
+            client.memory()
+        );
     }
 }
 
@@ -158,7 +180,9 @@ pub fn client(data: &[u8]) {
 pub fn reassembly(data: &[u8]) {
     let mut r: Option<Reassembly> = None;
     for d in datagrams(data) {
-        let Ok(p) = PacketRepr::parse(d) else { continue };
+        let Ok(p) = PacketRepr::parse(d) else {
+            continue;
+        };
         if p.header.frag_count < 2 || p.header.message_len > 1 << 20 {
             continue;
         }

@@ -12,7 +12,12 @@ pub(crate) struct Pool<T> {
 
 impl<T> Pool<T> {
     pub(crate) fn new(max_bytes: usize, max_items: usize) -> Self {
-        Self { free: Vec::new(), held: 0, max_bytes, max_items }
+        Self {
+            free: Vec::new(),
+            held: 0,
+            max_bytes,
+            max_items,
+        }
     }
 
     /// A cleared vector, from the free list when there is one.

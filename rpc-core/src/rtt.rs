@@ -29,7 +29,13 @@ impl RttEstimator {
     /// An estimator with no samples. `min <= initial <= max` is the caller's to ensure
     /// ([`crate::ClientConfig::validate`] does).
     pub fn new(initial: Duration, min: Duration, max: Duration) -> Self {
-        Self { srtt: None, rttvar: Duration::ZERO, initial, min, max }
+        Self {
+            srtt: None,
+            rttvar: Duration::ZERO,
+            initial,
+            min,
+            max,
+        }
     }
 
     /// Takes a round-trip sample.

@@ -219,13 +219,17 @@ impl Router {
 
     /// Adds a service. A service with the same interface fingerprint replaces the earlier one.
     pub fn with(mut self, service: impl Service + 'static) -> Self {
-        self.services.retain(|s| s.interface() != service.interface());
+        self.services
+            .retain(|s| s.interface() != service.interface());
         self.services.push(Box::new(service));
         self
     }
 
     fn service(&self, interface: u32) -> Option<&dyn Service> {
-        self.services.iter().find(|s| s.interface() == interface).map(|s| &**s)
+        self.services
+            .iter()
+            .find(|s| s.interface() == interface)
+            .map(|s| &**s)
     }
 }
 
@@ -241,7 +245,9 @@ impl Dispatch for Router {
         request: &[u8],
         sink: &mut dyn ReplySink,
     ) -> Result<(), DispatchError> {
-        let s = self.service(ctx.interface).ok_or(DispatchError::UnknownInterface)?;
+        let s = self
+            .service(ctx.interface)
+            .ok_or(DispatchError::UnknownInterface)?;
         s.call(ctx, request, sink)
     }
 }

@@ -323,10 +323,10 @@ fn derived_encodings_are_fields_in_order() {
 fn hostile_nesting_is_refused_without_overflowing_the_stack() {
     // Neg(Neg(Neg(...))): a variant index of 1, a million times.
     let deep: Vec<u8> = [1u8, 0, 0, 0].repeat(1 << 20);
-    assert_eq!(decode::<Expr>(&deep), Err(DecodeError::OutOfRange));
+    assert_eq!(decode::<Expr>(&deep), Err(DecodeError::TooDeep));
     // A tree whose every node has one child.
     let deep: Vec<u8> = [7u8, 1, 0, 0, 0].repeat(1 << 20);
-    assert_eq!(decode::<Tree>(&deep), Err(DecodeError::OutOfRange));
+    assert_eq!(decode::<Tree>(&deep), Err(DecodeError::TooDeep));
 
     // Legitimate nesting within the bound decodes.
     let mut e = Expr::Lit(1);
@@ -338,7 +338,7 @@ fn hostile_nesting_is_refused_without_overflowing_the_stack() {
     let e = Expr::Neg(Box::new(e));
     assert_eq!(
         decode::<Expr>(&encode(&e).to_vec()),
-        Err(DecodeError::OutOfRange)
+        Err(DecodeError::TooDeep)
     );
 }
 

@@ -6,14 +6,20 @@
 use rpc_core::sim::{self, SimConfig, SimReport};
 
 fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name} must be a number")))
+    std::env::var(name).ok().map(|v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number"))
+    })
 }
 
 #[test]
 fn simulation_over_many_seeds() {
     let (start, count) = match env_u64("RPC_SIM_SEED") {
         Some(seed) => (seed, 1),
-        None => (env_u64("RPC_SIM_SEED_START").unwrap_or(0), env_u64("RPC_SIM_SEEDS").unwrap_or(100)),
+        None => (
+            env_u64("RPC_SIM_SEED_START").unwrap_or(0),
+            env_u64("RPC_SIM_SEEDS").unwrap_or(100),
+        ),
     };
     let mut total = SimReport::default();
     for seed in start..start + count {
@@ -27,12 +33,21 @@ fn simulation_over_many_seeds() {
     // Over many seeds, most calls get their reply and every fault was really exercised. (A
     // single seed may have limits so tight that most of its calls fail, correctly.)
     if count >= 20 {
-        assert!(total.succeeded * 10 > total.calls * 8, "too few calls succeeded:\n{total}");
-        assert!(total.lost > 0 && total.duplicated > 0 && total.reordered > 0, "{total}");
+        assert!(
+            total.succeeded * 10 > total.calls * 8,
+            "too few calls succeeded:\n{total}"
+        );
+        assert!(
+            total.lost > 0 && total.duplicated > 0 && total.reordered > 0,
+            "{total}"
+        );
         assert!(total.retransmissions > 0, "{total}");
         assert!(total.answered_from_cache > 0, "{total}");
         assert!(total.dropped_executing > 0, "{total}");
-        assert!(total.server_restarts > 0 && total.client_restarts > 0, "{total}");
+        assert!(
+            total.server_restarts > 0 && total.client_restarts > 0,
+            "{total}"
+        );
         assert!(total.outcome_unknown > 0, "{total}");
         assert!(total.mismatched > 0, "{total}");
     }

@@ -3,7 +3,8 @@
 
 use proptest::prelude::*;
 use rpc_core::wire::{
-    Flags, HEADER_LEN, HELLO_BODY_LEN, HeaderRepr, MAX_LAMPORT, Packet, PacketKind, PacketRepr, WELCOME_BODY_LEN,
+    Flags, HEADER_LEN, HELLO_BODY_LEN, HeaderRepr, MAX_LAMPORT, Packet, PacketKind, PacketRepr,
+    WELCOME_BODY_LEN,
 };
 
 fn kind() -> impl Strategy<Value = PacketKind> {
@@ -21,8 +22,16 @@ fn kind() -> impl Strategy<Value = PacketKind> {
 /// A valid packet: header fields consistent with each other and with the kind, and a payload
 /// of the announced length.
 fn packet() -> impl Strategy<Value = (HeaderRepr, Vec<u8>)> {
-    (kind(), any::<[u64; 6]>(), any::<[u32; 3]>(), any::<u16>(), 1u16..=8, 0usize..600, any::<u8>()).prop_map(
-        |(kind, w, d, status, count, payload, flag_bits)| {
+    (
+        kind(),
+        any::<[u64; 6]>(),
+        any::<[u32; 3]>(),
+        any::<u16>(),
+        1u16..=8,
+        0usize..600,
+        any::<u8>(),
+    )
+        .prop_map(|(kind, w, d, status, count, payload, flag_bits)| {
             let (frag_count, frag_index, message_len, payload_len) = match kind {
                 PacketKind::Hello => (1, 0, HELLO_BODY_LEN, HELLO_BODY_LEN),
                 PacketKind::Welcome => (1, 0, WELCOME_BODY_LEN, WELCOME_BODY_LEN),
@@ -30,7 +39,12 @@ fn packet() -> impl Strategy<Value = (HeaderRepr, Vec<u8>)> {
                 PacketKind::Request | PacketKind::Reply if count == 1 => (1, 0, payload, payload),
                 PacketKind::Request | PacketKind::Reply => {
                     let payload = payload.max(1);
-                    (count, (w[0] % u64::from(count)) as u16, payload * usize::from(count), payload)
+                    (
+                        count,
+                        (w[0] % u64::from(count)) as u16,
+                        payload * usize::from(count),
+                        payload,
+                    )
                 }
             };
             let allowed = match kind {
@@ -66,8 +80,7 @@ fn packet() -> impl Strategy<Value = (HeaderRepr, Vec<u8>)> {
             };
             let body = (0..payload_len).map(|i| (i as u8) ^ flag_bits).collect();
             (header, body)
-        },
-    )
+        })
 }
 
 proptest! {

@@ -43,7 +43,11 @@ impl PollStrategy {
 
 /// Blocks until `fd` is readable or `deadline` passes (at most `cap` from now). Returns whether
 /// it is readable. Interrupted waits return `false`.
-pub(crate) fn wait_readable(fd: impl AsFd, deadline: Option<Instant>, cap: Duration) -> io::Result<bool> {
+pub(crate) fn wait_readable(
+    fd: impl AsFd,
+    deadline: Option<Instant>,
+    cap: Duration,
+) -> io::Result<bool> {
     let now = Instant::now();
     let wait = deadline.map_or(cap, |d| d.saturating_duration_since(now).min(cap));
     let timeout = Timespec {

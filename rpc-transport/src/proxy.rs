@@ -36,12 +36,23 @@ pub struct Faults {
 impl Faults {
     /// No faults: forward at once.
     pub fn none() -> Self {
-        Self { loss: 0.0, duplicate: 0.0, reorder: 0.0, delay: Duration::ZERO, reorder_delay: Duration::from_millis(1) }
+        Self {
+            loss: 0.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+            delay: Duration::ZERO,
+            reorder_delay: Duration::from_millis(1),
+        }
     }
 
     /// Loss, duplication and reordering at these rates.
     pub fn lossy(loss: f64, duplicate: f64, reorder: f64) -> Self {
-        Self { loss, duplicate, reorder, ..Self::none() }
+        Self {
+            loss,
+            duplicate,
+            reorder,
+            ..Self::none()
+        }
     }
 }
 
@@ -99,8 +110,16 @@ impl FaultProxy {
             counters: counters.clone(),
         };
         let stop2 = stop.clone();
-        let thread = thread::Builder::new().name("fault-proxy".into()).spawn(move || state.run(&stop2))?;
-        Ok(Self { addr, faults, counters, stop, thread: Some(thread) })
+        let thread = thread::Builder::new()
+            .name("fault-proxy".into())
+            .spawn(move || state.run(&stop2))?;
+        Ok(Self {
+            addr,
+            faults,
+            counters,
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// The address clients should send to.
@@ -142,13 +161,16 @@ enum Dest {
     Client(SocketAddr),
 }
 
+/// A datagram held by the proxy: release time, arrival order (ties), destination, bytes.
+type Held = (Instant, u64, Dest, Vec<u8>);
+
 struct ProxyState {
     front: UdpSocket,
     upstream: SocketAddr,
     /// One socket per client, connected to the upstream: (socket, client address).
     backs: Vec<(UdpSocket, SocketAddr)>,
     by_client: HashMap<SocketAddr, usize>,
-    queue: BinaryHeap<Reverse<(Instant, u64, Dest, Vec<u8>)>>,
+    queue: BinaryHeap<Reverse<Held>>,
     order: u64,
     rng: ChaCha8Rng,
     faults: Arc<Mutex<Faults>>,
@@ -163,7 +185,9 @@ impl ProxyState {
             let wait = self
                 .queue
                 .peek()
-                .map_or(Duration::from_millis(10), |Reverse((t, ..))| t.saturating_duration_since(Instant::now()))
+                .map_or(Duration::from_millis(10), |Reverse((t, ..))| {
+                    t.saturating_duration_since(Instant::now())
+                })
                 .min(Duration::from_millis(10));
             let readable = {
                 let mut fds = Vec::with_capacity(1 + self.backs.len());
@@ -171,9 +195,14 @@ impl ProxyState {
                 for (s, _) in &self.backs {
                     fds.push(PollFd::new(s, PollFlags::IN));
                 }
-                let timeout = Timespec { tv_sec: 0, tv_nsec: wait.as_nanos() as _ };
+                let timeout = Timespec {
+                    tv_sec: 0,
+                    tv_nsec: wait.as_nanos() as _,
+                };
                 let _ = rustix::event::poll(&mut fds, Some(&timeout));
-                fds.iter().map(|f| !f.revents().is_empty()).collect::<Vec<_>>()
+                fds.iter()
+                    .map(|f| !f.revents().is_empty())
+                    .collect::<Vec<_>>()
             };
             if readable[0] {
                 while let Ok((n, from)) = self.front.recv_from(&mut buf) {
@@ -229,7 +258,8 @@ impl ProxyState {
                 at += Duration::from_nanos(extra);
             }
             self.order += 1;
-            self.queue.push(Reverse((at, self.order, dest, bytes.to_vec())));
+            self.queue
+                .push(Reverse((at, self.order, dest, bytes.to_vec())));
         }
         self.release(now);
     }
@@ -239,7 +269,9 @@ impl ProxyState {
             if *at > now {
                 break;
             }
-            let Some(Reverse((_, _, dest, bytes))) = self.queue.pop() else { break };
+            let Some(Reverse((_, _, dest, bytes))) = self.queue.pop() else {
+                break;
+            };
             // Send errors are losses, as on a real network.
             let _ = match dest {
                 Dest::Upstream(i) => self.backs[i].0.send(&bytes),
@@ -284,7 +316,11 @@ impl Flood {
                 }
             }
         })?;
-        Ok(Self { stop, sent, thread: Some(thread) })
+        Ok(Self {
+            stop,
+            sent,
+            thread: Some(thread),
+        })
     }
 
     /// Datagrams sent so far.

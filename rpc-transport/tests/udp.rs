@@ -5,7 +5,9 @@ mod common;
 use std::thread;
 use std::time::Duration;
 
-use common::{Book, LedgerClient, LedgerServer, client_config, localhost, park, pattern, server_config, tag};
+use common::{
+    Book, LedgerClient, LedgerServer, client_config, localhost, park, pattern, server_config, tag,
+};
 use rpc_core::CallError;
 use rpc_core::service::CallOptions;
 use rpc_transport::PollStrategy;
@@ -15,11 +17,20 @@ use rpc_transport::udp::{UdpClient, UdpServer};
 fn every_poll_strategy_end_to_end() {
     for poll in [PollStrategy::Spin, park(), PollStrategy::Block] {
         let book = Book::default();
-        let server = UdpServer::bind(localhost(), server_config(poll)).unwrap().serve(LedgerServer::new(book.clone())).unwrap();
-        let client = LedgerClient::new(UdpClient::connect(server.local_addr(), client_config(poll)).unwrap());
+        let server = UdpServer::bind(localhost(), server_config(poll))
+            .unwrap()
+            .serve(LedgerServer::new(book.clone()))
+            .unwrap();
+        let client = LedgerClient::new(
+            UdpClient::connect(server.local_addr(), client_config(poll)).unwrap(),
+        );
         for i in 0..200u64 {
             let t = tag();
-            assert_eq!(client.record(t, i).unwrap(), 1, "{poll:?}: first run of the call");
+            assert_eq!(
+                client.record(t, i).unwrap(),
+                1,
+                "{poll:?}: first run of the call"
+            );
             let data = pattern((i * 97 % 3000) as usize, i as u8);
             assert_eq!(client.echo(tag(), &data).unwrap(), data);
         }
@@ -44,8 +55,12 @@ fn every_poll_strategy_end_to_end() {
 #[test]
 fn several_threads_share_a_client_and_several_clients_share_a_server() {
     let book = Book::default();
-    let server = UdpServer::bind(localhost(), server_config(park())).unwrap().serve(LedgerServer::new(book.clone())).unwrap();
-    let shared = LedgerClient::new(UdpClient::connect(server.local_addr(), client_config(park())).unwrap());
+    let server = UdpServer::bind(localhost(), server_config(park()))
+        .unwrap()
+        .serve(LedgerServer::new(book.clone()))
+        .unwrap();
+    let shared =
+        LedgerClient::new(UdpClient::connect(server.local_addr(), client_config(park())).unwrap());
     let mut handles = Vec::new();
     for t in 0..4u8 {
         let client = LedgerClient::new(shared.transport().clone());
@@ -59,7 +74,8 @@ fn several_threads_share_a_client_and_several_clients_share_a_server() {
     for c in 0..3u8 {
         let addr = server.local_addr();
         handles.push(thread::spawn(move || {
-            let client = LedgerClient::new(UdpClient::connect(addr, client_config(park())).unwrap());
+            let client =
+                LedgerClient::new(UdpClient::connect(addr, client_config(park())).unwrap());
             for i in 0..300u64 {
                 let data = pattern((i as usize * 7) % 5000, c ^ 0x55);
                 assert_eq!(client.echo(tag(), &data).unwrap(), data);
@@ -81,7 +97,10 @@ fn several_threads_share_a_client_and_several_clients_share_a_server() {
 #[test]
 fn threads_sharing_a_client_always_collect_their_own_replies() {
     let book = Book::default();
-    let server = UdpServer::bind(localhost(), server_config(park())).unwrap().serve(LedgerServer::new(book.clone())).unwrap();
+    let server = UdpServer::bind(localhost(), server_config(park()))
+        .unwrap()
+        .serve(LedgerServer::new(book.clone()))
+        .unwrap();
     let mut config = client_config(park());
     config.protocol.window = 8;
     for _ in 0..10 {
@@ -108,12 +127,24 @@ fn threads_sharing_a_client_always_collect_their_own_replies() {
 #[test]
 fn one_and_sixteen_mebibyte_arguments_and_replies() {
     let book = Book::default();
-    let server = UdpServer::bind(localhost(), server_config(park())).unwrap().serve(LedgerServer::new(book.clone())).unwrap();
-    let client = LedgerClient::new(UdpClient::connect(server.local_addr(), client_config(park())).unwrap());
+    let server = UdpServer::bind(localhost(), server_config(park()))
+        .unwrap()
+        .serve(LedgerServer::new(book.clone()))
+        .unwrap();
+    let client =
+        LedgerClient::new(UdpClient::connect(server.local_addr(), client_config(park())).unwrap());
     for len in [1 << 20, 16 << 20] {
         let data = pattern(len, 3);
-        assert_eq!(client.echo(tag(), &data).unwrap(), data, "{len}-byte argument and reply");
-        assert_eq!(client.blob(tag(), len as u64, 9).unwrap(), pattern(len, 9), "{len}-byte reply");
+        assert_eq!(
+            client.echo(tag(), &data).unwrap(),
+            data,
+            "{len}-byte argument and reply"
+        );
+        assert_eq!(
+            client.blob(tag(), len as u64, 9).unwrap(),
+            pattern(len, 9),
+            "{len}-byte reply"
+        );
     }
     assert!(book.twice().is_empty());
     drop(server);
@@ -121,19 +152,33 @@ fn one_and_sixteen_mebibyte_arguments_and_replies() {
 
 #[test]
 fn a_message_over_the_limit_is_refused_before_sending() {
-    let server = UdpServer::bind(localhost(), server_config(park())).unwrap().serve(LedgerServer::new(Book::default())).unwrap();
-    let client = LedgerClient::new(UdpClient::connect(server.local_addr(), client_config(park())).unwrap());
+    let server = UdpServer::bind(localhost(), server_config(park()))
+        .unwrap()
+        .serve(LedgerServer::new(Book::default()))
+        .unwrap();
+    let client =
+        LedgerClient::new(UdpClient::connect(server.local_addr(), client_config(park())).unwrap());
     let data = vec![0u8; (32 << 20) + 1];
-    assert!(matches!(client.echo(tag(), &data), Err(CallError::MessageTooLarge { .. })));
+    assert!(matches!(
+        client.echo(tag(), &data),
+        Err(CallError::MessageTooLarge { .. })
+    ));
     assert_eq!(server.stats().executed, 0);
 }
 
 #[test]
 fn a_call_to_a_missing_server_times_out_by_its_deadline() {
-    let server = UdpServer::bind(localhost(), server_config(park())).unwrap().serve(LedgerServer::new(Book::default())).unwrap();
-    let client = LedgerClient::new(UdpClient::connect(server.local_addr(), client_config(park())).unwrap());
+    let server = UdpServer::bind(localhost(), server_config(park()))
+        .unwrap()
+        .serve(LedgerServer::new(Book::default()))
+        .unwrap();
+    let client =
+        LedgerClient::new(UdpClient::connect(server.local_addr(), client_config(park())).unwrap());
     drop(server);
-    let err = client.with(CallOptions::new().timeout(Duration::from_millis(50))).record(tag(), 1).unwrap_err();
+    let err = client
+        .with(CallOptions::new().timeout(Duration::from_millis(50)))
+        .record(tag(), 1)
+        .unwrap_err();
     assert_eq!(err, CallError::TimedOut);
 }
 
@@ -142,12 +187,16 @@ fn several_receive_threads_share_the_port() {
     let book = Book::default();
     let mut config = server_config(park());
     config.receivers = 3;
-    let server = UdpServer::bind(localhost(), config).unwrap().serve(LedgerServer::new(book.clone())).unwrap();
+    let server = UdpServer::bind(localhost(), config)
+        .unwrap()
+        .serve(LedgerServer::new(book.clone()))
+        .unwrap();
     let addr = server.local_addr();
     let handles: Vec<_> = (0..6u8)
         .map(|c| {
             thread::spawn(move || {
-                let client = LedgerClient::new(UdpClient::connect(addr, client_config(park())).unwrap());
+                let client =
+                    LedgerClient::new(UdpClient::connect(addr, client_config(park())).unwrap());
                 for i in 0..100u64 {
                     let data = pattern((i as usize * 31) % 3000, c);
                     assert_eq!(client.echo(tag(), &data).unwrap(), data);
@@ -168,7 +217,10 @@ fn several_receive_threads_share_the_port() {
 
 #[test]
 fn a_retry_limit_ends_a_call_before_its_deadline() {
-    let server = UdpServer::bind(localhost(), server_config(park())).unwrap().serve(LedgerServer::new(Book::default())).unwrap();
+    let server = UdpServer::bind(localhost(), server_config(park()))
+        .unwrap()
+        .serve(LedgerServer::new(Book::default()))
+        .unwrap();
     let mut config = client_config(park());
     config.protocol.max_retransmissions = 2;
     let client = LedgerClient::new(UdpClient::connect(server.local_addr(), config).unwrap());

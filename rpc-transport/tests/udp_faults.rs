@@ -8,26 +8,38 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use common::{Book, LedgerClient, LedgerServer, client_config, localhost, park, pattern, server_config, tag};
+use common::{
+    Book, LedgerClient, LedgerServer, client_config, localhost, park, pattern, server_config, tag,
+};
 use rpc_core::CallError;
 use rpc_core::service::CallOptions;
 use rpc_transport::proxy::{FaultProxy, Faults, Flood};
 use rpc_transport::udp::{UdpClient, UdpServer};
 
 fn faults(loss: f64, duplicate: f64, reorder: f64) -> Faults {
-    Faults { reorder_delay: Duration::from_millis(2), ..Faults::lossy(loss, duplicate, reorder) }
+    Faults {
+        reorder_delay: Duration::from_millis(2),
+        ..Faults::lossy(loss, duplicate, reorder)
+    }
 }
 
 #[test]
 fn ten_percent_loss_with_duplication_and_reordering() {
     let book = Book::default();
-    let server = UdpServer::bind(localhost(), server_config(park())).unwrap().serve(LedgerServer::new(book.clone())).unwrap();
+    let server = UdpServer::bind(localhost(), server_config(park()))
+        .unwrap()
+        .serve(LedgerServer::new(book.clone()))
+        .unwrap();
     let proxy = FaultProxy::start(server.local_addr(), faults(0.10, 0.05, 0.05), 42).unwrap();
     let shared = UdpClient::connect(proxy.local_addr(), client_config(park())).unwrap();
     let mut handles = Vec::new();
     for t in 0..3u64 {
         // Two threads share a client; the third has its own.
-        let transport = if t < 2 { shared.clone() } else { UdpClient::connect(proxy.local_addr(), client_config(park())).unwrap() };
+        let transport = if t < 2 {
+            shared.clone()
+        } else {
+            UdpClient::connect(proxy.local_addr(), client_config(park())).unwrap()
+        };
         let book = book.clone();
         handles.push(thread::spawn(move || {
             let client = LedgerClient::new(transport);
@@ -45,29 +57,55 @@ fn ten_percent_loss_with_duplication_and_reordering() {
         h.join().unwrap();
     }
     assert_eq!(book.executions(), 3 * 200 * 2);
-    assert!(book.twice().is_empty(), "executed twice: {:?}", book.twice());
+    assert!(
+        book.twice().is_empty(),
+        "executed twice: {:?}",
+        book.twice()
+    );
     let p = proxy.counters();
-    assert!(p.dropped > 0 && p.duplicated > 0 && p.reordered > 0, "{p:?}");
+    assert!(
+        p.dropped > 0 && p.duplicated > 0 && p.reordered > 0,
+        "{p:?}"
+    );
     let s = shared.stats();
     assert!(s.retransmissions > 0, "{s:?}");
     let counters = server.shutdown();
     // Duplicated requests met their call either running or done: never executed again.
-    assert!(counters.answered_from_cache + counters.dropped_executing > 0, "{counters:?}");
+    assert!(
+        counters.answered_from_cache + counters.dropped_executing > 0,
+        "{counters:?}"
+    );
 }
 
 #[test]
 fn large_messages_under_loss() {
     let book = Book::default();
-    let server = UdpServer::bind(localhost(), server_config(park())).unwrap().serve(LedgerServer::new(book.clone())).unwrap();
+    let server = UdpServer::bind(localhost(), server_config(park()))
+        .unwrap()
+        .serve(LedgerServer::new(book.clone()))
+        .unwrap();
     let proxy = FaultProxy::start(server.local_addr(), faults(0.05, 0.02, 0.02), 7).unwrap();
-    let client = LedgerClient::new(UdpClient::connect(proxy.local_addr(), client_config(park())).unwrap());
+    let client =
+        LedgerClient::new(UdpClient::connect(proxy.local_addr(), client_config(park())).unwrap());
     for len in [1 << 20, 16 << 20] {
         let data = pattern(len, 5);
-        assert_eq!(client.echo(tag(), &data).unwrap(), data, "{len}-byte argument and reply");
-        assert_eq!(client.blob(tag(), len as u64, 6).unwrap(), pattern(len, 6), "{len}-byte reply");
+        assert_eq!(
+            client.echo(tag(), &data).unwrap(),
+            data,
+            "{len}-byte argument and reply"
+        );
+        assert_eq!(
+            client.blob(tag(), len as u64, 6).unwrap(),
+            pattern(len, 6),
+            "{len}-byte reply"
+        );
     }
     assert!(book.twice().is_empty());
-    eprintln!("large messages: proxy {:?}, client {:?}", proxy.counters(), client.transport().stats());
+    eprintln!(
+        "large messages: proxy {:?}, client {:?}",
+        proxy.counters(),
+        client.transport().stats()
+    );
     assert!(proxy.counters().dropped > 0);
     assert_eq!(book.executions(), 4);
 }
@@ -75,7 +113,10 @@ fn large_messages_under_loss() {
 #[test]
 fn a_server_restart_in_the_middle_of_a_run() {
     let book = Book::default();
-    let server = UdpServer::bind(localhost(), server_config(park())).unwrap().serve(LedgerServer::new(book.clone())).unwrap();
+    let server = UdpServer::bind(localhost(), server_config(park()))
+        .unwrap()
+        .serve(LedgerServer::new(book.clone()))
+        .unwrap();
     let addr = server.local_addr();
     let client = LedgerClient::new(UdpClient::connect(addr, client_config(park())).unwrap());
     let stop = Arc::new(AtomicBool::new(false));
@@ -110,26 +151,43 @@ fn a_server_restart_in_the_middle_of_a_run() {
         thread::yield_now();
     }
     let before = server.shutdown();
-    let server = UdpServer::bind(addr, server_config(park())).unwrap().serve(LedgerServer::new(book.clone())).unwrap();
+    let server = UdpServer::bind(addr, server_config(park()))
+        .unwrap()
+        .serve(LedgerServer::new(book.clone()))
+        .unwrap();
     let executed_before = book.executions();
     while book.executions() < executed_before + 200 {
         thread::yield_now();
     }
     stop.store(true, Ordering::Relaxed);
     let (ok, unknown, client) = caller.join().unwrap();
-    assert!(book.twice().is_empty(), "executed twice: {:?}", book.twice());
-    assert!(ok >= 400 && before.executed >= 200, "ok {ok}, unknown {unknown}");
+    assert!(
+        book.twice().is_empty(),
+        "executed twice: {:?}",
+        book.twice()
+    );
+    assert!(
+        ok >= 400 && before.executed >= 200,
+        "ok {ok}, unknown {unknown}"
+    );
     let stats = client.transport().stats();
-    assert_eq!(stats.sessions_opened, 2, "a new session with the new server: {stats:?}");
+    assert_eq!(
+        stats.sessions_opened, 2,
+        "a new session with the new server: {stats:?}"
+    );
     assert!(server.shutdown().executed >= 200);
 }
 
 #[test]
 fn a_garbage_flood_does_not_stop_real_calls() {
     let book = Book::default();
-    let server = UdpServer::bind(localhost(), server_config(park())).unwrap().serve(LedgerServer::new(book.clone())).unwrap();
+    let server = UdpServer::bind(localhost(), server_config(park()))
+        .unwrap()
+        .serve(LedgerServer::new(book.clone()))
+        .unwrap();
     let flood = Flood::start(server.local_addr(), 99, Duration::ZERO).unwrap();
-    let client = LedgerClient::new(UdpClient::connect(server.local_addr(), client_config(park())).unwrap());
+    let client =
+        LedgerClient::new(UdpClient::connect(server.local_addr(), client_config(park())).unwrap());
     for i in 0..500u64 {
         assert_eq!(client.record(tag(), i).unwrap(), 1);
     }

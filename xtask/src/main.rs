@@ -15,7 +15,10 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
@@ -36,11 +39,23 @@ fn cargo() -> Command {
 const FUZZ_TARGETS: [&str; 5] = ["packet", "server", "client", "reassembly", "decode"];
 
 fn fuzz(seconds: u64) -> anyhow::Result<()> {
-    let have_nightly = Command::new("rustup").args(["run", "nightly", "rustc", "--version"]).output().is_ok_and(|o| o.status.success());
+    let have_nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !have_nightly {
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
-    let have_fuzz = Command::new("cargo").args(["+nightly", "fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
+    let have_fuzz = Command::new("cargo")
+        .args(["+nightly", "fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !have_fuzz {
         run(Command::new("cargo").args(["+nightly", "install", "cargo-fuzz", "--locked"]))?;
     }
@@ -53,7 +68,11 @@ fn fuzz(seconds: u64) -> anyhow::Result<()> {
             .args(["+nightly", "fuzz", "run", target])
             .arg(&scratch)
             .arg(root().join("fuzz/corpus").join(target))
-            .args(["--", &format!("-max_total_time={seconds}"), "-max_len=70000"]))?;
+            .args([
+                "--",
+                &format!("-max_total_time={seconds}"),
+                "-max_len=70000",
+            ]))?;
     }
     Ok(())
 }
@@ -63,16 +82,30 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => {
             run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-            run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+            run(cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
             run(cargo().args(["test", "--workspace"]))
         }
         Some("fuzz") => fuzz(args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(60)),
         Some("fuzz-seeds") => seeds::write(&root().join("fuzz/corpus")),
         Some("sim") => {
             let seeds = args.get(1).cloned().unwrap_or_else(|| "10000".into());
-            run(cargo()
-                .env("RPC_SIM_SEEDS", seeds)
-                .args(["test", "--release", "-p", "rpc-core", "--test", "simulation", "--", "--nocapture"]))
+            run(cargo().env("RPC_SIM_SEEDS", seeds).args([
+                "test",
+                "--release",
+                "-p",
+                "rpc-core",
+                "--test",
+                "simulation",
+                "--",
+                "--nocapture",
+            ]))
         }
         Some("bench") => {
             run(cargo().args(["run", "--release", "-p", "examples", "--bin", "latency"]))?;

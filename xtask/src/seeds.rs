@@ -4,7 +4,8 @@ use std::path::Path;
 
 use rpc_core::marshal;
 use rpc_core::wire::{
-    FragmentPlan, HEADER_LEN, HELLO_BODY_LEN, HeaderRepr, HelloBody, PacketKind, WELCOME_BODY_LEN, WelcomeBody, Flags,
+    Flags, FragmentPlan, HEADER_LEN, HELLO_BODY_LEN, HeaderRepr, HelloBody, PacketKind,
+    WELCOME_BODY_LEN, WelcomeBody,
 };
 use zerocopy::IntoBytes;
 
@@ -42,7 +43,11 @@ fn fragments(mut h: HeaderRepr, body: &[u8], datagram: usize) -> Vec<Vec<u8>> {
     (0..plan.count())
         .map(|i| {
             let r = plan.range(i);
-            let fh = HeaderRepr { frag_index: i, payload_len: r.len() as u32, ..h };
+            let fh = HeaderRepr {
+                frag_index: i,
+                payload_len: r.len() as u32,
+                ..h
+            };
             packet(&fh, &body[r])
         })
         .collect()
@@ -62,21 +67,54 @@ fn hello() -> Vec<u8> {
     let mut h = header(PacketKind::Hello, 1, HELLO_BODY_LEN);
     h.session = 0;
     h.ack = 0;
-    packet(&h, HelloBody { max_datagram: 1472.into(), max_message: 65536.into() }.as_bytes())
+    packet(
+        &h,
+        HelloBody {
+            max_datagram: 1472.into(),
+            max_message: 65536.into(),
+        }
+        .as_bytes(),
+    )
 }
 
 fn welcome() -> Vec<u8> {
     let h = header(PacketKind::Welcome, 1, WELCOME_BODY_LEN);
-    packet(&h, WelcomeBody { server_node: 9.into(), max_datagram: 1472.into(), max_message: 65536.into() }.as_bytes())
+    packet(
+        &h,
+        WelcomeBody {
+            server_node: 9.into(),
+            max_datagram: 1472.into(),
+            max_message: 65536.into(),
+        }
+        .as_bytes(),
+    )
 }
 
 pub(crate) fn write(dir: &Path) -> anyhow::Result<()> {
     let body: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
     let request = packet(&header(PacketKind::Request, 1, 5), b"hello");
-    let idempotent = packet(&HeaderRepr { flags: Flags::IDEMPOTENT, ..header(PacketKind::Request, 2, 3) }, b"abc");
+    let idempotent = packet(
+        &HeaderRepr {
+            flags: Flags::IDEMPOTENT,
+            ..header(PacketKind::Request, 2, 3)
+        },
+        b"abc",
+    );
     let reply = packet(&header(PacketKind::Reply, 1, 5), b"olleh");
-    let error = packet(&HeaderRepr { status: 2, ..header(PacketKind::ErrorReply, 1, 0) }, b"");
-    let busy = packet(&HeaderRepr { status: 1, ..header(PacketKind::Busy, 2, 0) }, b"");
+    let error = packet(
+        &HeaderRepr {
+            status: 2,
+            ..header(PacketKind::ErrorReply, 1, 0)
+        },
+        b"",
+    );
+    let busy = packet(
+        &HeaderRepr {
+            status: 1,
+            ..header(PacketKind::Busy, 2, 0)
+        },
+        b"",
+    );
     let stale = packet(&header(PacketKind::Stale, 3, 0), b"");
     let request_frags = fragments(header(PacketKind::Request, 3, 0), &body, HEADER_LEN + 1000);
     let reply_frags = fragments(header(PacketKind::Reply, 2, 0), &body, HEADER_LEN + 700);
@@ -92,22 +130,72 @@ pub(crate) fn write(dir: &Path) -> anyhow::Result<()> {
         ("packet", "stale", stale.clone()),
         ("packet", "fragment", request_frags[1].clone()),
         ("packet", "truncated", request[..HEADER_LEN - 1].to_vec()),
-        ("server", "requests-and-duplicates", stream(&[request.clone(), request.clone(), idempotent.clone(), idempotent.clone()])),
-        ("server", "fragmented-request", stream(&request_frags.iter().rev().cloned().collect::<Vec<_>>())),
-        ("server", "hello-then-requests", stream(&[hello(), request.clone(), hello(), request])),
-        ("client", "welcome-then-replies", stream(&[welcome(), reply.clone(), reply, busy, error])),
-        ("client", "fragmented-reply", stream(&[welcome(), reply_frags[3].clone(), reply_frags[0].clone(), reply_frags[1].clone(), reply_frags[2].clone(), reply_frags[4].clone()])),
+        (
+            "server",
+            "requests-and-duplicates",
+            stream(&[
+                request.clone(),
+                request.clone(),
+                idempotent.clone(),
+                idempotent.clone(),
+            ]),
+        ),
+        (
+            "server",
+            "fragmented-request",
+            stream(&request_frags.iter().rev().cloned().collect::<Vec<_>>()),
+        ),
+        (
+            "server",
+            "hello-then-requests",
+            stream(&[hello(), request.clone(), hello(), request]),
+        ),
+        (
+            "client",
+            "welcome-then-replies",
+            stream(&[welcome(), reply.clone(), reply, busy, error]),
+        ),
+        (
+            "client",
+            "fragmented-reply",
+            stream(&[
+                welcome(),
+                reply_frags[3].clone(),
+                reply_frags[0].clone(),
+                reply_frags[1].clone(),
+                reply_frags[2].clone(),
+                reply_frags[4].clone(),
+            ]),
+        ),
         ("client", "stale", stream(&[welcome(), stale])),
         ("reassembly", "in-order", stream(&request_frags)),
-        ("reassembly", "reversed-with-duplicates", stream(&[request_frags[2].clone(), request_frags[2].clone(), request_frags[0].clone(), request_frags[1].clone()])),
+        (
+            "reassembly",
+            "reversed-with-duplicates",
+            stream(&[
+                request_frags[2].clone(),
+                request_frags[2].clone(),
+                request_frags[0].clone(),
+                request_frags[1].clone(),
+            ]),
+        ),
     ];
     let values: [(&str, Vec<u8>); 6] = [
         ("bytes", marshal::encode(&body[..100]).to_vec()),
         ("string", marshal::encode("zero-copy").to_vec()),
         ("tuple", marshal::encode(&(1u8, 2u16, 3u32, 4u64)).to_vec()),
-        ("option-strings", marshal::encode(&Some(vec![String::from("a"), String::from("bc")])).to_vec()),
-        ("result", marshal::encode(&Err::<Vec<u64>, String>(String::from("no"))).to_vec()),
-        ("nested", marshal::encode(&vec![vec![(true, 'x')], vec![]]).to_vec()),
+        (
+            "option-strings",
+            marshal::encode(&Some(vec![String::from("a"), String::from("bc")])).to_vec(),
+        ),
+        (
+            "result",
+            marshal::encode(&Err::<Vec<u64>, String>(String::from("no"))).to_vec(),
+        ),
+        (
+            "nested",
+            marshal::encode(&vec![vec![(true, 'x')], vec![]]).to_vec(),
+        ),
     ];
     for (name, bytes) in values {
         corpus.push(("decode", name, bytes));

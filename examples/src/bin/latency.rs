@@ -87,7 +87,10 @@ enum Kind {
 fn merge(into: &mut Option<Case>, round: Case, name: &str) {
     match into {
         None => {
-            *into = Some(Case { name: name.to_string(), ..round });
+            *into = Some(Case {
+                name: name.to_string(),
+                ..round
+            });
         }
         Some(case) => {
             let _ = case.hist.add(&round.hist);
@@ -129,18 +132,32 @@ fn main() -> anyhow::Result<()> {
     let mut cases: Vec<Case> = Vec::new();
     println!(
         "loopback round trips, {} iterations per spinning case after {} warm-up; client on cpu 0, server on cpu 1: {}",
-        args.iterations, args.warmup, if pin { "pinned" } else { "not pinned" }
+        args.iterations,
+        args.warmup,
+        if pin { "pinned" } else { "not pinned" }
     );
 
     for m in &args.modes {
         let poll = mode(m, park_after)?;
         let blocking = poll == PollStrategy::Block;
-        let iterations = if blocking { args.iterations / 5 } else { args.iterations };
-        let warmup = if blocking { args.warmup / 5 } else { args.warmup };
+        let iterations = if blocking {
+            args.iterations / 5
+        } else {
+            args.iterations
+        };
+        let warmup = if blocking {
+            args.warmup / 5
+        } else {
+            args.warmup
+        };
         let rounds = args.rounds.max(1);
         // The floor: raw UDP with both ends spinning for the spinning modes, both blocking for
         // the blocking one.
-        let floor_poll = if blocking { PollStrategy::Block } else { PollStrategy::Spin };
+        let floor_poll = if blocking {
+            PollStrategy::Block
+        } else {
+            PollStrategy::Spin
+        };
         let floor_name = |bytes: usize| format!("raw udp {} {bytes} B", label(floor_poll));
         let mut plan: Vec<(String, Kind)> = Vec::new();
         for bytes in [32, args.echo_bytes] {
@@ -150,7 +167,10 @@ fn main() -> anyhow::Result<()> {
             }
         }
         plan.push((format!("rpc {} null call", label(poll)), Kind::Null));
-        plan.push((format!("rpc {} echo {} B", label(poll), args.echo_bytes), Kind::Echo));
+        plan.push((
+            format!("rpc {} echo {} B", label(poll), args.echo_bytes),
+            Kind::Echo,
+        ));
         let mut measured: Vec<Option<Case>> = plan.iter().map(|_| None).collect();
         let (mut retransmissions, mut from_cache) = (0, 0);
         // Interleave the cases round by round, so that the machine's slow drifts touch them
@@ -168,8 +188,12 @@ fn main() -> anyhow::Result<()> {
                         case
                     }
                     Kind::Null | Kind::Echo => {
-                        let config = UdpServerConfig::loopback().poll(poll).pin(server_cpu.into_iter().collect());
-                        let server = UdpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)?.serve(BenchServer::new(Handlers))?;
+                        let config = UdpServerConfig::loopback()
+                            .poll(poll)
+                            .pin(server_cpu.into_iter().collect());
+                        let server =
+                            UdpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)?
+                                .serve(BenchServer::new(Handlers))?;
                         let client = BenchClient::new(UdpClient::connect(
                             server.local_addr(),
                             UdpClientConfig::loopback().poll(poll),

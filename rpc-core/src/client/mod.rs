@@ -218,8 +218,18 @@ struct Call {
 #[derive(Clone, Copy, Debug)]
 enum Conn {
     Idle,
-    Connecting { nonce: u64, attempts: u32, pending: bool, retry_at: Option<Instant> },
-    Established { session: u64, server_node: u64, max_datagram: usize, max_message: usize },
+    Connecting {
+        nonce: u64,
+        attempts: u32,
+        pending: bool,
+        retry_at: Option<Instant>,
+    },
+    Established {
+        session: u64,
+        server_node: u64,
+        max_datagram: usize,
+        max_message: usize,
+    },
 }
 
 /// The client side of the protocol for one client incarnation talking to one server.
@@ -255,7 +265,11 @@ impl Client {
     /// A client with the given identity. `client_id` names the client to the server and breaks
     /// ties between Lamport stamps; `incarnation` must differ each time the client starts, so
     /// that the server never mistakes a new process for an old one's retransmissions.
-    pub fn new(config: ClientConfig, client_id: u64, incarnation: u32) -> Result<Self, ConfigError> {
+    pub fn new(
+        config: ClientConfig,
+        client_id: u64,
+        incarnation: u32,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
         let window = config.window;
         let rtt = RttEstimator::new(config.initial_rto, config.min_rto, config.max_rto);
@@ -356,8 +370,12 @@ impl Client {
 
     fn begin_hello(&mut self) {
         self.hello_nonce += 1;
-        self.conn =
-            Conn::Connecting { nonce: self.hello_nonce, attempts: 0, pending: true, retry_at: None };
+        self.conn = Conn::Connecting {
+            nonce: self.hello_nonce,
+            attempts: 0,
+            pending: true,
+            retry_at: None,
+        };
         self.timers_dirty = true;
     }
 
@@ -423,7 +441,11 @@ impl Client {
         self.stats.calls += 1;
         self.timers_dirty = true;
         match self.conn {
-            Conn::Established { session, max_datagram, .. } => {
+            Conn::Established {
+                session,
+                max_datagram,
+                ..
+            } => {
                 self.begin_round(seq, session, max_datagram, false);
             }
             Conn::Idle => self.begin_hello(),
@@ -435,8 +457,12 @@ impl Client {
     /// Starts a round of transmissions of a call: all its fragments, or only the first when
     /// the server is known to hold the request.
     fn begin_round(&mut self, seq: u64, session: u64, max_datagram: usize, retransmit: bool) {
-        let Some(call) = self.call_mut(seq) else { return };
-        let Some(plan) = FragmentPlan::new(call.len, max_datagram) else { return };
+        let Some(call) = self.call_mut(seq) else {
+            return;
+        };
+        let Some(plan) = FragmentPlan::new(call.len, max_datagram) else {
+            return;
+        };
         let mut stale_reply = None;
         if call.session != session {
             // A new session: fragments of an earlier one are of no use.
@@ -507,7 +533,10 @@ impl Client {
                 CallError::OutcomeUnknown => self.stats.outcome_unknown += 1,
                 _ => {}
             }
-            self.events.push_back(Event::CallFailed { call: CallId(seq), error });
+            self.events.push_back(Event::CallFailed {
+                call: CallId(seq),
+                error,
+            });
         }
     }
 
@@ -527,14 +556,26 @@ impl Client {
     }
 
     fn hello_transmit(&mut self, now: Instant) -> Option<Transmit> {
-        let Conn::Connecting { nonce, attempts, pending: true, .. } = self.conn else { return None };
+        let Conn::Connecting {
+            nonce,
+            attempts,
+            pending: true,
+            ..
+        } = self.conn
+        else {
+            return None;
+        };
         let body = HelloBody {
             max_datagram: (self.config.max_datagram as u32).into(),
             max_message: (self.config.max_message as u32).into(),
         };
         let header = HeaderRepr {
             kind: PacketKind::Hello,
-            flags: if attempts > 0 { Flags::RETRANSMIT } else { Flags::empty() },
+            flags: if attempts > 0 {
+                Flags::RETRANSMIT
+            } else {
+                Flags::empty()
+            },
             status: 0,
             client_id: self.client_id,
             client_incarnation: self.incarnation,
@@ -560,7 +601,11 @@ impl Client {
         self.timers_dirty = true;
         self.stats.hellos += 1;
         self.stats.datagrams_sent += 1;
-        Some(Transmit { header: header.to_bytes(), payload: Payload::Inline, inline })
+        Some(Transmit {
+            header: header.to_bytes(),
+            payload: Payload::Inline,
+            inline,
+        })
     }
 
     /// The next datagram of a call, if it has one to send.
@@ -574,9 +619,15 @@ impl Client {
             self.rtt.backoff(call.attempts)
         };
         let call = self.call_mut(seq)?;
-        let Phase::Sending { next, end } = call.phase else { return None };
+        let Phase::Sending { next, end } = call.phase else {
+            return None;
+        };
         let range = call.plan.range(next);
-        let mut flags = if call.idempotent { Flags::IDEMPOTENT } else { Flags::empty() };
+        let mut flags = if call.idempotent {
+            Flags::IDEMPOTENT
+        } else {
+            Flags::empty()
+        };
         if call.attempts > 0 {
             flags |= Flags::RETRANSMIT;
         }
@@ -598,7 +649,10 @@ impl Client {
             payload_len: range.len() as u32,
         };
         if next + 1 < end {
-            call.phase = Phase::Sending { next: next + 1, end };
+            call.phase = Phase::Sending {
+                next: next + 1,
+                end,
+            };
         } else {
             call.phase = Phase::Waiting;
             if call.first_sent.is_none() {
@@ -606,7 +660,8 @@ impl Client {
             }
             // Allow for the time the whole message takes to leave, on top of the RTO.
             let transfer = Duration::from_nanos(
-                (call.len as u128 * 1_000_000_000 / u128::from(bandwidth)).min(u64::MAX as u128) as u64,
+                (call.len as u128 * 1_000_000_000 / u128::from(bandwidth)).min(u64::MAX as u128)
+                    as u64,
             );
             call.retransmit_at = Some(now + rto + transfer);
             self.timers_dirty = true;
@@ -614,7 +669,11 @@ impl Client {
         self.stats.datagrams_sent += 1;
         Some(Transmit {
             header: header.to_bytes(),
-            payload: Payload::Call { call: CallId(seq), offset: range.start, len: range.len() },
+            payload: Payload::Call {
+                call: CallId(seq),
+                offset: range.start,
+                len: range.len(),
+            },
             inline: [0; 8],
         })
     }
@@ -647,7 +706,9 @@ impl Client {
     /// Whether `call` has datagrams waiting to be sent.
     pub fn wants_transmit(&self, call: CallId) -> bool {
         matches!(self.conn, Conn::Connecting { pending: true, .. })
-            || self.call(call.0).is_some_and(|c| matches!(c.phase, Phase::Sending { .. }))
+            || self
+                .call(call.0)
+                .is_some_and(|c| matches!(c.phase, Phase::Sending { .. }))
     }
 
     /// When [`Client::handle_timeout`] should next be called.
@@ -664,7 +725,8 @@ impl Client {
             }
             // Only the calls in flight: from the oldest to the newest.
             for seq in self.oldest..self.next_seq {
-                let Some(call) = self.calls[(seq % self.config.window as u64) as usize].as_ref() else {
+                let Some(call) = self.calls[(seq % self.config.window as u64) as usize].as_ref()
+                else {
                     continue;
                 };
                 if call.seq != seq {
@@ -683,7 +745,13 @@ impl Client {
 
     /// Expires deadlines and fires retransmission timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Conn::Connecting { nonce, attempts, pending: false, retry_at: Some(at) } = self.conn {
+        if let Conn::Connecting {
+            nonce,
+            attempts,
+            pending: false,
+            retry_at: Some(at),
+        } = self.conn
+        {
             if now >= at {
                 self.conn = Conn::Connecting {
                     nonce,
@@ -695,7 +763,11 @@ impl Client {
             }
         }
         let session = match self.conn {
-            Conn::Established { session, max_datagram, .. } => Some((session, max_datagram)),
+            Conn::Established {
+                session,
+                max_datagram,
+                ..
+            } => Some((session, max_datagram)),
             _ => None,
         };
         let (from, to) = (self.oldest, self.next_seq);
@@ -720,7 +792,9 @@ impl Client {
             }
             if due {
                 match session {
-                    Some((session, max_datagram)) => self.begin_round(seq, session, max_datagram, true),
+                    Some((session, max_datagram)) => {
+                        self.begin_round(seq, session, max_datagram, true)
+                    }
                     None => {
                         // The session went away while the call waited; it is held until the
                         // next one opens (only idempotent calls get here).
@@ -741,13 +815,19 @@ impl Client {
     }
 
     /// Processes a received datagram. Returns the response if it completed a call.
-    pub fn handle_datagram<'d>(&mut self, now: Instant, datagram: &'d [u8]) -> Option<Response<'d>> {
+    pub fn handle_datagram<'d>(
+        &mut self,
+        now: Instant,
+        datagram: &'d [u8],
+    ) -> Option<Response<'d>> {
         let Ok(packet) = PacketRepr::parse(datagram) else {
             self.stats.dropped.malformed += 1;
             return None;
         };
         let h = packet.header;
-        if h.kind.from_client() || h.client_id != self.client_id || h.client_incarnation != self.incarnation
+        if h.kind.from_client()
+            || h.client_id != self.client_id
+            || h.client_incarnation != self.incarnation
         {
             self.stats.dropped.misdirected += 1;
             return None;
@@ -789,7 +869,8 @@ impl Client {
             max_message,
         };
         self.stats.sessions_opened += 1;
-        self.events.push_back(Event::Connected { session: h.session });
+        self.events
+            .push_back(Event::Connected { session: h.session });
         // The handshake's timer is over.
         self.timers_dirty = true;
         let (from, to) = (self.oldest, self.next_seq);
@@ -802,7 +883,13 @@ impl Client {
             // Karn's rule, no round-trip sample from its reply).
             let sent_before = call.first_sent.is_some();
             if call.len > max_message {
-                self.fail(seq, CallError::MessageTooLarge { len: call.len, max: max_message });
+                self.fail(
+                    seq,
+                    CallError::MessageTooLarge {
+                        len: call.len,
+                        max: max_message,
+                    },
+                );
             } else {
                 self.begin_round(seq, h.session, max_datagram, sent_before);
             }
@@ -858,7 +945,12 @@ impl Client {
                     }
                 }
                 self.stats.failures += 1;
-                Some(Response { call: CallId(h.seq), result: Err(error), request_stamp, reply_stamp })
+                Some(Response {
+                    call: CallId(h.seq),
+                    result: Err(error),
+                    request_stamp,
+                    reply_stamp,
+                })
             }
             PacketKind::Reply => {
                 // At its deadline a call is over, as `handle_timeout` at that instant says.
@@ -880,7 +972,12 @@ impl Client {
                 };
                 self.end_call(h.seq);
                 self.stats.replies += 1;
-                Some(Response { call: CallId(h.seq), result: Ok(body), request_stamp, reply_stamp })
+                Some(Response {
+                    call: CallId(h.seq),
+                    result: Ok(body),
+                    request_stamp,
+                    reply_stamp,
+                })
             }
             PacketKind::Hello | PacketKind::Request | PacketKind::Welcome => {
                 self.stats.dropped.misdirected += 1;
@@ -940,7 +1037,10 @@ impl Client {
     /// executed. Idempotent calls, and calls none of whose datagrams were sent yet, are sent
     /// again in a new session; the others fail with [`CallError::OutcomeUnknown`].
     fn session_lost(&mut self, session: u64) {
-        if let Conn::Established { session: current, .. } = self.conn {
+        if let Conn::Established {
+            session: current, ..
+        } = self.conn
+        {
             if current == session {
                 self.stats.sessions_lost += 1;
                 self.events.push_back(Event::SessionLost { session });
@@ -955,9 +1055,12 @@ impl Client {
             }
             // A call none of whose datagrams left (its first round has not started sending)
             // cannot have executed: it waits for the new session like an idempotent one.
-            let unsent = call.first_sent.is_none() && matches!(call.phase, Phase::Sending { next: 0, .. });
+            let unsent =
+                call.first_sent.is_none() && matches!(call.phase, Phase::Sending { next: 0, .. });
             if call.idempotent || unsent {
-                let Some(call) = self.call_mut(seq) else { continue };
+                let Some(call) = self.call_mut(seq) else {
+                    continue;
+                };
                 call.phase = Phase::Held;
                 call.session = 0;
                 call.retransmit_at = None;

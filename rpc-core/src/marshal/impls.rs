@@ -1,7 +1,7 @@
 //! `Encode` and `Decode` for the standard types, and the zero-copy marker.
 
 use arrayvec::ArrayVec;
-use zerocopy::byteorder::{ByteOrder, I16, I32, I64, I128, U16, U32, U64, U128, F32, F64};
+use zerocopy::byteorder::{ByteOrder, F32, F64, I16, I32, I64, I128, U16, U32, U64, U128};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use super::{Decode, DecodeError, Decoder, Encode, Encoder};
@@ -80,7 +80,10 @@ pub trait ZeroCopyVec {}
 #[doc(hidden)]
 pub fn decode_zerocopy_vec<T: ZeroCopy>(dec: &mut Decoder<'_>) -> Result<Vec<T>, DecodeError> {
     let n = dec.get_len(size_of::<T>())?;
-    let bytes = dec.take(n.checked_mul(size_of::<T>()).ok_or(DecodeError::LengthOverflow)?)?;
+    let bytes = dec.take(
+        n.checked_mul(size_of::<T>())
+            .ok_or(DecodeError::LengthOverflow)?,
+    )?;
     // The count was checked against the input, so this allocation is bounded by the message.
     let mut v = T::new_vec_zeroed(n).map_err(|_| DecodeError::LengthOverflow)?;
     v.as_mut_bytes().copy_from_slice(bytes);
@@ -99,7 +102,10 @@ impl<'de, T: ZeroCopy> Decode<'de> for &'de [T] {
     const MIN_SIZE: usize = 4;
     fn decode(dec: &mut Decoder<'de>) -> Result<Self, DecodeError> {
         let n = dec.get_len(size_of::<T>())?;
-        let bytes = dec.take(n.checked_mul(size_of::<T>()).ok_or(DecodeError::LengthOverflow)?)?;
+        let bytes = dec.take(
+            n.checked_mul(size_of::<T>())
+                .ok_or(DecodeError::LengthOverflow)?,
+        )?;
         <[T]>::ref_from_bytes(bytes).map_err(|_| DecodeError::InvalidValue)
     }
 }

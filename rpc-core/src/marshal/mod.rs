@@ -28,10 +28,10 @@
 mod impls;
 mod pooled;
 
-pub use impls::{ZeroCopy, decode_zerocopy_vec};
-pub use pooled::PooledBytes;
 #[doc(hidden)]
 pub use impls::ZeroCopyVec;
+pub use impls::{ZeroCopy, decode_zerocopy_vec};
+pub use pooled::PooledBytes;
 
 use core::ops::Range;
 use std::io::IoSlice;
@@ -118,7 +118,10 @@ impl<'a> Encoder<'a> {
         let end = self.spill.len() as u32;
         match self.segs.last_mut() {
             Some(Seg::Spill { end: e, .. }) => *e = end,
-            _ => self.segs.push(Seg::Spill { start: start as u32, end }),
+            _ => self.segs.push(Seg::Spill {
+                start: start as u32,
+                end,
+            }),
         }
     }
 
@@ -303,7 +306,7 @@ impl<'de> Decoder<'de> {
         Self { input, depth: 0 }
     }
 
-    /// Runs `f` one nesting level deeper, refusing with [`DecodeError::OutOfRange`] past
+    /// Runs `f` one nesting level deeper, refusing with [`DecodeError::TooDeep`] past
     /// [`MAX_DEPTH`] levels. `#[derive(Marshal)]` decodes every struct and enum through it, so
     /// that a hostile message cannot make a recursive type's decoder overflow the stack;
     /// hand-written `Decode` impls of recursive types should do the same.
@@ -312,7 +315,7 @@ impl<'de> Decoder<'de> {
         f: impl FnOnce(&mut Self) -> Result<T, DecodeError>,
     ) -> Result<T, DecodeError> {
         if self.depth >= MAX_DEPTH {
-            return Err(DecodeError::OutOfRange);
+            return Err(DecodeError::TooDeep);
         }
         self.depth += 1;
         let result = f(self);
@@ -394,7 +397,11 @@ impl<'de> Decoder<'de> {
     /// Ends decoding: refuses trailing bytes.
     #[inline]
     pub fn finish(self) -> Result<(), DecodeError> {
-        if self.input.is_empty() { Ok(()) } else { Err(DecodeError::TrailingBytes) }
+        if self.input.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::TrailingBytes)
+        }
     }
 }
 

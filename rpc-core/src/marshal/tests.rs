@@ -294,10 +294,7 @@ fn nesting_is_bounded() {
     }
     let mut dec = Decoder::new(&[]);
     assert_eq!(descend(&mut dec, MAX_DEPTH), Ok(MAX_DEPTH));
-    assert_eq!(
-        descend(&mut dec, MAX_DEPTH + 1),
-        Err(DecodeError::OutOfRange)
-    );
+    assert_eq!(descend(&mut dec, MAX_DEPTH + 1), Err(DecodeError::TooDeep));
     // The depth comes back down after an error.
     assert_eq!(descend(&mut dec, MAX_DEPTH), Ok(MAX_DEPTH));
 }

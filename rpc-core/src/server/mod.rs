@@ -129,7 +129,12 @@ impl<A> ReplyPlan<A> {
     /// Header of datagram `index`.
     pub fn header(&self, index: u16) -> [u8; HEADER_LEN] {
         let range = self.plan.range(index);
-        HeaderRepr { frag_index: index, payload_len: range.len() as u32, ..self.header }.to_bytes()
+        HeaderRepr {
+            frag_index: index,
+            payload_len: range.len() as u32,
+            ..self.header
+        }
+        .to_bytes()
     }
 
     /// Body bytes of datagram `index`.
@@ -144,7 +149,8 @@ impl<A> ReplyPlan<A> {
 
     /// Whether this is an error reply rather than the reply the handler produced.
     pub fn error(&self) -> Option<ErrorCode> {
-        (self.header.kind == PacketKind::ErrorReply).then(|| ErrorCode::from_u16(self.header.status))
+        (self.header.kind == PacketKind::ErrorReply)
+            .then(|| ErrorCode::from_u16(self.header.status))
     }
 
     /// The reply's Lamport stamp.
@@ -222,11 +228,20 @@ impl ServerMemory {
         let checks = [
             (self.sessions <= c.max_sessions, "sessions"),
             (self.cached_bytes <= c.total_cache_bytes, "cached bytes"),
-            (self.max_session_cached_bytes <= c.session_cache_bytes, "session cached bytes"),
+            (
+                self.max_session_cached_bytes <= c.session_cache_bytes,
+                "session cached bytes",
+            ),
             (self.max_session_entries <= c.window, "session entries"),
-            (self.reassembly_bytes <= c.reassembly_budget, "reassembly bytes"),
+            (
+                self.reassembly_bytes <= c.reassembly_budget,
+                "reassembly bytes",
+            ),
             (self.reassemblies <= c.max_reassemblies, "reassemblies"),
-            (self.queued_transmits <= c.max_queued_transmits, "queued transmits"),
+            (
+                self.queued_transmits <= c.max_queued_transmits,
+                "queued transmits",
+            ),
             (self.pooled_bytes <= pool_bound(c), "pooled bytes"),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
@@ -294,7 +309,10 @@ enum PendingBody {
     None,
     Welcome(WelcomeBody),
     /// Fragments `next..` of a cached reply.
-    Cached { slot: u32, next: u16 },
+    Cached {
+        slot: u32,
+        next: u16,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -353,7 +371,9 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             return Err(ConfigError::Invalid("server incarnation must be non-zero"));
         }
         let sessions = (0..config.max_sessions).map(|_| None).collect();
-        let generations = (0..config.max_sessions).map(|_| rng.next_u32() as u16).collect();
+        let generations = (0..config.max_sessions)
+            .map(|_| rng.next_u32() as u16)
+            .collect();
         Ok(Self {
             generations,
             incarnation,
@@ -452,7 +472,11 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             PacketKind::ErrorReply => self.stats.errors += 1,
             _ => {}
         }
-        self.queue(Pending { dest, header, body: PendingBody::None });
+        self.queue(Pending {
+            dest,
+            header,
+            body: PendingBody::None,
+        });
     }
 
     /// Refuses a request: the first fragment gets the answer, the others are dropped and
@@ -495,13 +519,18 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
     }
 
     fn sweep_interval(&self) -> Duration {
-        (self.config.reassembly_timeout.min(self.config.session_idle_timeout) / 2)
-            .max(Duration::from_millis(1))
+        (self
+            .config
+            .reassembly_timeout
+            .min(self.config.session_idle_timeout)
+            / 2)
+        .max(Duration::from_millis(1))
     }
 
     fn find_session(&self, client_id: u64, incarnation: u32) -> Option<usize> {
         self.sessions.iter().position(|s| {
-            s.as_ref().is_some_and(|s| s.client_id == client_id && s.client_incarnation == incarnation)
+            s.as_ref()
+                .is_some_and(|s| s.client_id == client_id && s.client_incarnation == incarnation)
         })
     }
 
@@ -512,7 +541,8 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         }
         let slot = ((id >> 16) & 0xffff) as usize;
         let s = self.sessions.get(slot)?.as_ref()?;
-        (s.id == id && s.client_id == client_id && s.client_incarnation == incarnation).then_some(slot)
+        (s.id == id && s.client_id == client_id && s.client_incarnation == incarnation)
+            .then_some(slot)
     }
 
     fn on_hello(&mut self, now: Instant, src: A, h: &HeaderRepr, payload: &[u8]) {
@@ -528,12 +558,16 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         let max_datagram = client_datagram.min(self.config.max_datagram);
         // No reply may need more fragments than a header can number.
         let carriable = usize::from(u16::MAX) * (max_datagram - HEADER_LEN);
-        let max_message = (body.max_message.get() as usize).min(self.config.max_message).min(carriable);
+        let max_message = (body.max_message.get() as usize)
+            .min(self.config.max_message)
+            .min(carriable);
         let slot = match self.find_session(h.client_id, h.client_incarnation) {
             Some(slot) => slot,
             None => self.open_session(now, src, h),
         };
-        let Some(s) = self.sessions[slot].as_mut() else { return };
+        let Some(s) = self.sessions[slot].as_mut() else {
+            return;
+        };
         s.addr = src;
         s.last_used = now;
         s.max_datagram = max_datagram;
@@ -561,7 +595,11 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             max_datagram: (self.config.max_datagram as u32).into(),
             max_message: (self.config.max_message as u32).into(),
         };
-        self.queue(Pending { dest: src, header, body: PendingBody::Welcome(body) });
+        self.queue(Pending {
+            dest: src,
+            header,
+            body: PendingBody::Welcome(body),
+        });
     }
 
     fn open_session(&mut self, now: Instant, src: A, h: &HeaderRepr) -> usize {
@@ -607,7 +645,9 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
     }
 
     fn close_session(&mut self, slot: usize) {
-        let Some(mut s) = self.sessions[slot].take() else { return };
+        let Some(mut s) = self.sessions[slot].take() else {
+            return;
+        };
         self.session_count -= 1;
         for e in s.entries.drain(..) {
             if let Entry::Done(c) = e {
@@ -636,7 +676,9 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
 
     /// Frees every entry at or below the client's acknowledgement.
     fn advance_ack(&mut self, slot: usize, ack: u64) {
-        let Some(s) = self.sessions[slot].as_mut() else { return };
+        let Some(s) = self.sessions[slot].as_mut() else {
+            return;
+        };
         if ack <= s.acked {
             return;
         }
@@ -711,7 +753,12 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             }
             if h.message_len as usize > self.config.max_message {
                 self.set_entry(slot, offset, Entry::Gone(ErrorCode::MessageTooLarge));
-                self.refuse_fragment(src, h, PacketKind::ErrorReply, ErrorCode::MessageTooLarge.to_u16());
+                self.refuse_fragment(
+                    src,
+                    h,
+                    PacketKind::ErrorReply,
+                    ErrorCode::MessageTooLarge.to_u16(),
+                );
                 return None;
             }
             let s = self.sessions[slot].as_ref()?;
@@ -722,11 +769,21 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             let full = s.cached_bytes >= self.config.session_cache_bytes
                 || self.cached_bytes >= self.config.total_cache_bytes;
             if full && offset != 0 {
-                self.refuse_fragment(src, h, PacketKind::Busy, BusyReason::ReplyCacheFull.to_u16());
+                self.refuse_fragment(
+                    src,
+                    h,
+                    PacketKind::Busy,
+                    BusyReason::ReplyCacheFull.to_u16(),
+                );
                 return None;
             }
         } else if h.message_len as usize > self.config.max_message {
-            self.refuse_fragment(src, h, PacketKind::ErrorReply, ErrorCode::MessageTooLarge.to_u16());
+            self.refuse_fragment(
+                src,
+                h,
+                PacketKind::ErrorReply,
+                ErrorCode::MessageTooLarge.to_u16(),
+            );
             return None;
         }
 
@@ -766,11 +823,17 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             idempotent,
         };
         self.stats.executed += 1;
-        Some(IncomingCall { ticket, context, body })
+        Some(IncomingCall {
+            ticket,
+            context,
+            body,
+        })
     }
 
     fn set_entry(&mut self, slot: usize, offset: usize, entry: Entry) {
-        let Some(s) = self.sessions[slot].as_mut() else { return };
+        let Some(s) = self.sessions[slot].as_mut() else {
+            return;
+        };
         while s.entries.len() <= offset {
             s.entries.push_back(Entry::Unseen);
         }
@@ -788,7 +851,10 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         payload: &[u8],
         idempotent: bool,
     ) -> Option<Vec<u8>> {
-        let index = self.reassemblies.iter().position(|p| p.session == h.session && p.seq == h.seq);
+        let index = self
+            .reassemblies
+            .iter()
+            .position(|p| p.session == h.session && p.seq == h.seq);
         let index = match index {
             Some(i) => i,
             None => {
@@ -797,7 +863,12 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
                     || self.reassembly_bytes + len > self.config.reassembly_budget
                 {
                     if h.frag_index == 0 {
-                        self.control(src, h, PacketKind::Busy, BusyReason::ReassemblyFull.to_u16());
+                        self.control(
+                            src,
+                            h,
+                            PacketKind::Busy,
+                            BusyReason::ReassemblyFull.to_u16(),
+                        );
                     } else {
                         self.stats.dropped.bad_fragment += 1;
                     }
@@ -871,14 +942,24 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             message_len: 0,
             payload_len: 0,
         };
-        self.queue(Pending { dest, header, body: PendingBody::None });
+        self.queue(Pending {
+            dest,
+            header,
+            body: PendingBody::None,
+        });
     }
 
     fn resend_cached(&mut self, slot: usize, offset: usize, dest: A, req: &HeaderRepr) {
-        let Some(s) = self.sessions[slot].as_ref() else { return };
+        let Some(s) = self.sessions[slot].as_ref() else {
+            return;
+        };
         let seq = s.acked + 1 + offset as u64;
-        let Some(Entry::Done(c)) = s.entries.get(offset) else { return };
-        let Some(plan) = FragmentPlan::new(c.body.len(), s.max_datagram) else { return };
+        let Some(Entry::Done(c)) = s.entries.get(offset) else {
+            return;
+        };
+        let Some(plan) = FragmentPlan::new(c.body.len(), s.max_datagram) else {
+            return;
+        };
         let header = HeaderRepr {
             kind: c.kind,
             flags: Flags::FROM_CACHE,
@@ -896,7 +977,14 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             message_len: c.body.len() as u32,
             payload_len: 0,
         };
-        self.queue(Pending { dest, header, body: PendingBody::Cached { slot: slot as u32, next: 0 } });
+        self.queue(Pending {
+            dest,
+            header,
+            body: PendingBody::Cached {
+                slot: slot as u32,
+                next: 0,
+            },
+        });
     }
 
     /// Starts the reply to a call: `result` is the reply body's length, or the error to
@@ -926,7 +1014,11 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             }
         };
         let plan = FragmentPlan::new(len, ticket.max_datagram as usize)?;
-        let flags = if ticket.idempotent { Flags::IDEMPOTENT } else { Flags::empty() };
+        let flags = if ticket.idempotent {
+            Flags::IDEMPOTENT
+        } else {
+            Flags::empty()
+        };
         let header = HeaderRepr {
             kind,
             flags,
@@ -944,11 +1036,18 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             message_len: len as u32,
             payload_len: 0,
         };
-        Some(ReplyPlan { dest: ticket.dest, header, plan })
+        Some(ReplyPlan {
+            dest: ticket.dest,
+            header,
+            plan,
+        })
     }
 
     fn live_session(&self, ticket: &Ticket<A>) -> Option<&Session<A>> {
-        self.sessions.get(ticket.slot as usize)?.as_ref().filter(|s| s.id == ticket.session)
+        self.sessions
+            .get(ticket.slot as usize)?
+            .as_ref()
+            .filter(|s| s.id == ticket.session)
     }
 
     /// Ends a reply begun with [`Server::begin_reply`]: keeps the body (its segments, in
@@ -963,7 +1062,9 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         if ticket.idempotent {
             return;
         }
-        let Some(s) = self.live_session(ticket) else { return };
+        let Some(s) = self.live_session(ticket) else {
+            return;
+        };
         if ticket.seq <= s.acked {
             return;
         }
@@ -992,8 +1093,12 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             // memory that `cached_bytes` does not count.
             buf.shrink_to(len);
         }
-        let cached =
-            Cached { kind: plan.header.kind, status: plan.header.status, lamport: plan.header.lamport, body: buf };
+        let cached = Cached {
+            kind: plan.header.kind,
+            status: plan.header.status,
+            lamport: plan.header.lamport,
+            body: buf,
+        };
         if let Some(s) = self.sessions[slot].as_mut() {
             s.cached_bytes += len;
         }
@@ -1005,7 +1110,9 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
     /// not execute it). Duplicates will find it neither executing nor done, and execute it.
     /// Only for calls that did not start executing.
     pub fn abandon(&mut self, ticket: &Ticket<A>) {
-        let Some(s) = self.live_session(ticket) else { return };
+        let Some(s) = self.live_session(ticket) else {
+            return;
+        };
         if ticket.idempotent || ticket.seq <= s.acked {
             return;
         }
@@ -1052,12 +1159,20 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             match p.body {
                 PendingBody::None => {
                     self.tx.pop_front();
-                    return Some(Transmit { dest: p.dest, header: p.header.to_bytes(), body: &[] });
+                    return Some(Transmit {
+                        dest: p.dest,
+                        header: p.header.to_bytes(),
+                        body: &[],
+                    });
                 }
                 PendingBody::Welcome(body) => {
                     self.tx.pop_front();
                     self.scratch.copy_from_slice(body.as_bytes());
-                    return Some(Transmit { dest: p.dest, header: p.header.to_bytes(), body: &self.scratch });
+                    return Some(Transmit {
+                        dest: p.dest,
+                        header: p.header.to_bytes(),
+                        body: &self.scratch,
+                    });
                 }
                 PendingBody::Cached { slot, next } => {
                     let Some((range, last)) = self.cached_fragment(&p, slot, next) else {
@@ -1067,7 +1182,10 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
                     if last {
                         self.tx.pop_front();
                     } else if let Some(front) = self.tx.front_mut() {
-                        front.body = PendingBody::Cached { slot, next: next + 1 };
+                        front.body = PendingBody::Cached {
+                            slot,
+                            next: next + 1,
+                        };
                     }
                     let header = HeaderRepr {
                         frag_index: next,
@@ -1075,7 +1193,11 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
                         ..p.header
                     };
                     let body = self.cached_body(slot, p.header.seq)?;
-                    return Some(Transmit { dest: p.dest, header: header.to_bytes(), body: &body[range] });
+                    return Some(Transmit {
+                        dest: p.dest,
+                        header: header.to_bytes(),
+                        body: &body[range],
+                    });
                 }
             }
         }
@@ -1083,12 +1205,20 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
 
     /// Fragment `next` of a queued resend: its byte range and whether it is the last one.
     /// `None` if the cached reply is gone.
-    fn cached_fragment(&self, p: &Pending<A>, slot: u32, next: u16) -> Option<(Range<usize>, bool)> {
+    fn cached_fragment(
+        &self,
+        p: &Pending<A>,
+        slot: u32,
+        next: u16,
+    ) -> Option<(Range<usize>, bool)> {
         let body = self.cached_body(slot, p.header.seq)?;
         if self.sessions[slot as usize].as_ref()?.id != p.header.session {
             return None;
         }
-        let chunk = FragmentPlan::new(body.len(), self.sessions[slot as usize].as_ref()?.max_datagram)?;
+        let chunk = FragmentPlan::new(
+            body.len(),
+            self.sessions[slot as usize].as_ref()?.max_datagram,
+        )?;
         if next >= chunk.count() || chunk.count() != p.header.frag_count {
             return None;
         }

@@ -764,17 +764,26 @@ fn a_full_reply_cache_gets_busy_reply_cache_full() {
     // not fit, so a tombstone is kept instead. The session's next call waits.
     let s3 = open(&mut s, t0, 3);
     let first = request(3, s3, 1, 0, b"x");
-    let ticket = s.handle_datagram(t0, 3, &first).expect("the oldest call runs").ticket;
+    let ticket = s
+        .handle_datagram(t0, 3, &first)
+        .expect("the oldest call runs")
+        .ticket;
     let plan = s.begin_reply(t0, &ticket, Ok(10)).expect("a reply plan");
     s.finish_reply(&ticket, &plan, [&[3u8; 10][..]]);
     assert_eq!(s.memory().cached_bytes, 150, "nothing more cached");
     assert_eq!(s.stats().uncached_replies, 1);
-    assert!(s.handle_datagram(t0, 3, &request(3, s3, 1, 0, b"x")).is_none());
+    assert!(
+        s.handle_datagram(t0, 3, &request(3, s3, 1, 0, b"x"))
+            .is_none()
+    );
     assert_eq!(
         control_reply(&mut s, 3, s3, 1),
         (PacketKind::ErrorReply, ErrorCode::ReplyUnavailable.to_u16())
     );
-    assert!(s.handle_datagram(t0, 3, &request(3, s3, 2, 0, b"x")).is_none());
+    assert!(
+        s.handle_datagram(t0, 3, &request(3, s3, 2, 0, b"x"))
+            .is_none()
+    );
     assert_eq!(
         control_reply(&mut s, 3, s3, 2),
         (PacketKind::Busy, BusyReason::ReplyCacheFull.to_u16())

@@ -111,7 +111,11 @@ impl SimConfig {
             max_message: 1 << 20,
             max_sessions: if tight { r.random_range(1..=4) } else { 64 },
             window: if tight { r.random_range(2..=16) } else { 256 },
-            session_cache_bytes: if tight { r.random_range(1..=64) << 10 } else { 4 << 20 },
+            session_cache_bytes: if tight {
+                r.random_range(1..=64) << 10
+            } else {
+                4 << 20
+            },
             total_cache_bytes: if tight { 256 << 10 } else { 16 << 20 },
             reassembly_budget: if tight { 1 << 20 } else { 8 << 20 },
             max_reassemblies: if tight { 2 } else { 16 },
@@ -130,7 +134,10 @@ impl SimConfig {
             reorder: [0.0, 0.05, 0.2][r.random_range(0..3)],
             delay: (base, base * 2),
             reorder_delay: Duration::from_millis(r.random_range(1..5)),
-            handler_time: (Duration::ZERO, Duration::from_micros(r.random_range(1..300))),
+            handler_time: (
+                Duration::ZERO,
+                Duration::from_micros(r.random_range(1..300)),
+            ),
             slow_handler: 0.02,
             server_restarts: [0, 0, 1, 2][r.random_range(0..4)],
             downtime: Duration::from_millis(r.random_range(1..50)),
@@ -221,28 +228,74 @@ impl SimReport {
 
 impl fmt::Display for SimReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let pct = |n: u64, d: u64| if d == 0 { 0.0 } else { 100.0 * n as f64 / d as f64 };
+        let pct = |n: u64, d: u64| {
+            if d == 0 {
+                0.0
+            } else {
+                100.0 * n as f64 / d as f64
+            }
+        };
         writeln!(f, "seeds                      {:>10}", self.seeds)?;
         writeln!(f, "calls                      {:>10}", self.calls)?;
-        writeln!(f, "  right reply              {:>10}  ({:.2}%)", self.succeeded, pct(self.succeeded, self.calls))?;
-        writeln!(f, "  interface mismatch       {:>10}  (calls to a missing method)", self.mismatched)?;
+        writeln!(
+            f,
+            "  right reply              {:>10}  ({:.2}%)",
+            self.succeeded,
+            pct(self.succeeded, self.calls)
+        )?;
+        writeln!(
+            f,
+            "  interface mismatch       {:>10}  (calls to a missing method)",
+            self.mismatched
+        )?;
         writeln!(f, "  timed out                {:>10}", self.timed_out)?;
-        writeln!(f, "  outcome unknown          {:>10}  (session lost to a restart)", self.outcome_unknown)?;
+        writeln!(
+            f,
+            "  outcome unknown          {:>10}  (session lost to a restart)",
+            self.outcome_unknown
+        )?;
         writeln!(f, "  server busy              {:>10}", self.busy)?;
         writeln!(f, "  other error replies      {:>10}", self.other_errors)?;
         writeln!(f, "  abandoned by a crash     {:>10}", self.abandoned)?;
         writeln!(f, "handler executions         {:>10}", self.executions)?;
         writeln!(f, "retransmissions            {:>10}", self.retransmissions)?;
-        writeln!(f, "duplicates from the cache  {:>10}", self.answered_from_cache)?;
-        writeln!(f, "duplicates while executing {:>10}", self.dropped_executing)?;
+        writeln!(
+            f,
+            "duplicates from the cache  {:>10}",
+            self.answered_from_cache
+        )?;
+        writeln!(
+            f,
+            "duplicates while executing {:>10}",
+            self.dropped_executing
+        )?;
         writeln!(f, "busy replies               {:>10}", self.busy_replies)?;
         writeln!(f, "datagrams sent             {:>10}", self.datagrams)?;
-        writeln!(f, "  lost                     {:>10}  ({:.2}%)", self.lost, pct(self.lost, self.datagrams))?;
-        writeln!(f, "  duplicated               {:>10}  ({:.2}%)", self.duplicated, pct(self.duplicated, self.datagrams))?;
-        writeln!(f, "  reordered                {:>10}  ({:.2}%)", self.reordered, pct(self.reordered, self.datagrams))?;
+        writeln!(
+            f,
+            "  lost                     {:>10}  ({:.2}%)",
+            self.lost,
+            pct(self.lost, self.datagrams)
+        )?;
+        writeln!(
+            f,
+            "  duplicated               {:>10}  ({:.2}%)",
+            self.duplicated,
+            pct(self.duplicated, self.datagrams)
+        )?;
+        writeln!(
+            f,
+            "  reordered                {:>10}  ({:.2}%)",
+            self.reordered,
+            pct(self.reordered, self.datagrams)
+        )?;
         writeln!(f, "server restarts            {:>10}", self.server_restarts)?;
         writeln!(f, "client restarts            {:>10}", self.client_restarts)?;
-        write!(f, "virtual time               {:>10.3} s", self.virtual_time.as_secs_f64())
+        write!(
+            f,
+            "virtual time               {:>10.3} s",
+            self.virtual_time.as_secs_f64()
+        )
     }
 }
 
@@ -285,11 +338,21 @@ pub fn expected_reply(request: &[u8]) -> Vec<u8> {
 
 #[derive(Debug)]
 enum Happening {
-    Deliver { from: u32, to: u32, bytes: Vec<u8> },
-    HandlerDone { incarnation: u32, ticket: Ticket<u32>, reply: Result<Vec<u8>, ErrorCode> },
+    Deliver {
+        from: u32,
+        to: u32,
+        bytes: Vec<u8>,
+    },
+    HandlerDone {
+        incarnation: u32,
+        ticket: Ticket<u32>,
+        reply: Result<Vec<u8>, ErrorCode>,
+    },
     ServerCrash,
     ServerBoot,
-    ClientCrash { index: usize },
+    ClientCrash {
+        index: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -365,19 +428,30 @@ enum Outcome {
 
 impl Sim {
     fn fail(&self, message: impl Into<String>) -> SimFailure {
-        SimFailure { seed: self.cfg.seed, at: self.now - self.base, message: message.into() }
+        SimFailure {
+            seed: self.cfg.seed,
+            at: self.now - self.base,
+            message: message.into(),
+        }
     }
 
     fn schedule(&mut self, at: Instant, what: Happening) {
         self.order += 1;
-        self.queue.push(Reverse(Scheduled { at, order: self.order, what }));
+        self.queue.push(Reverse(Scheduled {
+            at,
+            order: self.order,
+            what,
+        }));
     }
 
     fn uniform(&mut self, (lo, hi): (Duration, Duration)) -> Duration {
         if hi <= lo {
             return lo;
         }
-        Duration::from_nanos(self.rng.random_range(lo.as_nanos() as u64..=hi.as_nanos() as u64))
+        Duration::from_nanos(
+            self.rng
+                .random_range(lo.as_nanos() as u64..=hi.as_nanos() as u64),
+        )
     }
 
     /// Puts a datagram on the network: maybe lost, maybe duplicated, maybe held back.
@@ -390,7 +464,14 @@ impl Sim {
         if self.rng.random_bool(self.cfg.duplicate) {
             self.report.duplicated += 1;
             let at = self.arrival();
-            self.schedule(at, Happening::Deliver { from, to, bytes: bytes.clone() });
+            self.schedule(
+                at,
+                Happening::Deliver {
+                    from,
+                    to,
+                    bytes: bytes.clone(),
+                },
+            );
         }
         let at = self.arrival();
         self.schedule(at, Happening::Deliver { from, to, bytes });
@@ -408,12 +489,14 @@ impl Sim {
 
     fn new_client(&mut self, index: usize, incarnation: u32) -> Result<Client, SimFailure> {
         let id = 0x1000 + index as u64;
-        Client::new(self.cfg.client.clone(), id, incarnation).map_err(|e| self.fail(format!("client config: {e}")))
+        Client::new(self.cfg.client.clone(), id, incarnation)
+            .map_err(|e| self.fail(format!("client config: {e}")))
     }
 
     fn boot_server(&mut self) -> Result<(), SimFailure> {
         self.incarnation += 1;
-        let rng = ChaCha8Rng::seed_from_u64(self.cfg.seed.wrapping_add(u64::from(self.incarnation)));
+        let rng =
+            ChaCha8Rng::seed_from_u64(self.cfg.seed.wrapping_add(u64::from(self.incarnation)));
         let server = Server::new(self.cfg.server.clone(), self.incarnation, 0xfeed, rng)
             .map_err(|e| self.fail(format!("server config: {e}")))?;
         self.server = Some(server);
@@ -481,7 +564,13 @@ impl Sim {
                     METHOD_TRANSFORM
                 };
                 let deadline = self.now + self.cfg.deadline;
-                let req = CallRequest { interface: INTERFACE, method, len, idempotent, deadline: Some(deadline) };
+                let req = CallRequest {
+                    interface: INTERFACE,
+                    method,
+                    len,
+                    idempotent,
+                    deadline: Some(deadline),
+                };
                 let now = self.now;
                 let c = &mut self.clients[i];
                 let id = match c.core.start_call(now, req) {
@@ -489,7 +578,15 @@ impl Sim {
                     Err(e) => return Err(self.fail(format!("start_call: {e}"))),
                 };
                 let c = &mut self.clients[i];
-                c.calls.insert(id.seq(), SimCall { body, method, idempotent, deadline });
+                c.calls.insert(
+                    id.seq(),
+                    SimCall {
+                        body,
+                        method,
+                        idempotent,
+                        deadline,
+                    },
+                );
                 c.started += 1;
                 let think = Duration::from_micros(self.rng.random_range(0..100));
                 self.clients[i].next_start = Some(self.now + think);
@@ -503,12 +600,22 @@ impl Sim {
         (c.id, c.core.incarnation(), seq)
     }
 
-    fn end_call(&mut self, index: usize, seq: u64, result: Result<&[u8], CallError>) -> Result<(), SimFailure> {
+    fn end_call(
+        &mut self,
+        index: usize,
+        seq: u64,
+        result: Result<&[u8], CallError>,
+    ) -> Result<(), SimFailure> {
         let Some(call) = self.clients[index].calls.remove(&seq) else {
-            return Err(self.fail(format!("client {index} call {seq} ended twice or was never started")));
+            return Err(self.fail(format!(
+                "client {index} call {seq} ended twice or was never started"
+            )));
         };
         if self.now > call.deadline {
-            return Err(self.fail(format!("call {seq} ended {:?} after its deadline", self.now - call.deadline)));
+            return Err(self.fail(format!(
+                "call {seq} ended {:?} after its deadline",
+                self.now - call.deadline
+            )));
         }
         let key = Self::key(&self.clients[index], seq);
         let outcome = match result {
@@ -542,7 +649,12 @@ impl Sim {
                 self.report.other_errors += 1;
                 Outcome::Unknown
             }
-            Err(e) => return Err(self.fail(format!("call {seq} (method {}) failed with {e:?}", call.method))),
+            Err(e) => {
+                return Err(self.fail(format!(
+                    "call {seq} (method {}) failed with {e:?}",
+                    call.method
+                )));
+            }
         };
         self.ended.push((key, outcome));
         Ok(())
@@ -550,8 +662,12 @@ impl Sim {
 
     fn deliver_to_server(&mut self, from: u32, bytes: &[u8]) -> Result<(), SimFailure> {
         let now = self.now;
-        let Some(server) = self.server.as_mut() else { return Ok(()) };
-        let Some(call) = server.handle_datagram(now, from, bytes) else { return Ok(()) };
+        let Some(server) = self.server.as_mut() else {
+            return Ok(());
+        };
+        let Some(call) = server.handle_datagram(now, from, bytes) else {
+            return Ok(());
+        };
         let ctx = call.context;
         if ctx.received_stamp.time <= ctx.request_stamp.time {
             return Err(self.fail("server's receipt stamp does not exceed the request's"));
@@ -581,19 +697,35 @@ impl Sim {
             time *= 20;
         }
         let incarnation = self.incarnation;
-        self.schedule(now + time, Happening::HandlerDone { incarnation, ticket, reply });
+        self.schedule(
+            now + time,
+            Happening::HandlerDone {
+                incarnation,
+                ticket,
+                reply,
+            },
+        );
         Ok(())
     }
 
-    fn handler_done(&mut self, incarnation: u32, ticket: Ticket<u32>, reply: Result<Vec<u8>, ErrorCode>) {
+    fn handler_done(
+        &mut self,
+        incarnation: u32,
+        ticket: Ticket<u32>,
+        reply: Result<Vec<u8>, ErrorCode>,
+    ) {
         if incarnation != self.incarnation {
             return; // the server crashed while the handler ran
         }
         let now = self.now;
-        let Some(server) = self.server.as_mut() else { return };
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
         let body = reply.as_deref().unwrap_or(&[]);
         let result = reply.as_ref().map(Vec::len).map_err(|&c| c);
-        let Some(plan) = server.begin_reply(now, &ticket, result) else { return };
+        let Some(plan) = server.begin_reply(now, &ticket, result) else {
+            return;
+        };
         let mut out = Vec::with_capacity(usize::from(plan.count()));
         for i in 0..plan.count() {
             let mut bytes = Vec::with_capacity(HEADER_LEN + plan.range(i).len());
@@ -613,7 +745,9 @@ impl Sim {
         let index = (to - 1) as usize;
         let now = self.now;
         let response = self.clients[index].core.handle_datagram(now, bytes);
-        let Some(resp) = response else { return self.client_events(index) };
+        let Some(resp) = response else {
+            return self.client_events(index);
+        };
         if resp.reply_stamp.time <= resp.request_stamp.time {
             return Err(self.fail(format!(
                 "reply stamp {} does not exceed request stamp {}",
@@ -655,18 +789,25 @@ impl Sim {
     }
 
     fn done(&self) -> bool {
-        self.clients.iter().all(|c| c.started >= self.cfg.calls_per_client && c.calls.is_empty())
+        self.clients
+            .iter()
+            .all(|c| c.started >= self.cfg.calls_per_client && c.calls.is_empty())
     }
 
     fn check_memory(&self) -> Result<(), SimFailure> {
         if let Some(server) = &self.server {
             if let Err(what) = server.memory().check(&self.cfg.server) {
-                return Err(self.fail(format!("server exceeds its bound on {what}: {:?}", server.memory())));
+                return Err(self.fail(format!(
+                    "server exceeds its bound on {what}: {:?}",
+                    server.memory()
+                )));
             }
         }
         for (i, c) in self.clients.iter().enumerate() {
             if c.core.in_flight() > self.cfg.client.window {
-                return Err(self.fail(format!("client {i} has more calls in flight than its window")));
+                return Err(self.fail(format!(
+                    "client {i} has more calls in flight than its window"
+                )));
             }
             if c.core.memory() > 2 * self.cfg.client.reassembly_budget {
                 return Err(self.fail(format!("client {i} holds {} bytes", c.core.memory())));
@@ -759,15 +900,25 @@ impl Sim {
             let now = self.now;
             if let Some(Reverse(top)) = self.queue.peek() {
                 if top.at <= now {
-                    let Some(Reverse(item)) = self.queue.pop() else { continue };
+                    let Some(Reverse(item)) = self.queue.pop() else {
+                        continue;
+                    };
                     match item.what {
-                        Happening::Deliver { from, to: SERVER, bytes } => {
+                        Happening::Deliver {
+                            from,
+                            to: SERVER,
+                            bytes,
+                        } => {
                             self.deliver_to_server(from, &bytes)?;
                         }
-                        Happening::Deliver { to, bytes, .. } => self.deliver_to_client(to, &bytes)?,
-                        Happening::HandlerDone { incarnation, ticket, reply } => {
-                            self.handler_done(incarnation, ticket, reply)
+                        Happening::Deliver { to, bytes, .. } => {
+                            self.deliver_to_client(to, &bytes)?
                         }
+                        Happening::HandlerDone {
+                            incarnation,
+                            ticket,
+                            reply,
+                        } => self.handler_done(incarnation, ticket, reply),
                         Happening::ServerCrash => {
                             if let Some(s) = self.server.take() {
                                 self.absorb_server_stats(&s);
@@ -784,7 +935,11 @@ impl Sim {
                 }
             }
             for i in 0..self.clients.len() {
-                if self.clients[i].core.poll_timeout().is_some_and(|t| t <= now) {
+                if self.clients[i]
+                    .core
+                    .poll_timeout()
+                    .is_some_and(|t| t <= now)
+                {
                     self.clients[i].core.handle_timeout(now);
                 }
                 self.client_events(i)?;
@@ -829,7 +984,9 @@ impl Sim {
                 Outcome::Unknown => idempotent || count <= 1,
             };
             if !ok {
-                return Err(self.fail(format!("call {key:?} ended {outcome:?} but executed {count} times")));
+                return Err(self.fail(format!(
+                    "call {key:?} ended {outcome:?} but executed {count} times"
+                )));
             }
         }
         Ok(())

@@ -16,7 +16,7 @@ use crate::config::{ClientConfig, ServerConfig};
 use crate::error::{CallError, DecodeError};
 use crate::marshal::Encoder;
 use crate::server::{Server, ServerStats, Ticket};
-use crate::service::{CallOptions, Dispatch, MethodDesc, ReplySink, Reply, Transport};
+use crate::service::{CallOptions, Dispatch, MethodDesc, Reply, ReplySink, Transport};
 use crate::wire::{ErrorCode, HEADER_LEN};
 
 /// Faults of a [`SimNet`].
@@ -35,14 +35,27 @@ pub struct NetFaults {
 impl NetFaults {
     /// A perfect network with a 10 µs delay.
     pub fn none() -> Self {
-        Self { loss: 0.0, duplicate: 0.0, reorder: 0.0, delay: Duration::from_micros(10) }
+        Self {
+            loss: 0.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+            delay: Duration::from_micros(10),
+        }
     }
 
     /// Loss, duplication and reordering at the given rates.
     pub fn lossy(loss: f64, duplicate: f64, reorder: f64) -> Self {
-        Self { loss, duplicate, reorder, ..Self::none() }
+        Self {
+            loss,
+            duplicate,
+            reorder,
+            ..Self::none()
+        }
     }
 }
+
+/// A datagram on the wire: arrival time, send order (ties), destination, bytes.
+type InFlight = (Instant, u64, u32, Vec<u8>);
 
 const CLIENT: u32 = 1;
 const SERVER: u32 = 0;
@@ -52,7 +65,7 @@ struct Net<D> {
     faults: NetFaults,
     now: Instant,
     order: u64,
-    queue: BinaryHeap<Reverse<(Instant, u64, u32, Vec<u8>)>>,
+    queue: BinaryHeap<Reverse<InFlight>>,
     client: Client,
     server: Server<u32>,
     dispatch: D,
@@ -74,7 +87,13 @@ impl<D> core::fmt::Debug for SimNet<D> {
 impl<D: Dispatch> SimNet<D> {
     /// A network with default configurations.
     pub fn new(seed: u64, faults: NetFaults, dispatch: D) -> Self {
-        Self::with_config(seed, faults, ClientConfig::default(), ServerConfig::default(), dispatch)
+        Self::with_config(
+            seed,
+            faults,
+            ClientConfig::default(),
+            ServerConfig::default(),
+            dispatch,
+        )
     }
 
     /// A network with the given configurations (they must be valid).
@@ -124,14 +143,19 @@ impl<D: Dispatch> Net<D> {
         if self.rng.random_bool(self.faults.loss) {
             return;
         }
-        let copies = if self.rng.random_bool(self.faults.duplicate) { 2 } else { 1 };
+        let copies = if self.rng.random_bool(self.faults.duplicate) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let mut delay = self.faults.delay;
             if self.rng.random_bool(self.faults.reorder) {
                 delay += self.faults.delay * self.rng.random_range(1..10);
             }
             self.order += 1;
-            self.queue.push(Reverse((self.now + delay, self.order, to, bytes.clone())));
+            self.queue
+                .push(Reverse((self.now + delay, self.order, to, bytes.clone())));
         }
     }
 
@@ -161,25 +185,41 @@ impl<D: Dispatch> Net<D> {
 
     fn serve(&mut self, bytes: &[u8]) {
         let now = self.now;
-        let Some(call) = self.server.handle_datagram(now, CLIENT, bytes) else { return };
+        let Some(call) = self.server.handle_datagram(now, CLIENT, bytes) else {
+            return;
+        };
         let ctx = call.context;
         let ticket = call.ticket;
         let mut out = Vec::new();
         match self.dispatch.method(ctx.interface, ctx.method) {
             Err(code) => reply_error(&mut self.server, now, &ticket, code, &mut out),
-            Ok(m) if ctx.idempotent && !m.idempotent => {
-                reply_error(&mut self.server, now, &ticket, ErrorCode::NotIdempotent, &mut out)
-            }
+            Ok(m) if ctx.idempotent && !m.idempotent => reply_error(
+                &mut self.server,
+                now,
+                &ticket,
+                ErrorCode::NotIdempotent,
+                &mut out,
+            ),
             Ok(_) => {
                 self.executions += 1;
-                let mut sink = Sink { server: &mut self.server, now, ticket, out: &mut out, sent: false };
+                let mut sink = Sink {
+                    server: &mut self.server,
+                    now,
+                    ticket,
+                    out: &mut out,
+                    sent: false,
+                };
                 let result = self.dispatch.dispatch(&ctx, &call.body, &mut sink);
                 let sent = sink.sent;
                 match result {
                     Err(e) => reply_error(&mut self.server, now, &ticket, e.code(), &mut out),
-                    Ok(()) if !sent => {
-                        reply_error(&mut self.server, now, &ticket, ErrorCode::Other(u16::MAX), &mut out)
-                    }
+                    Ok(()) if !sent => reply_error(
+                        &mut self.server,
+                        now,
+                        &ticket,
+                        ErrorCode::Other(u16::MAX),
+                        &mut out,
+                    ),
                     Ok(()) => {}
                 }
             }
@@ -193,7 +233,13 @@ impl<D: Dispatch> Net<D> {
     }
 }
 
-fn reply_error(server: &mut Server<u32>, now: Instant, ticket: &Ticket<u32>, code: ErrorCode, out: &mut Vec<Vec<u8>>) {
+fn reply_error(
+    server: &mut Server<u32>,
+    now: Instant,
+    ticket: &Ticket<u32>,
+    code: ErrorCode,
+    out: &mut Vec<Vec<u8>>,
+) {
     if let Some(plan) = server.begin_reply(now, ticket, Err(code)) {
         out.push(plan.header(0).to_vec());
         server.finish_reply(ticket, &plan, []);
@@ -213,7 +259,12 @@ impl ReplySink for Sink<'_> {
         if std::mem::replace(&mut self.sent, true) {
             return;
         }
-        let Some(plan) = self.server.begin_reply(self.now, &self.ticket, Ok(body.len())) else { return };
+        let Some(plan) = self
+            .server
+            .begin_reply(self.now, &self.ticket, Ok(body.len()))
+        else {
+            return;
+        };
         for i in 0..plan.count() {
             let mut bytes = plan.header(i).to_vec();
             if plan.error().is_none() {
@@ -221,7 +272,8 @@ impl ReplySink for Sink<'_> {
             }
             self.out.push(bytes);
         }
-        self.server.finish_reply(&self.ticket, &plan, body.segments());
+        self.server
+            .finish_reply(&self.ticket, &plan, body.segments());
     }
 }
 
@@ -247,14 +299,21 @@ impl<D: Dispatch> Transport for SimNet<D> {
         loop {
             net.flush(request);
             let mut next = net.queue.peek().map(|Reverse((t, ..))| *t);
-            for t in [net.client.poll_timeout(), net.server.poll_timeout()].into_iter().flatten() {
+            for t in [net.client.poll_timeout(), net.server.poll_timeout()]
+                .into_iter()
+                .flatten()
+            {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
-            let Some(next) = next else { return Err(CallError::Disconnected) };
+            let Some(next) = next else {
+                return Err(CallError::Disconnected);
+            };
             net.now = net.now.max(next);
             let now = net.now;
             if net.queue.peek().is_some_and(|Reverse((t, ..))| *t <= now) {
-                let Some(Reverse((_, _, to, bytes))) = net.queue.pop() else { continue };
+                let Some(Reverse((_, _, to, bytes))) = net.queue.pop() else {
+                    continue;
+                };
                 if to == SERVER {
                     net.serve(&bytes);
                 } else if let Some(resp) = net.client.handle_datagram(now, &bytes) {

@@ -26,7 +26,11 @@ impl FragmentPlan {
         let chunk = max_datagram.checked_sub(HEADER_LEN).filter(|&c| c > 0)?;
         u32::try_from(message_len).ok()?;
         let count = message_len.div_ceil(chunk).max(1);
-        Some(Self { message_len, chunk, count: u16::try_from(count).ok()? })
+        Some(Self {
+            message_len,
+            chunk,
+            count: u16::try_from(count).ok()?,
+        })
     }
 
     /// Number of datagrams.
@@ -46,7 +50,9 @@ impl FragmentPlan {
 
     /// The body bytes carried by fragment `index`; empty past the last fragment.
     pub fn range(&self, index: u16) -> Range<usize> {
-        let start = (index as usize).saturating_mul(self.chunk).min(self.message_len);
+        let start = (index as usize)
+            .saturating_mul(self.chunk)
+            .min(self.message_len);
         let end = start.saturating_add(self.chunk).min(self.message_len);
         start..end
     }
@@ -146,7 +152,10 @@ impl Reassembly {
         }
         let index = usize::from(h.frag_index);
         let (word, bit) = (index / 64, 1u64 << (index % 64));
-        let seen = self.seen.get_mut(word).ok_or(ReassemblyError::Inconsistent)?;
+        let seen = self
+            .seen
+            .get_mut(word)
+            .ok_or(ReassemblyError::Inconsistent)?;
         if *seen & bit != 0 {
             return Ok(self.is_complete());
         }
@@ -177,7 +186,9 @@ impl Reassembly {
     /// Whether fragment `index` has arrived.
     pub fn has(&self, index: u16) -> bool {
         let index = usize::from(index);
-        self.seen.get(index / 64).is_some_and(|w| w & (1 << (index % 64)) != 0)
+        self.seen
+            .get(index / 64)
+            .is_some_and(|w| w & (1 << (index % 64)) != 0)
     }
 
     /// Length of the whole message.
@@ -310,13 +321,20 @@ mod tests {
     fn reassembles_every_arrival_order() {
         let msg: Vec<u8> = (0..4500u32).map(|i| (i * 7) as u8).collect();
         let plan = FragmentPlan::new(msg.len(), HEADER_LEN + 1000).unwrap();
-        let orders: [&[u16]; 5] = [&[0, 1, 2, 3, 4], &[4, 3, 2, 1, 0], &[4, 0, 1, 2, 3], &[1, 0, 3, 4, 2], &[0, 4, 1, 3, 2]];
+        let orders: [&[u16]; 5] = [
+            &[0, 1, 2, 3, 4],
+            &[4, 3, 2, 1, 0],
+            &[4, 0, 1, 2, 3],
+            &[1, 0, 3, 4, 2],
+            &[0, 4, 1, 3, 2],
+        ];
         for order in orders {
             let first = frag(4500, order[0], 5, plan.range(order[0]).len() as u32);
             let mut r = Reassembly::start(&first, Vec::new(), Vec::new()).unwrap();
             for &i in order {
                 let range = plan.range(i);
-                r.add(&frag(4500, i, 5, range.len() as u32), &msg[range]).unwrap();
+                r.add(&frag(4500, i, 5, range.len() as u32), &msg[range])
+                    .unwrap();
             }
             assert!(r.is_complete());
             assert_eq!(r.into_parts().0, msg, "order {order:?}");

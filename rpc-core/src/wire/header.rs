@@ -22,7 +22,9 @@ pub const MAX_LAMPORT: u64 = 1 << 62;
 /// The header as it sits on the wire.
 ///
 /// Field meanings depend on the [`PacketKind`]; `docs/protocol.md` has the table.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq,
+)]
 #[repr(C)]
 pub struct Header {
     /// [`MAGIC`].
@@ -223,7 +225,9 @@ impl BusyReason {
 }
 
 /// Body of a `Hello`: what the client can receive.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq,
+)]
 #[repr(C)]
 pub struct HelloBody {
     /// Largest datagram the client accepts, header included.
@@ -233,7 +237,9 @@ pub struct HelloBody {
 }
 
 /// Body of a `Welcome`: who the server is and what it accepts.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq,
+)]
 #[repr(C)]
 pub struct WelcomeBody {
     /// The server's node id, the tie-breaker of its Lamport timestamps.

@@ -7,11 +7,11 @@
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
+use super::WireError;
 use super::header::{
     Flags, HEADER_LEN, HELLO_BODY_LEN, Header, MAGIC, MAX_LAMPORT, PacketKind, VERSION,
     WELCOME_BODY_LEN,
 };
-use super::WireError;
 
 /// A datagram whose header fits and whose payload length matches the header.
 #[derive(Clone, Copy, Debug)]
@@ -24,8 +24,7 @@ impl<'a> Packet<'a> {
     /// Checks that `buf` holds a header of this protocol version followed by exactly the
     /// number of payload bytes the header announces.
     pub fn new_checked(buf: &'a [u8]) -> Result<Self, WireError> {
-        let (header, payload) =
-            Header::ref_from_prefix(buf).map_err(|_| WireError::Truncated)?;
+        let (header, payload) = Header::ref_from_prefix(buf).map_err(|_| WireError::Truncated)?;
         if header.magic.get() != MAGIC {
             return Err(WireError::BadMagic);
         }
@@ -207,7 +206,10 @@ impl<'a> PacketRepr<'a> {
     pub fn parse(buf: &'a [u8]) -> Result<Self, WireError> {
         let packet = Packet::new_checked(buf)?;
         let header = HeaderRepr::parse(&packet)?;
-        Ok(Self { header, payload: packet.payload() })
+        Ok(Self {
+            header,
+            payload: packet.payload(),
+        })
     }
 
     /// Bytes needed to emit this packet.
@@ -299,7 +301,10 @@ mod tests {
 
     #[test]
     fn emit() {
-        let repr = PacketRepr { header: request_repr(), payload: b"abc" };
+        let repr = PacketRepr {
+            header: request_repr(),
+            payload: b"abc",
+        };
         let mut out = [0u8; 128];
         let n = repr.emit(&mut out).unwrap();
         assert_eq!(&out[..n], &REQUEST[..]);
@@ -314,7 +319,10 @@ mod tests {
     #[test]
     fn truncated_and_length_errors() {
         for n in 0..HEADER_LEN {
-            assert_eq!(PacketRepr::parse(&REQUEST[..n]).unwrap_err(), WireError::Truncated);
+            assert_eq!(
+                PacketRepr::parse(&REQUEST[..n]).unwrap_err(),
+                WireError::Truncated
+            );
         }
         // Header says 3 payload bytes; give 2 or 4.
         assert_eq!(
@@ -323,7 +331,10 @@ mod tests {
         );
         let mut long = REQUEST.to_vec();
         long.push(0);
-        assert_eq!(PacketRepr::parse(&long).unwrap_err(), WireError::LengthMismatch);
+        assert_eq!(
+            PacketRepr::parse(&long).unwrap_err(),
+            WireError::LengthMismatch
+        );
     }
 
     #[test]
@@ -343,12 +354,19 @@ mod tests {
         for &(offset, value, err) in cases {
             let mut bytes = REQUEST;
             bytes[offset] = value;
-            assert_eq!(PacketRepr::parse(&bytes).unwrap_err(), err, "byte {offset} = {value}");
+            assert_eq!(
+                PacketRepr::parse(&bytes).unwrap_err(),
+                err,
+                "byte {offset} = {value}"
+            );
         }
         // A request without a session.
         let mut bytes = REQUEST;
         bytes[24..32].fill(0);
-        assert_eq!(PacketRepr::parse(&bytes).unwrap_err(), WireError::BadSession);
+        assert_eq!(
+            PacketRepr::parse(&bytes).unwrap_err(),
+            WireError::BadSession
+        );
     }
 
     #[test]
@@ -363,14 +381,30 @@ mod tests {
         };
         assert_eq!(hello.check(), Ok(()));
         assert_eq!(
-            HeaderRepr { message_len: 0, payload_len: 0, ..hello }.check(),
+            HeaderRepr {
+                message_len: 0,
+                payload_len: 0,
+                ..hello
+            }
+            .check(),
             Err(WireError::LengthMismatch)
         );
-        let body = HelloBody { max_datagram: 1472.into(), max_message: 1024.into() };
+        let body = HelloBody {
+            max_datagram: 1472.into(),
+            max_message: 1024.into(),
+        };
         let mut out = [0u8; HEADER_LEN + HELLO_BODY_LEN];
-        let n = PacketRepr { header: hello, payload: body.as_bytes() }.emit(&mut out).unwrap();
+        let n = PacketRepr {
+            header: hello,
+            payload: body.as_bytes(),
+        }
+        .emit(&mut out)
+        .unwrap();
         let parsed = PacketRepr::parse(&out[..n]).unwrap();
         assert_eq!(read_body::<HelloBody>(parsed.payload).unwrap(), body);
-        assert_eq!(read_body::<WelcomeBody>(parsed.payload), Err(WireError::LengthMismatch));
+        assert_eq!(
+            read_body::<WelcomeBody>(parsed.payload),
+            Err(WireError::LengthMismatch)
+        );
     }
 }

@@ -122,7 +122,12 @@ struct Waiter {
 
 #[derive(Debug)]
 enum Outcome {
-    Reply { buf: Vec<u8>, body: Range<usize>, request_stamp: LamportStamp, reply_stamp: LamportStamp },
+    Reply {
+        buf: Vec<u8>,
+        body: Range<usize>,
+        request_stamp: LamportStamp,
+        reply_stamp: LamportStamp,
+    },
     Failed(CallError),
 }
 
@@ -133,7 +138,11 @@ impl UdpClient {
     /// Connects to `server`: opens a socket, and opens a session with the server (waiting up
     /// to the configured connect timeout).
     pub fn connect(server: SocketAddr, config: UdpClientConfig) -> io::Result<Self> {
-        let local: SocketAddr = if server.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+        let local: SocketAddr = if server.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            ([0u16; 8], 0).into()
+        };
         let socket = bind_udp(local, false, config.socket_buffer)?;
         socket.connect(server)?;
         let client_id = getrandom::u64().map_err(io::Error::other)?;
@@ -156,13 +165,17 @@ impl UdpClient {
                 sessions_seen: 0,
             }),
             leader: AtomicBool::new(false),
-            signals: (0..window).map(|_| CachePadded::new(AtomicU64::new(0))).collect(),
+            signals: (0..window)
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
             next_timer: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
             io_errors: AtomicU64::new(0),
         };
         inner.handshake(config.connect_timeout)?;
-        Ok(Self { inner: Arc::new(inner) })
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
     }
 
     /// The server's address.
@@ -192,7 +205,11 @@ impl UdpClient {
 }
 
 /// Sends one datagram: the header, then the payload's bytes, in one gather `sendmsg`.
-fn send_transmit(socket: &UdpSocket, t: &Transmit, request: Option<&Encoder<'_>>) -> io::Result<()> {
+fn send_transmit(
+    socket: &UdpSocket,
+    t: &Transmit,
+    request: Option<&Encoder<'_>>,
+) -> io::Result<()> {
     let mut iov = ArrayVec::<IoSlice<'_>, { MAX_SEGMENTS + 1 }>::new();
     iov.push(IoSlice::new(&t.header));
     match t.payload {
@@ -219,7 +236,9 @@ impl Inner {
     }
 
     fn store_timer(&self, core: &mut Client) {
-        let t = core.poll_timeout().map_or(u64::MAX, |t| t.saturating_duration_since(self.epoch).as_nanos() as u64);
+        let t = core.poll_timeout().map_or(u64::MAX, |t| {
+            t.saturating_duration_since(self.epoch).as_nanos() as u64
+        });
         self.next_timer.store(t, Ordering::Release);
     }
 
@@ -268,9 +287,16 @@ impl Inner {
                 }
             }
             if now >= deadline {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "no session: the server did not answer"));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no session: the server did not answer",
+                ));
             }
-            let wake = self.lock().core.poll_timeout().map_or(deadline, |t| t.min(deadline));
+            let wake = self
+                .lock()
+                .core
+                .poll_timeout()
+                .map_or(deadline, |t| t.min(deadline));
             if wait_readable(&self.socket, Some(wake), Duration::from_millis(50))? {
                 match self.socket.recv(&mut buf) {
                     Ok(n) => {
@@ -286,7 +312,13 @@ impl Inner {
     }
 
     /// Takes up to [`BATCH`] datagrams `call` has waiting (and a handshake, if one is due).
-    fn take_own(&self, st: &mut State, now: Instant, call: CallId, batch: &mut ArrayVec<Transmit, BATCH>) {
+    fn take_own(
+        &self,
+        st: &mut State,
+        now: Instant,
+        call: CallId,
+        batch: &mut ArrayVec<Transmit, BATCH>,
+    ) {
         while !batch.is_full() {
             match st.core.poll_transmit_for(now, call) {
                 Some(t) => batch.push(t),
@@ -389,7 +421,11 @@ impl Inner {
 
 /// The end of this thread's call as seen by the leader.
 enum Own {
-    Reply { body: OwnBody, request_stamp: LamportStamp, reply_stamp: LamportStamp },
+    Reply {
+        body: OwnBody,
+        request_stamp: LamportStamp,
+        reply_stamp: LamportStamp,
+    },
     Failed(CallError),
 }
 
@@ -426,7 +462,11 @@ impl Inner {
         if let Some((call, result, request_stamp, reply_stamp)) = got {
             if call == me {
                 own = Some(match result {
-                    Ok(body) => Own::Reply { body, request_stamp, reply_stamp },
+                    Ok(body) => Own::Reply {
+                        body,
+                        request_stamp,
+                        reply_stamp,
+                    },
                     Err(e) => Own::Failed(e),
                 });
             } else {
@@ -434,11 +474,21 @@ impl Inner {
                     Ok(OwnBody::InBuffer(range)) => {
                         let spare = st.buffers.pop().unwrap_or_else(|| vec![0; self.buffer_len]);
                         let full = std::mem::replace(buf, spare);
-                        Outcome::Reply { buf: full, body: range, request_stamp, reply_stamp }
+                        Outcome::Reply {
+                            buf: full,
+                            body: range,
+                            request_stamp,
+                            reply_stamp,
+                        }
                     }
                     Ok(OwnBody::Owned(v) | OwnBody::Handed(v, _)) => {
                         let len = v.len();
-                        Outcome::Reply { buf: v, body: 0..len, request_stamp, reply_stamp }
+                        Outcome::Reply {
+                            buf: v,
+                            body: 0..len,
+                            request_stamp,
+                            reply_stamp,
+                        }
                     }
                     Err(e) => Outcome::Failed(e),
                 };
@@ -480,16 +530,29 @@ impl Inner {
         let mut st = self.lock();
         let w = st.waiters[slot].as_mut().filter(|w| w.seq == me.seq())?;
         Some(match w.outcome.take()? {
-            Outcome::Reply { buf, body, request_stamp, reply_stamp } => {
-                Own::Reply { body: OwnBody::Handed(buf, body), request_stamp, reply_stamp }
-            }
+            Outcome::Reply {
+                buf,
+                body,
+                request_stamp,
+                reply_stamp,
+            } => Own::Reply {
+                body: OwnBody::Handed(buf, body),
+                request_stamp,
+                reply_stamp,
+            },
             Outcome::Failed(e) => Own::Failed(e),
         })
     }
 
     /// Waits for the end of `me`, as leader or follower. Sets `leading` when this thread
     /// became the leader (it must hand leadership on when the call ends).
-    fn wait(&self, me: CallId, request: &Encoder<'_>, buf: &mut Vec<u8>, leading: &mut bool) -> Own {
+    fn wait(
+        &self,
+        me: CallId,
+        request: &Encoder<'_>,
+        buf: &mut Vec<u8>,
+        leading: &mut bool,
+    ) -> Own {
         let slot = self.slot(me.seq());
         let mut idle_since = Instant::now();
         loop {
@@ -507,7 +570,10 @@ impl Inner {
             }
             if !*leading {
                 *leading = !self.leader.load(Ordering::Relaxed)
-                    && self.leader.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok();
+                    && self
+                        .leader
+                        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok();
             }
             if !*leading {
                 // Follower: the leader signals and unparks us.
@@ -545,7 +611,11 @@ impl Inner {
                         }
                     }
                     if self.poll.should_block(idle_since, now) {
-                        let woke = wait_readable(&self.socket, self.next_deadline(), Duration::from_millis(50));
+                        let woke = wait_readable(
+                            &self.socket,
+                            self.next_deadline(),
+                            Duration::from_millis(50),
+                        );
                         if !matches!(woke, Ok(false)) {
                             idle_since = Instant::now();
                         }
@@ -635,7 +705,11 @@ impl Transport for UdpClient {
                 // sequence number maps there must wait for that, or it would take the outcome
                 // away from under the old waiter.
                 let free = st.waiters[inner.slot(st.core.next_seq())].is_none();
-                let started = if free { st.core.start_call(now, req) } else { Err(CallError::WindowFull) };
+                let started = if free {
+                    st.core.start_call(now, req)
+                } else {
+                    Err(CallError::WindowFull)
+                };
                 match started {
                     Ok(id) => break id,
                     Err(CallError::WindowFull) => {
@@ -648,7 +722,11 @@ impl Transport for UdpClient {
                 }
             };
             let slot = inner.slot(me.seq());
-            st.waiters[slot] = Some(Waiter { seq: me.seq(), thread: thread::current(), outcome: None });
+            st.waiters[slot] = Some(Waiter {
+                seq: me.seq(),
+                thread: thread::current(),
+                outcome: None,
+            });
             st.waiting += 1;
             inner.signals[slot].store(me.seq() << 2, Ordering::Release);
             let mut batch = ArrayVec::new();
@@ -660,14 +738,28 @@ impl Transport for UdpClient {
         let own = inner.wait(me, request, &mut buf, &mut leading);
         let (result, extra) = match own {
             Own::Failed(e) => (Err(e), None),
-            Own::Reply { body, request_stamp, reply_stamp } => {
-                let reply = |value| Reply { value, request_stamp, reply_stamp };
+            Own::Reply {
+                body,
+                request_stamp,
+                reply_stamp,
+            } => {
+                let reply = |value| Reply {
+                    value,
+                    request_stamp,
+                    reply_stamp,
+                };
                 match body {
-                    OwnBody::InBuffer(range) => (decode(&buf[range]).map(reply).map_err(CallError::BadReply), None),
-                    OwnBody::Owned(v) => (decode(&v).map(reply).map_err(CallError::BadReply), Some(v)),
-                    OwnBody::Handed(v, range) => {
-                        (decode(&v[range]).map(reply).map_err(CallError::BadReply), Some(v))
+                    OwnBody::InBuffer(range) => (
+                        decode(&buf[range]).map(reply).map_err(CallError::BadReply),
+                        None,
+                    ),
+                    OwnBody::Owned(v) => {
+                        (decode(&v).map(reply).map_err(CallError::BadReply), Some(v))
                     }
+                    OwnBody::Handed(v, range) => (
+                        decode(&v[range]).map(reply).map_err(CallError::BadReply),
+                        Some(v),
+                    ),
                 }
             }
         };

@@ -27,11 +27,11 @@ use std::time::{Duration, Instant};
 use arrayvec::ArrayVec;
 use crossbeam_channel::{Receiver as JobReceiver, Sender as JobSender, TrySendError};
 use rand::SeedableRng;
+use rpc_core::ServerConfig;
 use rpc_core::marshal::{Encoder, MAX_SEGMENTS};
 use rpc_core::server::{Body, CallContext, Server, Ticket};
 use rpc_core::service::{Dispatch, ReplySink};
 use rpc_core::wire::{BusyReason, ErrorCode, HEADER_LEN};
-use rpc_core::ServerConfig;
 use socket2::{SockAddr, SockRef};
 
 use crate::poll::{PollStrategy, wait_readable};
@@ -133,9 +133,15 @@ pub struct UdpServer {
 impl UdpServer {
     /// Binds the server's sockets to `addr` (port 0 picks a free port).
     pub fn bind(addr: SocketAddr, config: UdpServerConfig) -> io::Result<Self> {
-        config.protocol.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        config
+            .protocol
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         if config.receivers == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "at least one receive thread"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "at least one receive thread",
+            ));
         }
         let reuse = config.receivers > 1;
         let first = bind_udp(addr, reuse, config.socket_buffer)?;
@@ -144,7 +150,11 @@ impl UdpServer {
         for _ in 1..config.receivers {
             sockets.push(bind_udp(local_addr, true, config.socket_buffer)?);
         }
-        Ok(Self { sockets, local_addr, config })
+        Ok(Self {
+            sockets,
+            local_addr,
+            config,
+        })
     }
 
     /// The address the server listens on.
@@ -186,7 +196,8 @@ impl UdpServer {
         }
         let mut threads = Vec::new();
         for (i, rx) in receivers.iter().enumerate() {
-            let cpu = (!self.config.cpus.is_empty()).then(|| self.config.cpus[i % self.config.cpus.len()]);
+            let cpu = (!self.config.cpus.is_empty())
+                .then(|| self.config.cpus[i % self.config.cpus.len()]);
             let ctx = RxThread {
                 cpu,
                 rx: rx.clone(),
@@ -196,14 +207,29 @@ impl UdpServer {
                 poll: self.config.poll,
                 buffer_len: self.config.protocol.max_datagram,
             };
-            threads.push(thread::Builder::new().name(format!("rpc-recv-{i}")).spawn(move || ctx.run())?);
+            threads.push(
+                thread::Builder::new()
+                    .name(format!("rpc-recv-{i}"))
+                    .spawn(move || ctx.run())?,
+            );
         }
         let mut workers = Vec::new();
         for i in 0..self.config.workers {
             let (rx, dispatch, shared) = (job_rx.clone(), dispatch.clone(), shared.clone());
-            workers.push(thread::Builder::new().name(format!("rpc-worker-{i}")).spawn(move || worker(rx, dispatch, shared))?);
+            workers.push(
+                thread::Builder::new()
+                    .name(format!("rpc-worker-{i}"))
+                    .spawn(move || worker(rx, dispatch, shared))?,
+            );
         }
-        Ok(ServerHandle { local_addr: self.local_addr, shared, receivers, threads, workers, jobs: Some(jobs) })
+        Ok(ServerHandle {
+            local_addr: self.local_addr,
+            shared,
+            receivers,
+            threads,
+            workers,
+            jobs: Some(jobs),
+        })
     }
 }
 
@@ -228,7 +254,9 @@ impl Rx {
     }
 
     fn store_timer(&self, core: &Server<SocketAddr>) {
-        let t = core.poll_timeout().map_or(u64::MAX, |t| t.saturating_duration_since(self.epoch).as_nanos() as u64);
+        let t = core.poll_timeout().map_or(u64::MAX, |t| {
+            t.saturating_duration_since(self.epoch).as_nanos() as u64
+        });
         self.next_timer.store(t, Ordering::Relaxed);
     }
 
@@ -242,7 +270,10 @@ impl Rx {
         let sock = SockRef::from(&self.socket);
         while let Some(t) = core.poll_transmit() {
             let iov = [IoSlice::new(&t.header), IoSlice::new(t.body)];
-            if sock.send_to_vectored(&iov, &SockAddr::from(t.dest)).is_err() {
+            if sock
+                .send_to_vectored(&iov, &SockAddr::from(t.dest))
+                .is_err()
+            {
                 shared.io_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -269,7 +300,9 @@ fn send_reply(
     reply: Result<&Encoder<'_>, ErrorCode>,
 ) {
     let now = Instant::now();
-    let Some(plan) = core.begin_reply(now, ticket, reply.map(Encoder::len)) else { return };
+    let Some(plan) = core.begin_reply(now, ticket, reply.map(Encoder::len)) else {
+        return;
+    };
     let sock = SockRef::from(socket);
     let dest = SockAddr::from(plan.dest);
     for i in 0..plan.count() {
@@ -387,7 +420,11 @@ impl RxThread {
                         self.rx.flush(&mut core, &self.shared);
                     }
                     if self.poll.should_block(idle_since, now) {
-                        let _ = wait_readable(&self.rx.socket, self.rx.timer(), Duration::from_millis(20));
+                        let _ = wait_readable(
+                            &self.rx.socket,
+                            self.rx.timer(),
+                            Duration::from_millis(20),
+                        );
                     } else {
                         std::hint::spin_loop();
                     }
@@ -408,9 +445,13 @@ impl RxThread {
         let method = self.dispatch.method(ctx.interface, ctx.method);
         match method {
             Err(code) => send_reply(&mut core, &rx.socket, &self.shared, &ticket, Err(code)),
-            Ok(m) if ctx.idempotent && !m.idempotent => {
-                send_reply(&mut core, &rx.socket, &self.shared, &ticket, Err(ErrorCode::NotIdempotent))
-            }
+            Ok(m) if ctx.idempotent && !m.idempotent => send_reply(
+                &mut core,
+                &rx.socket,
+                &self.shared,
+                &ticket,
+                Err(ErrorCode::NotIdempotent),
+            ),
             Ok(m) if m.blocking => {
                 let (job_buf, body) = match call.body {
                     Body::Borrowed(_) => {
@@ -422,15 +463,29 @@ impl RxThread {
                         (v, 0..len)
                     }
                 };
-                let job = Job { rx: self.rx.clone(), ticket, ctx, buf: job_buf, body };
-                if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = self.jobs.try_send(job) {
+                let job = Job {
+                    rx: self.rx.clone(),
+                    ticket,
+                    ctx,
+                    buf: job_buf,
+                    body,
+                };
+                if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) =
+                    self.jobs.try_send(job)
+                {
                     core.refuse(&job.ticket, BusyReason::Overloaded);
                 }
             }
             Ok(_) => {
                 // Run to completion here, decoding from the receive buffer in place.
                 let body = call.body;
-                let sink = Sink { core: CoreRef::Held(&mut core), socket: &rx.socket, shared: &self.shared, ticket, sent: false };
+                let sink = Sink {
+                    core: CoreRef::Held(&mut core),
+                    socket: &rx.socket,
+                    shared: &self.shared,
+                    ticket,
+                    sent: false,
+                };
                 execute(sink, &*self.dispatch, &ctx, &body);
                 if let Some(v) = body.into_owned_buffer() {
                     core.recycle(v);
@@ -444,7 +499,13 @@ impl RxThread {
 fn worker(jobs: JobReceiver<Job>, dispatch: Arc<dyn Dispatch>, shared: Arc<Shared>) {
     for job in jobs {
         // The handler runs without the receive thread's lock; the sink takes it to reply.
-        let sink = Sink { core: CoreRef::Shared(&job.rx), socket: &job.rx.socket, shared: &shared, ticket: job.ticket, sent: false };
+        let sink = Sink {
+            core: CoreRef::Shared(&job.rx),
+            socket: &job.rx.socket,
+            shared: &shared,
+            ticket: job.ticket,
+            sent: false,
+        };
         execute(sink, &*dispatch, &job.ctx, &job.buf[job.body.clone()]);
     }
 }
@@ -462,7 +523,9 @@ pub struct ServerHandle {
 
 impl core::fmt::Debug for Rx {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Rx").field("socket", &self.socket).finish_non_exhaustive()
+        f.debug_struct("Rx")
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
     }
 }
 

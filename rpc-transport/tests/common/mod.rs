@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use rpc_core::rpc;
 use rpc_core::service::CallContext;
-use rpc_transport::udp::{UdpClientConfig, UdpServerConfig};
 use rpc_transport::PollStrategy;
+use rpc_transport::udp::{UdpClientConfig, UdpServerConfig};
 
 /// A ledger whose handlers count how often each call ran.
 #[rpc]
@@ -53,12 +53,23 @@ impl Book {
 
     /// The tags that ran more than once.
     pub fn twice(&self) -> Vec<u64> {
-        self.runs.lock().unwrap().iter().filter(|&(_, &n)| n > 1).map(|(&t, _)| t).collect()
+        self.runs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|&(_, &n)| n > 1)
+            .map(|(&t, _)| t)
+            .collect()
     }
 
     /// Calls that ran, all told.
     pub fn executions(&self) -> u64 {
-        self.runs.lock().unwrap().values().map(|&n| u64::from(n)).sum()
+        self.runs
+            .lock()
+            .unwrap()
+            .values()
+            .map(|&n| u64::from(n))
+            .sum()
     }
 }
 
@@ -83,13 +94,19 @@ impl Ledger for Book {
         self.run(tag)
     }
     fn whoami(&self, ctx: &CallContext) -> (u64, u64, u64) {
-        (ctx.client_id, ctx.request_stamp.time, ctx.received_stamp.time)
+        (
+            ctx.client_id,
+            ctx.request_stamp.time,
+            ctx.received_stamp.time,
+        )
     }
 }
 
 /// Deterministic bytes.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 /// A unique tag per call across a test.
