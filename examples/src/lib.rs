@@ -239,28 +239,44 @@ pub fn plot(cases: &[Case], path: &std::path::Path) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    // x: "nines" of the percentile, so that p50, p90, p99, p99.9 are evenly spaced.
+    // x: the "nines" of the percentile, -log10(1 - q): p90 is 1, p99 is 2, p99.9 is 3.
     let nines = |q: f64| -(1.0 - q).log10();
-    let qs: Vec<f64> = (0..=60)
-        .map(|i| 1.0 - 0.5 * 10f64.powf(-(i as f64) / 20.0))
+    let top = 0.9995;
+    let qs: Vec<f64> = (0..=80)
+        .map(|i| 1.0 - 0.5 * 10f64.powf(-(i as f64) / 25.0))
+        .filter(|&q| q <= top)
         .collect();
-    let max_us = cases.iter().map(|c| c.us(0.9995)).fold(1.0, f64::max) * 1.1;
+    let lo_us = cases
+        .iter()
+        .map(|c| c.us(0.5))
+        .fold(f64::INFINITY, f64::min)
+        * 0.7;
+    let hi_us = cases.iter().map(|c| c.us(top)).fold(1.0, f64::max) * 1.3;
     let root = SVGBackend::new(path, (1000, 600)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "Round-trip latency by percentile (loopback)",
+            "Round-trip latency by percentile, loopback",
             ("sans-serif", 22),
         )
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(nines(0.5)..nines(0.9995), (0.1f64..max_us).log_scale())?;
+        .build_cartesian_2d(nines(0.5)..nines(top), (lo_us.max(0.01)..hi_us).log_scale())?;
     chart
         .configure_mesh()
         .x_desc("percentile")
-        .y_desc("µs (log)")
-        .x_label_formatter(&|x| format!("p{}", 100.0 - 100.0 * 10f64.powf(-x)))
+        .y_desc("round trip, µs (log scale)")
+        .x_labels(7)
+        // Label the whole nines only: p90, p99, p99.9.
+        .x_label_formatter(&|x| {
+            let n = x.round();
+            if (x - n).abs() > 1e-6 || n < 1.0 {
+                return String::new();
+            }
+            format!("p{}", 100.0 - 100.0 * 10f64.powf(-n))
+        })
+        .y_label_formatter(&|y| format!("{y:.1}"))
         .draw()?;
     for (i, c) in cases.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();

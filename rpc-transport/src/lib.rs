@@ -9,6 +9,7 @@
 //!
 //! This crate is the only one with I/O, threads and clocks; the protocol lives in `rpc-core`.
 
+mod gather;
 pub mod poll;
 pub mod proxy;
 mod sock;

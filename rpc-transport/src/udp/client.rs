@@ -16,7 +16,7 @@
 //! None per call in steady state: receive buffers are pooled, the call table and signal slots
 //! are allocated when the client connects.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,12 +27,12 @@ use std::time::{Duration, Instant};
 use arrayvec::ArrayVec;
 use crossbeam_utils::CachePadded;
 use rpc_core::client::{Body, CallId, CallRequest, Client, ClientStats, Event, Payload, Transmit};
-use rpc_core::marshal::{Encoder, MAX_SEGMENTS};
+use rpc_core::marshal::Encoder;
 use rpc_core::service::{CallOptions, MethodDesc, Reply, Transport};
 use rpc_core::wire::HEADER_LEN;
 use rpc_core::{CallError, ClientConfig, DecodeError, LamportStamp};
-use socket2::SockRef;
 
+use crate::gather::{Gather, Head};
 use crate::poll::{PollStrategy, wait_readable};
 use crate::sock::{bind_udp, transient};
 
@@ -204,24 +204,25 @@ impl UdpClient {
     }
 }
 
-/// Sends one datagram: the header, then the payload's bytes, in one gather `sendmsg`.
+/// Sends one datagram: the header, then the payload's bytes, gathered by the kernel from
+/// where they are (one `send` when the datagram is small, one `sendmsg` otherwise).
 fn send_transmit(
     socket: &UdpSocket,
     t: &Transmit,
     request: Option<&Encoder<'_>>,
 ) -> io::Result<()> {
-    let mut iov = ArrayVec::<IoSlice<'_>, { MAX_SEGMENTS + 1 }>::new();
-    iov.push(IoSlice::new(&t.header));
+    let mut head = Head::new(&t.header);
+    let mut gather = Gather::empty();
     match t.payload {
         Payload::None => {}
-        Payload::Inline => iov.push(IoSlice::new(t.inline())),
+        Payload::Inline => gather.push(&mut head, t.inline()),
         Payload::Call { offset, len, .. } => {
             if let Some(r) = request {
-                r.for_each_in(offset..offset + len, |s| iov.push(IoSlice::new(s)));
+                r.for_each_in(offset..offset + len, |s| gather.push(&mut head, s));
             }
         }
     }
-    SockRef::from(socket).send_vectored(&iov).map(|_| ())
+    gather.send(&head, socket)
 }
 
 impl Inner {

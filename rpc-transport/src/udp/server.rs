@@ -15,7 +15,7 @@
 //! kept in the retransmit buffer. Handlers marked blocking go to a pool of worker threads
 //! created at start, so they never stall receiving; their request buffer moves with them.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -24,16 +24,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use arrayvec::ArrayVec;
 use crossbeam_channel::{Receiver as JobReceiver, Sender as JobSender, TrySendError};
 use rand::SeedableRng;
 use rpc_core::ServerConfig;
-use rpc_core::marshal::{Encoder, MAX_SEGMENTS};
+use rpc_core::marshal::Encoder;
 use rpc_core::server::{Body, CallContext, Server, Ticket};
 use rpc_core::service::{Dispatch, ReplySink};
 use rpc_core::wire::{BusyReason, ErrorCode, HEADER_LEN};
-use socket2::{SockAddr, SockRef};
 
+use crate::gather::{Gather, Head};
 use crate::poll::{PollStrategy, wait_readable};
 use crate::sock::{bind_udp, transient};
 
@@ -267,13 +266,10 @@ impl Rx {
 
     /// Sends the control replies and cached replies the state machine has queued.
     fn flush(&self, core: &mut Server<SocketAddr>, shared: &Shared) {
-        let sock = SockRef::from(&self.socket);
         while let Some(t) = core.poll_transmit() {
-            let iov = [IoSlice::new(&t.header), IoSlice::new(t.body)];
-            if sock
-                .send_to_vectored(&iov, &SockAddr::from(t.dest))
-                .is_err()
-            {
+            let mut head = Head::new(&t.header);
+            let gather = Gather::new(&mut head, [t.body]);
+            if gather.send_to(&head, &self.socket, t.dest).is_err() {
                 shared.io_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -290,29 +286,27 @@ struct Job {
     body: Range<usize>,
 }
 
-/// Sends a reply (or an error reply) for `ticket`: one gather `sendmsg` per datagram from the
-/// reply's own memory, then a copy into the retransmit buffer.
+/// Sends a reply (or an error reply) for `ticket`: one gather per datagram from the reply's
+/// own memory (a plain `send_to` when the datagram is small), then a copy into the
+/// retransmit buffer.
 fn send_reply(
+    now: Instant,
     core: &mut Server<SocketAddr>,
     socket: &UdpSocket,
     shared: &Shared,
     ticket: &Ticket<SocketAddr>,
     reply: Result<&Encoder<'_>, ErrorCode>,
 ) {
-    let now = Instant::now();
     let Some(plan) = core.begin_reply(now, ticket, reply.map(Encoder::len)) else {
         return;
     };
-    let sock = SockRef::from(socket);
-    let dest = SockAddr::from(plan.dest);
     for i in 0..plan.count() {
-        let header = plan.header(i);
-        let mut iov = ArrayVec::<IoSlice<'_>, { MAX_SEGMENTS + 1 }>::new();
-        iov.push(IoSlice::new(&header));
+        let mut head = Head::new(&plan.header(i));
+        let mut gather = Gather::empty();
         if let (Ok(body), None) = (reply, plan.error()) {
-            body.for_each_in(plan.range(i), |s| iov.push(IoSlice::new(s)));
+            body.for_each_in(plan.range(i), |s| gather.push(&mut head, s));
         }
-        if let Err(e) = sock.send_to_vectored(&iov, &dest) {
+        if let Err(e) = gather.send_to(&head, socket, plan.dest) {
             if !transient(&e) {
                 tracing::warn!(error = %e, "udp server send failed");
             }
@@ -334,6 +328,7 @@ enum CoreRef<'a> {
 
 /// The reply path handed to a dispatcher.
 struct Sink<'a> {
+    now: Instant,
     core: CoreRef<'a>,
     socket: &'a UdpSocket,
     shared: &'a Shared,
@@ -344,10 +339,25 @@ struct Sink<'a> {
 impl Sink<'_> {
     fn reply(&mut self, reply: Result<&Encoder<'_>, ErrorCode>) {
         match &mut self.core {
-            CoreRef::Held(core) => send_reply(core, self.socket, self.shared, &self.ticket, reply),
+            CoreRef::Held(core) => send_reply(
+                self.now,
+                core,
+                self.socket,
+                self.shared,
+                &self.ticket,
+                reply,
+            ),
             CoreRef::Shared(rx) => {
                 let mut core = rx.lock();
-                send_reply(&mut core, self.socket, self.shared, &self.ticket, reply);
+                let now = Instant::now();
+                send_reply(
+                    now,
+                    &mut core,
+                    self.socket,
+                    self.shared,
+                    &self.ticket,
+                    reply,
+                );
                 rx.flush(&mut core, self.shared);
             }
         }
@@ -444,8 +454,9 @@ impl RxThread {
         let (ticket, ctx) = (call.ticket, call.context);
         let method = self.dispatch.method(ctx.interface, ctx.method);
         match method {
-            Err(code) => send_reply(&mut core, &rx.socket, &self.shared, &ticket, Err(code)),
+            Err(code) => send_reply(now, &mut core, &rx.socket, &self.shared, &ticket, Err(code)),
             Ok(m) if ctx.idempotent && !m.idempotent => send_reply(
+                now,
                 &mut core,
                 &rx.socket,
                 &self.shared,
@@ -480,6 +491,7 @@ impl RxThread {
                 // Run to completion here, decoding from the receive buffer in place.
                 let body = call.body;
                 let sink = Sink {
+                    now,
                     core: CoreRef::Held(&mut core),
                     socket: &rx.socket,
                     shared: &self.shared,
@@ -500,6 +512,7 @@ fn worker(jobs: JobReceiver<Job>, dispatch: Arc<dyn Dispatch>, shared: Arc<Share
     for job in jobs {
         // The handler runs without the receive thread's lock; the sink takes it to reply.
         let sink = Sink {
+            now: Instant::now(),
             core: CoreRef::Shared(&job.rx),
             socket: &job.rx.socket,
             shared: &shared,

@@ -1,0 +1,164 @@
+//! Building the gather list of one datagram.
+//!
+//! A datagram is the 72-byte header followed by a range of the message's segments. Segments
+//! of the caller's memory are passed to the kernel by reference. The small segments at the
+//! front — length prefixes and scalars, bytes the encoder already holds in its own scratch
+//! area — are packed behind the header in one stack buffer, so that a small call is a single
+//! buffer (a plain `send`) and a byte-slice argument is two (header and prefix, then the
+//! caller's bytes), not three: every entry in a gather list costs the kernel something.
+
+use std::io::{self, IoSlice};
+use std::net::{SocketAddr, UdpSocket};
+
+use arrayvec::ArrayVec;
+use rpc_core::marshal::MAX_SEGMENTS;
+use rpc_core::wire::HEADER_LEN;
+use socket2::{SockAddr, SockRef};
+
+/// Bytes after the header that may be packed into the header's buffer.
+const PACKED: usize = 192;
+
+/// The header and the leading small segments, contiguous.
+pub(crate) struct Head {
+    buf: [u8; HEADER_LEN + PACKED],
+    len: usize,
+}
+
+impl Head {
+    pub(crate) fn new(header: &[u8; HEADER_LEN]) -> Self {
+        let mut buf = [0u8; HEADER_LEN + PACKED];
+        buf[..HEADER_LEN].copy_from_slice(header);
+        Self {
+            buf,
+            len: HEADER_LEN,
+        }
+    }
+}
+
+/// The gather list of one datagram: `head` (the header and what was packed behind it), then
+/// the remaining segments by reference.
+pub(crate) struct Gather<'a> {
+    rest: ArrayVec<&'a [u8], MAX_SEGMENTS>,
+    packing: bool,
+}
+
+impl<'a> Gather<'a> {
+    /// Packs leading segments of `segments` (while they are small and fit) into `head`, and
+    /// keeps the others by reference.
+    pub(crate) fn new(head: &mut Head, segments: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let mut g = Self::empty();
+        for seg in segments {
+            g.push(head, seg);
+        }
+        g
+    }
+
+    /// Nothing after the head yet.
+    pub(crate) fn empty() -> Self {
+        Self {
+            rest: ArrayVec::new(),
+            packing: true,
+        }
+    }
+
+    /// Appends a segment: packed into `head` while the segments so far were all packed and
+    /// this one is small and fits, by reference otherwise.
+    pub(crate) fn push(&mut self, head: &mut Head, seg: &'a [u8]) {
+        if seg.is_empty() {
+            return;
+        }
+        let room = head.buf.len() - head.len;
+        if self.packing && seg.len() <= rpc_core::marshal::COPY_THRESHOLD && seg.len() <= room {
+            head.buf[head.len..head.len + seg.len()].copy_from_slice(seg);
+            head.len += seg.len();
+            return;
+        }
+        self.packing = false;
+        // A descriptor has at most MAX_SEGMENTS segments.
+        let _ = self.rest.try_push(seg);
+    }
+
+    /// Sends the datagram on a connected socket.
+    pub(crate) fn send(&self, head: &Head, socket: &UdpSocket) -> io::Result<()> {
+        let head = &head.buf[..head.len];
+        if self.rest.is_empty() {
+            return socket.send(head).map(|_| ());
+        }
+        let iov = self.iov(head);
+        SockRef::from(socket).send_vectored(&iov).map(|_| ())
+    }
+
+    /// Sends the datagram to `dest`.
+    pub(crate) fn send_to(
+        &self,
+        head: &Head,
+        socket: &UdpSocket,
+        dest: SocketAddr,
+    ) -> io::Result<()> {
+        let head = &head.buf[..head.len];
+        if self.rest.is_empty() {
+            return socket.send_to(head, dest).map(|_| ());
+        }
+        let iov = self.iov(head);
+        SockRef::from(socket)
+            .send_to_vectored(&iov, &SockAddr::from(dest))
+            .map(|_| ())
+    }
+
+    fn iov<'s>(&'s self, head: &'s [u8]) -> ArrayVec<IoSlice<'s>, { MAX_SEGMENTS + 1 }> {
+        let mut iov = ArrayVec::new();
+        iov.push(IoSlice::new(head));
+        for seg in &self.rest {
+            let _ = iov.try_push(IoSlice::new(seg));
+        }
+        iov
+    }
+
+    /// Bytes after the head (for tests).
+    #[cfg(test)]
+    fn rest_len(&self) -> usize {
+        self.rest.iter().map(|s| s.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_leading_segments_are_packed_and_large_ones_kept_by_reference() {
+        let header = [7u8; HEADER_LEN];
+        let data = vec![9u8; 1024];
+        let prefix = 1024u32.to_le_bytes();
+        let mut head = Head::new(&header);
+        let g = Gather::new(&mut head, [&prefix[..], &data[..], &prefix[..]]);
+        assert_eq!(head.len, HEADER_LEN + 4);
+        assert_eq!(&head.buf[HEADER_LEN..head.len], &prefix);
+        // The caller's bytes are referenced, not copied; what follows them stays in order.
+        assert_eq!(g.rest.len(), 2);
+        assert_eq!(g.rest[0].as_ptr(), data.as_ptr());
+        assert_eq!(g.rest_len(), 1028);
+    }
+
+    #[test]
+    fn a_small_message_is_one_buffer() {
+        let header = [1u8; HEADER_LEN];
+        let mut head = Head::new(&header);
+        let a = 5u64.to_le_bytes();
+        let b = [1u8; 20];
+        let g = Gather::new(&mut head, [&a[..], &b[..]]);
+        assert!(g.rest.is_empty());
+        assert_eq!(head.len, HEADER_LEN + 28);
+    }
+
+    #[test]
+    fn packing_stops_when_the_head_is_full() {
+        let header = [1u8; HEADER_LEN];
+        let mut head = Head::new(&header);
+        let small = [2u8; 32];
+        let segs = vec![&small[..]; 10];
+        let g = Gather::new(&mut head, segs);
+        assert_eq!(head.len, HEADER_LEN + 192);
+        assert_eq!(g.rest.len(), 4);
+    }
+}
