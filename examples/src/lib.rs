@@ -276,7 +276,14 @@ pub fn plot(cases: &[Case], path: &std::path::Path) -> anyhow::Result<()> {
             }
             format!("p{}", 100.0 - 100.0 * 10f64.powf(-n))
         })
-        .y_label_formatter(&|y| format!("{y:.1}"))
+        .y_labels(12)
+        .y_label_formatter(&|y| {
+            if *y >= 10.0 {
+                format!("{y:.0}")
+            } else {
+                format!("{y:.1}")
+            }
+        })
         .draw()?;
     for (i, c) in cases.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
@@ -294,7 +301,8 @@ pub fn plot(cases: &[Case], path: &std::path::Path) -> anyhow::Result<()> {
     }
     chart
         .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;
     root.present()?;

@@ -129,7 +129,6 @@ fn main() -> anyhow::Result<()> {
     let server_cpu = pin.then_some(1);
     let park_after = Duration::from_micros(args.park_after_us);
     let echo = vec![0xa5u8; args.echo_bytes];
-    let mut cases: Vec<Case> = Vec::new();
     println!(
         "loopback round trips, {} iterations per spinning case after {} warm-up; client on cpu 0, server on cpu 1: {}",
         args.iterations,
@@ -137,95 +136,104 @@ fn main() -> anyhow::Result<()> {
         if pin { "pinned" } else { "not pinned" }
     );
 
+    // Every case of every mode, in the order of the table. Each mode is compared with the raw
+    // floor of its kind: both ends spinning for the spinning modes, both blocking for `block`.
+    struct Planned {
+        name: String,
+        kind: Kind,
+        poll: PollStrategy,
+        floor: Option<String>,
+    }
+    let floor_name =
+        |poll: PollStrategy, bytes: usize| format!("raw udp {} {bytes} B", label(poll));
+    let mut plan: Vec<Planned> = Vec::new();
     for m in &args.modes {
         let poll = mode(m, park_after)?;
-        let blocking = poll == PollStrategy::Block;
-        let iterations = if blocking {
-            args.iterations / 5
-        } else {
-            args.iterations
-        };
-        let warmup = if blocking {
-            args.warmup / 5
-        } else {
-            args.warmup
-        };
-        let rounds = args.rounds.max(1);
-        // The floor: raw UDP with both ends spinning for the spinning modes, both blocking for
-        // the blocking one.
-        let floor_poll = if blocking {
+        let floor_poll = if poll == PollStrategy::Block {
             PollStrategy::Block
         } else {
             PollStrategy::Spin
         };
-        let floor_name = |bytes: usize| format!("raw udp {} {bytes} B", label(floor_poll));
-        let mut plan: Vec<(String, Kind)> = Vec::new();
         for bytes in [32, args.echo_bytes] {
-            let name = floor_name(bytes);
-            if !cases.iter().any(|c| c.name == name) {
-                plan.push((name, Kind::Raw(bytes)));
+            let name = floor_name(floor_poll, bytes);
+            if !plan.iter().any(|p| p.name == name) {
+                plan.push(Planned {
+                    name,
+                    kind: Kind::Raw(bytes),
+                    poll: floor_poll,
+                    floor: None,
+                });
             }
         }
-        plan.push((format!("rpc {} null call", label(poll)), Kind::Null));
-        plan.push((
-            format!("rpc {} echo {} B", label(poll), args.echo_bytes),
-            Kind::Echo,
-        ));
-        let mut measured: Vec<Option<Case>> = plan.iter().map(|_| None).collect();
-        let (mut retransmissions, mut from_cache) = (0, 0);
-        // Interleave the cases round by round, so that the machine's slow drifts touch them
-        // all alike; only the measured case's server runs at any time.
-        for round in 0..rounds {
-            for (i, (name, kind)) in plan.iter().enumerate() {
-                let label = format!("{name} ({}/{rounds})", round + 1);
-                let (n, w) = (iterations / rounds, warmup / rounds);
-                let case = match *kind {
-                    Kind::Raw(bytes) => {
-                        let echo_server = RawEcho::start(floor_poll, server_cpu)?;
-                        let mut ping = RawPing::connect(echo_server.addr(), floor_poll, bytes)?;
-                        let mut case = measure(&label, w, n, || ping.ping());
-                        case.allocs_per_call = None;
-                        case
-                    }
-                    Kind::Null | Kind::Echo => {
-                        let config = UdpServerConfig::loopback()
-                            .poll(poll)
-                            .pin(server_cpu.into_iter().collect());
-                        let server =
-                            UdpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)?
-                                .serve(BenchServer::new(Handlers))?;
-                        let client = BenchClient::new(UdpClient::connect(
-                            server.local_addr(),
-                            UdpClientConfig::loopback().poll(poll),
-                        )?);
-                        let case = if *kind == Kind::Null {
-                            measure(&label, w, n, || null_call(&client))
-                        } else {
-                            measure(&label, w, n, || echo_call(&client, &echo))
-                        };
-                        retransmissions += client.transport().stats().retransmissions;
-                        drop(client);
-                        from_cache += server.shutdown().answered_from_cache;
-                        case
-                    }
-                };
-                merge(&mut measured[i], case, name);
-            }
-        }
-        for (case, (_, kind)) in measured.into_iter().zip(&plan) {
-            let Some(mut case) = case else { continue };
-            case.floor = match *kind {
-                Kind::Raw(_) => None,
-                Kind::Null => Some(floor_name(32)),
-                Kind::Echo => Some(floor_name(args.echo_bytes)),
+        plan.push(Planned {
+            name: format!("rpc {} null call", label(poll)),
+            kind: Kind::Null,
+            poll,
+            floor: Some(floor_name(floor_poll, 32)),
+        });
+        plan.push(Planned {
+            name: format!("rpc {} echo {} B", label(poll), args.echo_bytes),
+            kind: Kind::Echo,
+            poll,
+            floor: Some(floor_name(floor_poll, args.echo_bytes)),
+        });
+    }
+    let rounds = args.rounds.max(1);
+    let mut measured: Vec<Option<Case>> = plan.iter().map(|_| None).collect();
+    let (mut retransmissions, mut from_cache) = (0, 0);
+    // Interleave every case round by round, so that the machine's slow drifts touch them all
+    // alike; only the measured case's server runs at any time.
+    for round in 0..rounds {
+        for (i, p) in plan.iter().enumerate() {
+            let blocking = p.poll == PollStrategy::Block;
+            let scale = if blocking { 5 } else { 1 };
+            let (n, w) = (
+                args.iterations / scale / rounds,
+                args.warmup / scale / rounds,
+            );
+            let label = format!("{} ({}/{rounds})", p.name, round + 1);
+            let case = match p.kind {
+                Kind::Raw(bytes) => {
+                    let echo_server = RawEcho::start(p.poll, server_cpu)?;
+                    let mut ping = RawPing::connect(echo_server.addr(), p.poll, bytes)?;
+                    let mut case = measure(&label, w, n, || ping.ping());
+                    case.allocs_per_call = None;
+                    case
+                }
+                Kind::Null | Kind::Echo => {
+                    let config = UdpServerConfig::loopback()
+                        .poll(p.poll)
+                        .pin(server_cpu.into_iter().collect());
+                    let server = UdpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)?
+                        .serve(BenchServer::new(Handlers))?;
+                    let client = BenchClient::new(UdpClient::connect(
+                        server.local_addr(),
+                        UdpClientConfig::loopback().poll(p.poll),
+                    )?);
+                    let case = if p.kind == Kind::Null {
+                        measure(&label, w, n, || null_call(&client))
+                    } else {
+                        measure(&label, w, n, || echo_call(&client, &echo))
+                    };
+                    retransmissions += client.transport().stats().retransmissions;
+                    drop(client);
+                    from_cache += server.shutdown().answered_from_cache;
+                    case
+                }
             };
+            merge(&mut measured[i], case, &p.name);
+        }
+    }
+    let mut cases: Vec<Case> = Vec::new();
+    for (case, p) in measured.into_iter().zip(plan) {
+        if let Some(mut case) = case {
+            case.floor = p.floor;
             cases.push(case);
         }
-        println!(
-            "{:<15} {rounds} interleaved rounds; retransmissions {retransmissions}, duplicates answered from the cache {from_cache}",
-            label(poll)
-        );
     }
+    println!(
+        "{rounds} interleaved rounds; retransmissions {retransmissions}, duplicates answered from the cache {from_cache}"
+    );
     println!();
     print_table(&cases);
     plot(&cases, &args.plot)?;
