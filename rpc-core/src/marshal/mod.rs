@@ -225,26 +225,13 @@ impl<'a> Encoder<'a> {
     /// returns how many it wrote. `out` needs at most [`MAX_SEGMENTS`] entries; if it is
     /// shorter, the slices that do not fit are left out (check the returned count's total).
     pub fn gather<'s>(&'s self, range: Range<usize>, out: &mut [IoSlice<'s>]) -> usize {
-        if range.is_empty() {
-            return 0;
-        }
         let mut n = 0;
-        let mut offset = 0;
-        for s in &self.segs {
-            if n == out.len() || offset >= range.end {
-                break;
+        self.for_each_in(range, |bytes| {
+            if let Some(slot) = out.get_mut(n) {
+                *slot = IoSlice::new(bytes);
+                n += 1;
             }
-            let bytes = self.seg_bytes(s);
-            let (start, end) = (offset, offset + bytes.len());
-            offset = end;
-            if end <= range.start {
-                continue;
-            }
-            let lo = range.start.saturating_sub(start);
-            let hi = (range.end - start).min(bytes.len());
-            out[n] = IoSlice::new(&bytes[lo..hi]);
-            n += 1;
-        }
+        });
         n
     }
 

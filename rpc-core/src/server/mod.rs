@@ -449,9 +449,28 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
     }
 
     fn control(&mut self, dest: A, req: &HeaderRepr, kind: PacketKind, status: u16) {
+        match kind {
+            PacketKind::Busy => self.stats.busy += 1,
+            PacketKind::Stale => self.stats.stale += 1,
+            PacketKind::ErrorReply => self.stats.errors += 1,
+            _ => {}
+        }
+        self.queue_reply(dest, req, kind, status, Flags::empty());
+    }
+
+    /// Queues a header-only answer to the request `req`: it echoes the request's session,
+    /// sequence number, interface and method, so the client can match it to the call.
+    fn queue_reply(
+        &mut self,
+        dest: A,
+        req: &HeaderRepr,
+        kind: PacketKind,
+        status: u16,
+        flags: Flags,
+    ) {
         let header = HeaderRepr {
             kind,
-            flags: Flags::empty(),
+            flags,
             status,
             client_id: req.client_id,
             client_incarnation: req.client_incarnation,
@@ -466,12 +485,6 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             message_len: 0,
             payload_len: 0,
         };
-        match kind {
-            PacketKind::Busy => self.stats.busy += 1,
-            PacketKind::Stale => self.stats.stale += 1,
-            PacketKind::ErrorReply => self.stats.errors += 1,
-            _ => {}
-        }
         self.queue(Pending {
             dest,
             header,
@@ -925,28 +938,13 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
     /// Answers a duplicate of a call whose reply could not be kept with that call's error,
     /// marked as coming from the cache.
     fn resend_tombstone(&mut self, dest: A, req: &HeaderRepr, code: ErrorCode) {
-        let header = HeaderRepr {
-            kind: PacketKind::ErrorReply,
-            flags: Flags::FROM_CACHE,
-            status: code.to_u16(),
-            client_id: req.client_id,
-            client_incarnation: req.client_incarnation,
-            interface: req.interface,
-            method: req.method,
-            session: req.session,
-            seq: req.seq,
-            ack: 0,
-            lamport: self.clock.tick(),
-            frag_index: 0,
-            frag_count: 1,
-            message_len: 0,
-            payload_len: 0,
-        };
-        self.queue(Pending {
+        self.queue_reply(
             dest,
-            header,
-            body: PendingBody::None,
-        });
+            req,
+            PacketKind::ErrorReply,
+            code.to_u16(),
+            Flags::FROM_CACHE,
+        );
     }
 
     fn resend_cached(&mut self, slot: usize, offset: usize, dest: A, req: &HeaderRepr) {
