@@ -2,6 +2,7 @@
 //! histograms with a progress bar, the percentile table and the plot.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::IoSlice;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rpc_transport::PollStrategy;
+use rustix::net::{RecvFlags, SendAncillaryBuffer, SendFlags};
 
 /// A global allocator that counts allocations, to measure allocations per call.
 #[derive(Debug)]
@@ -104,6 +106,55 @@ pub fn measure(name: &str, warmup: u64, iterations: u64, mut op: impl FnMut()) -
     }
 }
 
+/// How a raw floor moves its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawStyle {
+    /// One buffer per datagram, direct system calls (rustix), as the RPC transport makes
+    /// them: the floor.
+    Direct,
+    /// As `Direct`, but each datagram leaves as a two-segment gather (a 76-byte head, then
+    /// the rest), as a sender that does not copy the caller's bytes must send it.
+    Gathered,
+    /// One buffer per datagram through the standard library's sockets (libc's wrappers).
+    Std,
+}
+
+/// Where a gathered raw datagram is split: a header and a length prefix, as in the RPC's.
+const GATHER_HEAD: usize = 76;
+
+fn raw_send_to(socket: &UdpSocket, bytes: &[u8], to: SocketAddr, style: RawStyle) {
+    match style {
+        RawStyle::Std => {
+            let _ = socket.send_to(bytes, to);
+        }
+        RawStyle::Gathered if bytes.len() > GATHER_HEAD => {
+            let iov = [
+                IoSlice::new(&bytes[..GATHER_HEAD]),
+                IoSlice::new(&bytes[GATHER_HEAD..]),
+            ];
+            let mut control = SendAncillaryBuffer::default();
+            let _ = rustix::net::sendmsg_addr(socket, &to, &iov, &mut control, SendFlags::empty());
+        }
+        _ => {
+            let _ = rustix::net::sendto(socket, bytes, SendFlags::empty(), &to);
+        }
+    }
+}
+
+fn raw_recv_from(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    style: RawStyle,
+) -> Option<(usize, SocketAddr)> {
+    match style {
+        RawStyle::Std => socket.recv_from(buf).ok(),
+        _ => match rustix::net::recvfrom(socket, buf, RecvFlags::empty()) {
+            Ok((n, _, Some(from))) => SocketAddr::try_from(from).ok().map(|a| (n, a)),
+            _ => None,
+        },
+    }
+}
+
 /// A raw UDP echo server: the floor a protocol on UDP cannot beat. Spins on a non-blocking
 /// socket, or blocks, as told.
 #[derive(Debug)]
@@ -115,7 +166,7 @@ pub struct RawEcho {
 
 impl RawEcho {
     /// Starts the echo thread on a free loopback port, pinned to `cpu` if given.
-    pub fn start(poll: PollStrategy, cpu: Option<usize>) -> std::io::Result<Self> {
+    pub fn start(poll: PollStrategy, cpu: Option<usize>, style: RawStyle) -> std::io::Result<Self> {
         let socket = UdpSocket::bind(("127.0.0.1", 0))?;
         let addr = socket.local_addr()?;
         let spin = poll == PollStrategy::Spin;
@@ -133,11 +184,9 @@ impl RawEcho {
                 }
                 let mut buf = vec![0u8; 65_536];
                 while !stop2.load(Ordering::Relaxed) {
-                    match socket.recv_from(&mut buf) {
-                        Ok((n, from)) => {
-                            let _ = socket.send_to(&buf[..n], from);
-                        }
-                        Err(_) => std::hint::spin_loop(),
+                    match raw_recv_from(&socket, &mut buf, style) {
+                        Some((n, from)) => raw_send_to(&socket, &buf[..n], from, style),
+                        None => std::hint::spin_loop(),
                     }
                 }
             })?;
@@ -170,33 +219,65 @@ pub struct RawPing {
     socket: UdpSocket,
     payload: Vec<u8>,
     buf: Vec<u8>,
+    style: RawStyle,
 }
 
 impl RawPing {
-    /// Connects to a [`RawEcho`].
+    /// Connects to a [`RawEcho`]. A gathered ping carries the payload behind a 76-byte head,
+    /// as the RPC's datagrams do.
     pub fn connect(
         server: SocketAddr,
         poll: PollStrategy,
         payload_len: usize,
+        style: RawStyle,
     ) -> std::io::Result<Self> {
         let socket = UdpSocket::bind(("127.0.0.1", 0))?;
         socket.connect(server)?;
         socket.set_nonblocking(poll == PollStrategy::Spin)?;
+        let len = if style == RawStyle::Gathered {
+            payload_len + GATHER_HEAD
+        } else {
+            payload_len
+        };
         Ok(Self {
             socket,
-            payload: vec![0x5a; payload_len],
+            payload: vec![0x5a; len],
             buf: vec![0u8; 65_536],
+            style,
         })
     }
 
     /// One round trip.
     pub fn ping(&mut self) {
-        let _ = self.socket.send(&self.payload);
-        loop {
-            match self.socket.recv(&mut self.buf) {
-                Ok(_) => return,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
-                Err(_) => return,
+        match self.style {
+            RawStyle::Std => {
+                let _ = self.socket.send(&self.payload);
+                while let Err(e) = self.socket.recv(&mut self.buf) {
+                    if e.kind() != std::io::ErrorKind::WouldBlock {
+                        return;
+                    }
+                    std::hint::spin_loop();
+                }
+            }
+            style => {
+                if style == RawStyle::Gathered {
+                    let iov = [
+                        IoSlice::new(&self.payload[..GATHER_HEAD]),
+                        IoSlice::new(&self.payload[GATHER_HEAD..]),
+                    ];
+                    let mut control = SendAncillaryBuffer::default();
+                    let _ =
+                        rustix::net::sendmsg(&self.socket, &iov, &mut control, SendFlags::empty());
+                } else {
+                    let _ = rustix::net::send(&self.socket, &self.payload, SendFlags::empty());
+                }
+                loop {
+                    match rustix::net::recv(&self.socket, &mut self.buf[..], RecvFlags::empty()) {
+                        Ok(_) => return,
+                        Err(e) if e == rustix::io::Errno::WOULDBLOCK => std::hint::spin_loop(),
+                        Err(_) => return,
+                    }
+                }
             }
         }
     }

@@ -13,10 +13,12 @@ use std::net::{SocketAddr, UdpSocket};
 use arrayvec::ArrayVec;
 use rpc_core::marshal::MAX_SEGMENTS;
 use rpc_core::wire::HEADER_LEN;
-use socket2::{SockAddr, SockRef};
 
-/// Bytes after the header that may be packed into the header's buffer.
-const PACKED: usize = 192;
+use crate::sys;
+
+/// Bytes after the header that may be packed into the header's buffer: the scalars and
+/// length prefixes of a small call.
+const PACKED: usize = 120;
 
 /// The header and the leading small segments, contiguous.
 pub(crate) struct Head {
@@ -82,10 +84,11 @@ impl<'a> Gather<'a> {
     pub(crate) fn send(&self, head: &Head, socket: &UdpSocket) -> io::Result<()> {
         let head = &head.buf[..head.len];
         if self.rest.is_empty() {
-            return socket.send(head).map(|_| ());
+            return sys::send(socket, head);
         }
-        let iov = self.iov(head);
-        SockRef::from(socket).send_vectored(&iov).map(|_| ())
+        let mut iov = ArrayVec::<IoSlice<'_>, { MAX_SEGMENTS + 1 }>::new();
+        self.fill(head, &mut iov);
+        sys::send_vectored(socket, &iov)
     }
 
     /// Sends the datagram to `dest`.
@@ -97,21 +100,19 @@ impl<'a> Gather<'a> {
     ) -> io::Result<()> {
         let head = &head.buf[..head.len];
         if self.rest.is_empty() {
-            return socket.send_to(head, dest).map(|_| ());
+            return sys::send_to(socket, head, &dest);
         }
-        let iov = self.iov(head);
-        SockRef::from(socket)
-            .send_to_vectored(&iov, &SockAddr::from(dest))
-            .map(|_| ())
+        let mut iov = ArrayVec::<IoSlice<'_>, { MAX_SEGMENTS + 1 }>::new();
+        self.fill(head, &mut iov);
+        sys::send_vectored_to(socket, &iov, &dest)
     }
 
-    fn iov<'s>(&'s self, head: &'s [u8]) -> ArrayVec<IoSlice<'s>, { MAX_SEGMENTS + 1 }> {
-        let mut iov = ArrayVec::new();
+    /// The gather list, built in place (it is a kilobyte: returning it would copy it).
+    fn fill<'s>(&'s self, head: &'s [u8], iov: &mut ArrayVec<IoSlice<'s>, { MAX_SEGMENTS + 1 }>) {
         iov.push(IoSlice::new(head));
         for seg in &self.rest {
             let _ = iov.try_push(IoSlice::new(seg));
         }
-        iov
     }
 
     /// Bytes after the head (for tests).
@@ -158,7 +159,7 @@ mod tests {
         let small = [2u8; 32];
         let segs = vec![&small[..]; 10];
         let g = Gather::new(&mut head, segs);
-        assert_eq!(head.len, HEADER_LEN + 192);
-        assert_eq!(g.rest.len(), 4);
+        assert_eq!(head.len, HEADER_LEN + 96);
+        assert_eq!(g.rest.len(), 7);
     }
 }

@@ -13,6 +13,7 @@ mod gather;
 pub mod poll;
 pub mod proxy;
 mod sock;
+mod sys;
 pub mod udp;
 
 pub use poll::PollStrategy;

@@ -31,6 +31,17 @@ impl Default for PollStrategy {
 }
 
 impl PollStrategy {
+    /// How many empty polls a spinning thread makes between two looks at the clock (for its
+    /// timers and for deciding to park). Reading the clock on every poll would lengthen each
+    /// turn of the loop, and so delay noticing an arriving datagram; every 16th poll is a few
+    /// microseconds, well below any retransmission timeout.
+    pub(crate) fn clock_every(&self) -> u32 {
+        match self {
+            Self::Spin | Self::SpinThenPark(_) => 16,
+            Self::Block => 1,
+        }
+    }
+
     /// Whether a thread that has spun since `since` should now block.
     pub fn should_block(&self, since: Instant, now: Instant) -> bool {
         match *self {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use examples::{Case, CountingAlloc, RawEcho, RawPing, measure, plot, print_table};
+use examples::{Case, CountingAlloc, RawEcho, RawPing, RawStyle, measure, plot, print_table};
 use rpc_core::marshal::PooledBytes;
 use rpc_core::rpc;
 use rpc_transport::PollStrategy;
@@ -78,7 +78,7 @@ fn echo_call(client: &BenchClient<UdpClient>, data: &[u8]) {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
-    Raw(usize),
+    Raw(usize, RawStyle),
     Null,
     Echo,
 }
@@ -159,11 +159,34 @@ fn main() -> anyhow::Result<()> {
             if !plan.iter().any(|p| p.name == name) {
                 plan.push(Planned {
                     name,
-                    kind: Kind::Raw(bytes),
+                    kind: Kind::Raw(bytes, RawStyle::Direct),
                     poll: floor_poll,
                     floor: None,
                 });
             }
+        }
+        let gathered = format!(
+            "raw udp {} {} B gathered",
+            label(floor_poll),
+            args.echo_bytes
+        );
+        if floor_poll == PollStrategy::Spin && !plan.iter().any(|p| p.name == gathered) {
+            // What the kernel charges for sending without copying (a header, then the
+            // caller's bytes: two segments), for comparison with the echo.
+            plan.push(Planned {
+                name: gathered,
+                kind: Kind::Raw(args.echo_bytes, RawStyle::Gathered),
+                poll: floor_poll,
+                floor: Some(floor_name(floor_poll, args.echo_bytes)),
+            });
+            // And a raw loop through the standard library's sockets, whose libc wrappers cost
+            // what the floor (direct system calls) does not.
+            plan.push(Planned {
+                name: format!("raw udp {} 32 B std sockets", label(floor_poll)),
+                kind: Kind::Raw(32, RawStyle::Std),
+                poll: floor_poll,
+                floor: Some(floor_name(floor_poll, 32)),
+            });
         }
         plan.push(Planned {
             name: format!("rpc {} null call", label(poll)),
@@ -193,9 +216,9 @@ fn main() -> anyhow::Result<()> {
             );
             let label = format!("{} ({}/{rounds})", p.name, round + 1);
             let case = match p.kind {
-                Kind::Raw(bytes) => {
-                    let echo_server = RawEcho::start(p.poll, server_cpu)?;
-                    let mut ping = RawPing::connect(echo_server.addr(), p.poll, bytes)?;
+                Kind::Raw(bytes, style) => {
+                    let echo_server = RawEcho::start(p.poll, server_cpu, style)?;
+                    let mut ping = RawPing::connect(echo_server.addr(), p.poll, bytes, style)?;
                     let mut case = measure(&label, w, n, || ping.ping());
                     case.allocs_per_call = None;
                     case

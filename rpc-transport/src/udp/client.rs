@@ -35,6 +35,7 @@ use rpc_core::{CallError, ClientConfig, DecodeError, LamportStamp};
 use crate::gather::{Gather, Head};
 use crate::poll::{PollStrategy, wait_readable};
 use crate::sock::{bind_udp, transient};
+use crate::sys::{self, Recv};
 
 /// Configuration of a [`UdpClient`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,10 +139,13 @@ impl UdpClient {
     /// Connects to `server`: opens a socket, and opens a session with the server (waiting up
     /// to the configured connect timeout).
     pub fn connect(server: SocketAddr, config: UdpClientConfig) -> io::Result<Self> {
-        let local: SocketAddr = if server.is_ipv4() {
-            ([0, 0, 0, 0], 0).into()
-        } else {
-            ([0u16; 8], 0).into()
+        // A server on this host is reached from the loopback address itself; any other from
+        // whichever address the routes choose.
+        let local: SocketAddr = match server {
+            SocketAddr::V4(a) if a.ip().is_loopback() => (*a.ip(), 0).into(),
+            SocketAddr::V6(a) if a.ip().is_loopback() => (*a.ip(), 0).into(),
+            SocketAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
+            SocketAddr::V6(_) => ([0u16; 8], 0).into(),
         };
         let socket = bind_udp(local, false, config.socket_buffer)?;
         socket.connect(server)?;
@@ -299,14 +303,14 @@ impl Inner {
                 .poll_timeout()
                 .map_or(deadline, |t| t.min(deadline));
             if wait_readable(&self.socket, Some(wake), Duration::from_millis(50))? {
-                match self.socket.recv(&mut buf) {
-                    Ok(n) => {
+                match sys::recv(&self.socket, &mut buf) {
+                    Recv::Data(n) => {
                         let mut st = self.lock();
                         let _ = st.core.handle_datagram(Instant::now(), &buf[..n]);
                         while st.core.poll_event().is_some() {}
                     }
-                    Err(e) if transient(&e) => {}
-                    Err(e) => return Err(e),
+                    Recv::Failed(e) if !transient(&e) => return Err(e),
+                    _ => {}
                 }
             }
         }
@@ -330,9 +334,9 @@ impl Inner {
     }
 
     /// Sends the batch, then everything else `call` has waiting.
-    fn send_own(&self, call: CallId, request: &Encoder<'_>, mut batch: ArrayVec<Transmit, BATCH>) {
+    fn send_own(&self, call: CallId, request: &Encoder<'_>, batch: &mut ArrayVec<Transmit, BATCH>) {
         loop {
-            for t in &batch {
+            for t in batch.iter() {
                 self.send(t, Some(request));
             }
             if !batch.is_full() {
@@ -340,7 +344,7 @@ impl Inner {
             }
             batch.clear();
             let mut st = self.lock();
-            self.take_own(&mut st, Instant::now(), call, &mut batch);
+            self.take_own(&mut st, Instant::now(), call, batch);
         }
     }
 
@@ -351,7 +355,7 @@ impl Inner {
             let mut st = self.lock();
             self.take_own(&mut st, Instant::now(), call, &mut batch);
         }
-        self.send_own(call, request, batch);
+        self.send_own(call, request, &mut batch);
     }
 
     /// Gives `outcome` to the waiter of `seq` (if it still waits) and wakes it.
@@ -444,6 +448,7 @@ impl Inner {
     /// datagram ended its call; otherwise fills `batch` with its call's datagrams to send.
     fn on_datagram(
         &self,
+        now: Instant,
         me: CallId,
         buf: &mut Vec<u8>,
         n: usize,
@@ -451,7 +456,6 @@ impl Inner {
         leading: &mut bool,
     ) -> Option<Own> {
         let mut st = self.lock();
-        let now = Instant::now();
         let got = st.core.handle_datagram(now, &buf[..n]).map(|r| {
             let result = r.result.map(|b| match b {
                 Body::Borrowed(_) => OwnBody::InBuffer(HEADER_LEN..n),
@@ -549,13 +553,15 @@ impl Inner {
     /// became the leader (it must hand leadership on when the call ends).
     fn wait(
         &self,
+        started: Instant,
         me: CallId,
         request: &Encoder<'_>,
         buf: &mut Vec<u8>,
         leading: &mut bool,
     ) -> Own {
         let slot = self.slot(me.seq());
-        let mut idle_since = Instant::now();
+        let mut idle_since = started;
+        let (mut empty_polls, clock_every) = (0u32, self.poll.clock_every());
         loop {
             let sig = self.signals[slot].load(Ordering::Acquire);
             if sig >> 2 == me.seq() {
@@ -586,20 +592,22 @@ impl Inner {
                 }
                 continue;
             }
-            match self.socket.recv(buf) {
-                Ok(n) => {
-                    idle_since = Instant::now();
-                    let mut batch = ArrayVec::new();
-                    if let Some(own) = self.on_datagram(me, buf, n, &mut batch, leading) {
-                        return own;
-                    }
-                    if !batch.is_empty() {
-                        self.send_own(me, request, batch);
-                    }
+            let n = match sys::recv(&self.socket, buf) {
+                Recv::Data(n) => n,
+                Recv::Failed(e) if !transient(&e) => {
+                    tracing::error!(error = %e, "udp client receive failed");
+                    self.io_errors.fetch_add(1, Ordering::Relaxed);
+                    return Own::Failed(CallError::Io(e.kind()));
                 }
-                Err(e) if transient(&e) => {
-                    if e.kind() != io::ErrorKind::WouldBlock {
+                empty => {
+                    if matches!(empty, Recv::Failed(_)) {
+                        // An ICMP error, say, from a server restarting: a lost datagram.
                         self.io_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    empty_polls = empty_polls.wrapping_add(1);
+                    if empty_polls % clock_every != 0 {
+                        std::hint::spin_loop();
+                        continue;
                     }
                     let now = Instant::now();
                     if self.timer_due(now) {
@@ -608,7 +616,7 @@ impl Inner {
                             return own;
                         }
                         if !batch.is_empty() {
-                            self.send_own(me, request, batch);
+                            self.send_own(me, request, &mut batch);
                         }
                     }
                     if self.poll.should_block(idle_since, now) {
@@ -623,12 +631,16 @@ impl Inner {
                     } else {
                         std::hint::spin_loop();
                     }
+                    continue;
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "udp client receive failed");
-                    self.io_errors.fetch_add(1, Ordering::Relaxed);
-                    return Own::Failed(CallError::Io(e.kind()));
-                }
+            };
+            idle_since = Instant::now();
+            let mut batch = ArrayVec::new();
+            if let Some(own) = self.on_datagram(idle_since, me, buf, n, &mut batch, leading) {
+                return own;
+            }
+            if !batch.is_empty() {
+                self.send_own(me, request, &mut batch);
             }
         }
     }
@@ -698,7 +710,9 @@ impl Transport for UdpClient {
         if buf.len() < inner.buffer_len {
             buf.resize(inner.buffer_len, 0);
         }
-        let (me, batch) = {
+        // Built in place and passed by reference: a batch is a few kilobytes.
+        let mut batch = ArrayVec::new();
+        let me = {
             let mut st = inner.lock();
             let me = loop {
                 // The protocol frees a call's slot when the call ends, but its waiter holds the
@@ -730,13 +744,12 @@ impl Transport for UdpClient {
             });
             st.waiting += 1;
             inner.signals[slot].store(me.seq() << 2, Ordering::Release);
-            let mut batch = ArrayVec::new();
             inner.take_own(&mut st, now, me, &mut batch);
-            (me, batch)
+            me
         };
-        inner.send_own(me, request, batch);
+        inner.send_own(me, request, &mut batch);
         let mut leading = false;
-        let own = inner.wait(me, request, &mut buf, &mut leading);
+        let own = inner.wait(now, me, request, &mut buf, &mut leading);
         let (result, extra) = match own {
             Own::Failed(e) => (Err(e), None),
             Own::Reply {

@@ -35,6 +35,7 @@ use rpc_core::wire::{BusyReason, ErrorCode, HEADER_LEN};
 use crate::gather::{Gather, Head};
 use crate::poll::{PollStrategy, wait_readable};
 use crate::sock::{bind_udp, transient};
+use crate::sys::{self, Recv};
 
 /// Configuration of a [`UdpServer`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -409,18 +410,21 @@ impl RxThread {
         }
         let mut buf = vec![0u8; self.buffer_len];
         let mut idle_since = Instant::now();
+        let (mut empty_polls, clock_every) = (0u32, self.poll.clock_every());
         while !self.shared.stop.load(Ordering::Relaxed) {
-            match self.rx.socket.recv_from(&mut buf) {
-                Ok((n, src)) => {
-                    idle_since = Instant::now();
-                    self.on_datagram(&mut buf, n, src);
-                }
-                Err(e) => {
-                    if e.kind() != io::ErrorKind::WouldBlock {
+            let (n, src) = match sys::recv_from(&self.rx.socket, &mut buf) {
+                Recv::Data(d) => d,
+                other => {
+                    if let Recv::Failed(e) = other {
                         self.shared.io_errors.fetch_add(1, Ordering::Relaxed);
                         if !transient(&e) {
                             tracing::warn!(error = %e, "udp server receive failed");
                         }
+                    }
+                    empty_polls = empty_polls.wrapping_add(1);
+                    if empty_polls % clock_every != 0 {
+                        std::hint::spin_loop();
+                        continue;
                     }
                     let now = Instant::now();
                     let timer = self.rx.timer();
@@ -438,15 +442,17 @@ impl RxThread {
                     } else {
                         std::hint::spin_loop();
                     }
+                    continue;
                 }
-            }
+            };
+            idle_since = Instant::now();
+            self.on_datagram(idle_since, &mut buf, n, src);
         }
     }
 
-    fn on_datagram(&self, buf: &mut Vec<u8>, n: usize, src: SocketAddr) {
+    fn on_datagram(&self, now: Instant, buf: &mut Vec<u8>, n: usize, src: SocketAddr) {
         let rx = &*self.rx;
         let mut core = rx.lock();
-        let now = Instant::now();
         let Some(call) = core.handle_datagram(now, src, &buf[..n]) else {
             rx.flush(&mut core, &self.shared);
             return;
