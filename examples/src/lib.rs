@@ -212,6 +212,98 @@ impl Drop for RawEcho {
     }
 }
 
+/// A minimal responder speaking the RPC's wire protocol: it opens a session for any hello and
+/// answers every request at once with an empty reply, keeping no state at all (no sessions, no
+/// reply cache, no at-most-once bookkeeping, no dispatch). Our client against it measures
+/// what the client adds to the raw floor; our server's share is the rest. A diagnostic, not a
+/// server: it answers calls it never executes.
+#[derive(Debug)]
+pub struct NullResponder {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl NullResponder {
+    /// Starts the responder thread on a free loopback port, spinning, pinned to `cpu` if given.
+    pub fn start(cpu: Option<usize>) -> std::io::Result<Self> {
+        use rpc_core::wire::{
+            Flags, HEADER_LEN, PacketKind, PacketRepr, WELCOME_BODY_LEN, WelcomeBody,
+        };
+        let socket = UdpSocket::bind(("127.0.0.1", 0))?;
+        let addr = socket.local_addr()?;
+        socket.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = thread::Builder::new()
+            .name("null-responder".into())
+            .spawn(move || {
+                if let Some(cpu) = cpu {
+                    let _ = rpc_transport::pin_to_cpu(cpu);
+                }
+                let mut buf = vec![0u8; 65_536];
+                let mut out = [0u8; HEADER_LEN + WELCOME_BODY_LEN];
+                while !stop2.load(Ordering::Relaxed) {
+                    let Some((n, from)) = raw_recv_from(&socket, &mut buf, RawStyle::Direct) else {
+                        std::hint::spin_loop();
+                        continue;
+                    };
+                    let Ok(packet) = PacketRepr::parse(&buf[..n]) else {
+                        continue;
+                    };
+                    let mut h = packet.header;
+                    h.lamport = h.lamport.saturating_add(1);
+                    h.flags = Flags::empty();
+                    h.frag_index = 0;
+                    h.frag_count = 1;
+                    let len = match h.kind {
+                        PacketKind::Hello => {
+                            let body = WelcomeBody {
+                                server_node: 1.into(),
+                                max_datagram: (rpc_core::config::MAX_UDP_PAYLOAD as u32).into(),
+                                max_message: (1u32 << 20).into(),
+                            };
+                            h.kind = PacketKind::Welcome;
+                            h.session = 1 << 32 | 1;
+                            h.message_len = WELCOME_BODY_LEN as u32;
+                            h.payload_len = WELCOME_BODY_LEN as u32;
+                            out[HEADER_LEN..].copy_from_slice(zerocopy::IntoBytes::as_bytes(&body));
+                            HEADER_LEN + WELCOME_BODY_LEN
+                        }
+                        PacketKind::Request => {
+                            h.kind = PacketKind::Reply;
+                            h.message_len = 0;
+                            h.payload_len = 0;
+                            HEADER_LEN
+                        }
+                        _ => continue,
+                    };
+                    out[..HEADER_LEN].copy_from_slice(&h.to_bytes());
+                    raw_send_to(&socket, &out[..len], from, RawStyle::Direct);
+                }
+            })?;
+        Ok(Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The responder's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for NullResponder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The client side of the raw floor: a connected socket that sends a payload and waits for
 /// it to come back, spinning or blocking.
 #[derive(Debug)]
@@ -388,4 +480,37 @@ pub fn plot(cases: &[Case], path: &std::path::Path) -> anyhow::Result<()> {
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rpc_core::{CallError, rpc};
+    use rpc_transport::udp::{UdpClient, UdpClientConfig};
+
+    use super::*;
+
+    // Only the generated client is used: the responder plays the server.
+    #[allow(dead_code)]
+    #[rpc]
+    trait Probe {
+        fn nothing(&self);
+        fn number(&self) -> u64;
+    }
+
+    #[test]
+    fn null_responder_answers_calls_without_results_and_fails_the_others() {
+        let responder = NullResponder::start(None).unwrap();
+        let client = ProbeClient::new(
+            UdpClient::connect(
+                responder.addr(),
+                UdpClientConfig::loopback().poll(PollStrategy::Spin),
+            )
+            .unwrap(),
+        );
+        for _ in 0..100 {
+            client.nothing().unwrap();
+        }
+        // An empty reply cannot decode as a number: a typed error, not a made-up value.
+        assert!(matches!(client.number(), Err(CallError::BadReply(_))));
+    }
 }

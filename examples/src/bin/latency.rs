@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use examples::{Case, CountingAlloc, RawEcho, RawPing, RawStyle, measure, plot, print_table};
+use examples::{
+    Case, CountingAlloc, NullResponder, RawEcho, RawPing, RawStyle, measure, plot, print_table,
+};
 use rpc_core::marshal::PooledBytes;
 use rpc_core::rpc;
 use rpc_transport::PollStrategy;
@@ -80,6 +82,8 @@ fn echo_call(client: &BenchClient<UdpClient>, data: &[u8]) {
 enum Kind {
     Raw(usize, RawStyle),
     Null,
+    /// Our client against a stateless responder: the client's share of a null call.
+    ClientOnly,
     Echo,
 }
 
@@ -194,6 +198,14 @@ fn main() -> anyhow::Result<()> {
             poll,
             floor: Some(floor_name(floor_poll, 32)),
         });
+        if poll == PollStrategy::Spin {
+            plan.push(Planned {
+                name: format!("rpc {} null call, client only", label(poll)),
+                kind: Kind::ClientOnly,
+                poll,
+                floor: Some(floor_name(floor_poll, 32)),
+            });
+        }
         plan.push(Planned {
             name: format!("rpc {} echo {} B", label(poll), args.echo_bytes),
             kind: Kind::Echo,
@@ -222,6 +234,14 @@ fn main() -> anyhow::Result<()> {
                     let mut case = measure(&label, w, n, || ping.ping());
                     case.allocs_per_call = None;
                     case
+                }
+                Kind::ClientOnly => {
+                    let responder = NullResponder::start(server_cpu)?;
+                    let client = BenchClient::new(UdpClient::connect(
+                        responder.addr(),
+                        UdpClientConfig::loopback().poll(p.poll),
+                    )?);
+                    measure(&label, w, n, || null_call(&client))
                 }
                 Kind::Null | Kind::Echo => {
                     let config = UdpServerConfig::loopback()
