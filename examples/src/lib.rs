@@ -155,60 +155,83 @@ fn raw_recv_from(
     }
 }
 
-/// A raw UDP echo server: the floor a protocol on UDP cannot beat. Spins on a non-blocking
-/// socket, or blocks, as told.
+/// A thread answering the datagrams that reach a loopback socket, until dropped: the shared
+/// body of [`RawEcho`] and [`NullResponder`].
 #[derive(Debug)]
-pub struct RawEcho {
+struct Responder {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl RawEcho {
-    /// Starts the echo thread on a free loopback port, pinned to `cpu` if given.
-    pub fn start(poll: PollStrategy, cpu: Option<usize>, style: RawStyle) -> std::io::Result<Self> {
-        let socket = UdpSocket::bind(("127.0.0.1", 0))?;
+impl Responder {
+    /// Spawns `name`, pinned to `cpu` if given, calling `answer` with each datagram received.
+    fn start(
+        name: &str,
+        socket: UdpSocket,
+        cpu: Option<usize>,
+        style: RawStyle,
+        mut answer: impl FnMut(&UdpSocket, &[u8], SocketAddr) + Send + 'static,
+    ) -> std::io::Result<Self> {
         let addr = socket.local_addr()?;
-        let spin = poll == PollStrategy::Spin;
-        socket.set_nonblocking(spin)?;
-        if !spin {
-            socket.set_read_timeout(Some(Duration::from_millis(20)))?;
-        }
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
-        let thread = thread::Builder::new()
-            .name("raw-echo".into())
-            .spawn(move || {
-                if let Some(cpu) = cpu {
-                    let _ = rpc_transport::pin_to_cpu(cpu);
+        let thread = thread::Builder::new().name(name.into()).spawn(move || {
+            if let Some(cpu) = cpu {
+                let _ = rpc_transport::pin_to_cpu(cpu);
+            }
+            let mut buf = vec![0u8; 65_536];
+            while !stop2.load(Ordering::Relaxed) {
+                match raw_recv_from(&socket, &mut buf, style) {
+                    Some((n, from)) => answer(&socket, &buf[..n], from),
+                    None => std::hint::spin_loop(),
                 }
-                let mut buf = vec![0u8; 65_536];
-                while !stop2.load(Ordering::Relaxed) {
-                    match raw_recv_from(&socket, &mut buf, style) {
-                        Some((n, from)) => raw_send_to(&socket, &buf[..n], from, style),
-                        None => std::hint::spin_loop(),
-                    }
-                }
-            })?;
+            }
+        })?;
         Ok(Self {
             addr,
             stop,
             thread: Some(thread),
         })
     }
-
-    /// The echo's address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
 }
 
-impl Drop for RawEcho {
+impl Drop for Responder {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// A raw UDP echo server: the floor a protocol on UDP cannot beat. Spins on a non-blocking
+/// socket, or blocks, as told.
+#[derive(Debug)]
+pub struct RawEcho(Responder);
+
+impl RawEcho {
+    /// Starts the echo thread on a free loopback port, pinned to `cpu` if given.
+    pub fn start(poll: PollStrategy, cpu: Option<usize>, style: RawStyle) -> std::io::Result<Self> {
+        let socket = UdpSocket::bind(("127.0.0.1", 0))?;
+        let spin = poll == PollStrategy::Spin;
+        socket.set_nonblocking(spin)?;
+        if !spin {
+            socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+        }
+        Responder::start(
+            "raw-echo",
+            socket,
+            cpu,
+            style,
+            move |socket, bytes, from| raw_send_to(socket, bytes, from, style),
+        )
+        .map(Self)
+    }
+
+    /// The echo's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.0.addr
     }
 }
 
@@ -218,11 +241,7 @@ impl Drop for RawEcho {
 /// what the client adds to the raw floor; our server's share is the rest. A diagnostic, not a
 /// server: it answers calls it never executes.
 #[derive(Debug)]
-pub struct NullResponder {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
+pub struct NullResponder(Responder);
 
 impl NullResponder {
     /// Starts the responder thread on a free loopback port, spinning, pinned to `cpu` if given.
@@ -231,76 +250,48 @@ impl NullResponder {
             Flags, HEADER_LEN, PacketKind, PacketRepr, WELCOME_BODY_LEN, WelcomeBody,
         };
         let socket = UdpSocket::bind(("127.0.0.1", 0))?;
-        let addr = socket.local_addr()?;
         socket.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let thread = thread::Builder::new()
-            .name("null-responder".into())
-            .spawn(move || {
-                if let Some(cpu) = cpu {
-                    let _ = rpc_transport::pin_to_cpu(cpu);
+        let mut out = [0u8; HEADER_LEN + WELCOME_BODY_LEN];
+        let answer = move |socket: &UdpSocket, datagram: &[u8], from: SocketAddr| {
+            let Ok(packet) = PacketRepr::parse(datagram) else {
+                return;
+            };
+            let mut h = packet.header;
+            h.lamport = h.lamport.saturating_add(1);
+            h.flags = Flags::empty();
+            h.frag_index = 0;
+            h.frag_count = 1;
+            let len = match h.kind {
+                PacketKind::Hello => {
+                    let body = WelcomeBody {
+                        server_node: 1.into(),
+                        max_datagram: (rpc_core::config::MAX_UDP_PAYLOAD as u32).into(),
+                        max_message: (1u32 << 20).into(),
+                    };
+                    h.kind = PacketKind::Welcome;
+                    h.session = 1 << 32 | 1;
+                    h.message_len = WELCOME_BODY_LEN as u32;
+                    h.payload_len = WELCOME_BODY_LEN as u32;
+                    out[HEADER_LEN..].copy_from_slice(zerocopy::IntoBytes::as_bytes(&body));
+                    HEADER_LEN + WELCOME_BODY_LEN
                 }
-                let mut buf = vec![0u8; 65_536];
-                let mut out = [0u8; HEADER_LEN + WELCOME_BODY_LEN];
-                while !stop2.load(Ordering::Relaxed) {
-                    let Some((n, from)) = raw_recv_from(&socket, &mut buf, RawStyle::Direct) else {
-                        std::hint::spin_loop();
-                        continue;
-                    };
-                    let Ok(packet) = PacketRepr::parse(&buf[..n]) else {
-                        continue;
-                    };
-                    let mut h = packet.header;
-                    h.lamport = h.lamport.saturating_add(1);
-                    h.flags = Flags::empty();
-                    h.frag_index = 0;
-                    h.frag_count = 1;
-                    let len = match h.kind {
-                        PacketKind::Hello => {
-                            let body = WelcomeBody {
-                                server_node: 1.into(),
-                                max_datagram: (rpc_core::config::MAX_UDP_PAYLOAD as u32).into(),
-                                max_message: (1u32 << 20).into(),
-                            };
-                            h.kind = PacketKind::Welcome;
-                            h.session = 1 << 32 | 1;
-                            h.message_len = WELCOME_BODY_LEN as u32;
-                            h.payload_len = WELCOME_BODY_LEN as u32;
-                            out[HEADER_LEN..].copy_from_slice(zerocopy::IntoBytes::as_bytes(&body));
-                            HEADER_LEN + WELCOME_BODY_LEN
-                        }
-                        PacketKind::Request => {
-                            h.kind = PacketKind::Reply;
-                            h.message_len = 0;
-                            h.payload_len = 0;
-                            HEADER_LEN
-                        }
-                        _ => continue,
-                    };
-                    out[..HEADER_LEN].copy_from_slice(&h.to_bytes());
-                    raw_send_to(&socket, &out[..len], from, RawStyle::Direct);
+                PacketKind::Request => {
+                    h.kind = PacketKind::Reply;
+                    h.message_len = 0;
+                    h.payload_len = 0;
+                    HEADER_LEN
                 }
-            })?;
-        Ok(Self {
-            addr,
-            stop,
-            thread: Some(thread),
-        })
+                _ => return,
+            };
+            out[..HEADER_LEN].copy_from_slice(&h.to_bytes());
+            raw_send_to(socket, &out[..len], from, RawStyle::Direct);
+        };
+        Responder::start("null-responder", socket, cpu, RawStyle::Direct, answer).map(Self)
     }
 
     /// The responder's address.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for NullResponder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.0.addr
     }
 }
 
