@@ -80,6 +80,11 @@ impl<'a> Gather<'a> {
         let _ = self.rest.try_push(seg);
     }
 
+    /// Whether the datagram is the head alone: one buffer, no gather list.
+    pub(crate) fn is_one_buffer(&self) -> bool {
+        self.rest.is_empty()
+    }
+
     /// Sends the datagram on a connected socket.
     pub(crate) fn send(&self, head: &Head, socket: &UdpSocket) -> io::Result<()> {
         let head = &head.buf[..head.len];
@@ -137,6 +142,7 @@ mod tests {
         assert_eq!(&head.buf[HEADER_LEN..head.len], &prefix);
         // The caller's bytes are referenced, not copied; what follows them stays in order.
         assert_eq!(g.rest.len(), 2);
+        assert!(!g.is_one_buffer());
         assert_eq!(g.rest[0].as_ptr(), data.as_ptr());
         assert_eq!(g.rest_len(), 1028);
     }
@@ -148,7 +154,7 @@ mod tests {
         let a = 5u64.to_le_bytes();
         let b = [1u8; 20];
         let g = Gather::new(&mut head, [&a[..], &b[..]]);
-        assert!(g.rest.is_empty());
+        assert!(g.is_one_buffer());
         assert_eq!(head.len, HEADER_LEN + 28);
     }
 

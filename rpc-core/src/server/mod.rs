@@ -262,7 +262,16 @@ struct Cached {
     kind: PacketKind,
     status: u16,
     lamport: u64,
-    body: Vec<u8>,
+    /// The reply's first datagram header as first sent, then the whole body: a reply of one
+    /// datagram can leave from here in one piece. Only the body counts as cached bytes; the
+    /// header is a fixed cost per entry, bounded by the window.
+    datagram: Vec<u8>,
+}
+
+impl Cached {
+    fn body(&self) -> &[u8] {
+        self.datagram.get(HEADER_LEN..).unwrap_or_default()
+    }
 }
 
 #[derive(Debug)]
@@ -664,8 +673,8 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         self.session_count -= 1;
         for e in s.entries.drain(..) {
             if let Entry::Done(c) = e {
-                self.cached_bytes -= c.body.len();
-                self.buffers.give(c.body);
+                self.cached_bytes -= c.body().len();
+                self.buffers.give(c.datagram);
             }
         }
         let id = s.id;
@@ -698,9 +707,9 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         let n = (ack - s.acked).min(s.entries.len() as u64) as usize;
         for e in s.entries.drain(..n) {
             if let Entry::Done(c) = e {
-                s.cached_bytes -= c.body.len();
-                self.cached_bytes -= c.body.len();
-                self.buffers.give(c.body);
+                s.cached_bytes -= c.body().len();
+                self.cached_bytes -= c.body().len();
+                self.buffers.give(c.datagram);
             }
         }
         s.acked = ack;
@@ -955,7 +964,7 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         let Some(Entry::Done(c)) = s.entries.get(offset) else {
             return;
         };
-        let Some(plan) = FragmentPlan::new(c.body.len(), s.max_datagram) else {
+        let Some(plan) = FragmentPlan::new(c.body().len(), s.max_datagram) else {
             return;
         };
         let header = HeaderRepr {
@@ -972,7 +981,7 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             lamport: c.lamport,
             frag_index: 0,
             frag_count: plan.count(),
-            message_len: c.body.len() as u32,
+            message_len: c.body().len() as u32,
             payload_len: 0,
         };
         self.queue(Pending {
@@ -1048,27 +1057,29 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             .filter(|s| s.id == ticket.session)
     }
 
-    /// Ends a reply begun with [`Server::begin_reply`]: keeps the body (its segments, in
-    /// order) for retransmission, or a tombstone if it does not fit. Idempotent calls keep
-    /// nothing.
+    /// Ends a reply begun with [`Server::begin_reply`]: keeps it (its first header, then the
+    /// body's segments in order) for retransmission, or a tombstone if it does not fit.
+    /// Idempotent calls keep nothing.
+    ///
+    /// Returns the kept reply's first datagram, header and body, when the reply is one
+    /// datagram: a driver may send it from here in one piece instead of gathering it from the
+    /// reply's memory, calling this before sending rather than after.
     pub fn finish_reply<'b>(
         &mut self,
         ticket: &Ticket<A>,
         plan: &ReplyPlan<A>,
         body: impl IntoIterator<Item = &'b [u8]>,
-    ) {
+    ) -> Option<&[u8]> {
         if ticket.idempotent {
-            return;
+            return None;
         }
-        let Some(s) = self.live_session(ticket) else {
-            return;
-        };
+        let s = self.live_session(ticket)?;
         if ticket.seq <= s.acked {
-            return;
+            return None;
         }
         let offset = (ticket.seq - s.acked - 1) as usize;
         if !matches!(s.entries.get(offset), Some(Entry::Executing)) {
-            return;
+            return None;
         }
         let len = plan.body_len();
         let fits = s.cached_bytes + len <= self.config.session_cache_bytes
@@ -1077,31 +1088,40 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         if !fits {
             self.stats.uncached_replies += 1;
             self.set_entry(slot, offset, Entry::Gone(ErrorCode::ReplyUnavailable));
-            return;
+            return None;
         }
+        let total = HEADER_LEN + len;
         let mut buf = self.buffers.take();
-        buf.reserve(len);
+        buf.reserve(total);
+        buf.extend_from_slice(&plan.header(0));
         for seg in body {
-            let room = len - buf.len();
+            let room = total - buf.len();
             buf.extend_from_slice(&seg[..seg.len().min(room)]);
         }
-        buf.resize(len, 0);
-        if buf.capacity() > 2 * len {
+        buf.resize(total, 0);
+        if buf.capacity() > 2 * total {
             // A pooled buffer of an earlier, larger reply: keeping it for this one would hold
             // memory that `cached_bytes` does not count.
-            buf.shrink_to(len);
+            buf.shrink_to(total);
         }
         let cached = Cached {
             kind: plan.header.kind,
             status: plan.header.status,
             lamport: plan.header.lamport,
-            body: buf,
+            datagram: buf,
         };
         if let Some(s) = self.sessions[slot].as_mut() {
             s.cached_bytes += len;
         }
         self.cached_bytes += len;
         self.set_entry(slot, offset, Entry::Done(cached));
+        if plan.count() != 1 {
+            return None;
+        }
+        match self.sessions[slot].as_ref()?.entries.get(offset)? {
+            Entry::Done(c) => Some(&c.datagram),
+            _ => None,
+        }
     }
 
     /// Abandons a call handed out by `handle_datagram` without replying (the driver could
@@ -1227,7 +1247,7 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         let s = self.sessions.get(slot as usize)?.as_ref()?;
         let offset = usize::try_from(seq.checked_sub(s.acked + 1)?).ok()?;
         match s.entries.get(offset)? {
-            Entry::Done(c) => Some(&c.body),
+            Entry::Done(c) => Some(c.body()),
             _ => None,
         }
     }

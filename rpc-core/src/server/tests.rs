@@ -199,16 +199,19 @@ fn respond(
         .begin_reply(now, ticket, Ok(body.len()))
         .expect("the client waits for this reply");
     assert_eq!(plan.dest, ticket.dest());
-    let out = (0..plan.count())
+    let datagrams: Vec<Vec<u8>> = (0..plan.count())
         .map(|i| {
             let mut datagram = plan.header(i).to_vec();
             datagram.extend_from_slice(&body[plan.range(i)]);
-            parse(&datagram)
+            datagram
         })
         .collect();
-    s.finish_reply(ticket, &plan, [body]);
+    // What the server offers to send in one piece is exactly the planned datagram.
+    if let Some(kept) = s.finish_reply(ticket, &plan, [body]) {
+        assert_eq!([kept.to_vec()], *datagrams);
+    }
     check(s);
-    out
+    datagrams.iter().map(|d| parse(d)).collect()
 }
 
 /// Executes call `seq` of `client` and replies `reply`.
@@ -1319,7 +1322,8 @@ fn cached_capacity(s: &Server<Addr>) -> usize {
         .flatten()
         .flat_map(|session| &session.entries)
         .map(|e| match e {
-            Entry::Done(c) => c.body.capacity(),
+            // The header in front of each body is a fixed cost per entry, not a cached byte.
+            Entry::Done(c) => c.datagram.capacity() - HEADER_LEN,
             _ => 0,
         })
         .sum()
@@ -1355,4 +1359,66 @@ fn cached_replies_hold_no_more_memory_than_they_count() {
         m.cached_bytes
     );
     check(&s);
+}
+
+#[test]
+fn a_kept_single_datagram_reply_is_offered_whole_and_nothing_else_is() {
+    let t0 = Instant::now();
+    let config = ServerConfig {
+        session_cache_bytes: 4 << 20,
+        total_cache_bytes: 8 << 20,
+        ..ServerConfig::default()
+    };
+    let mut s = server_with(config);
+    let sess = open(&mut s, t0, 1);
+    // Kept, one datagram: its header as planned, then the body, from two segments.
+    let reply = body(300);
+    let d = request(1, sess, 1, 0, b"req");
+    let call = s.handle_datagram(t0, 1, &d).unwrap();
+    let plan = s.begin_reply(t0, &call.ticket, Ok(reply.len())).unwrap();
+    let mut expected = plan.header(0).to_vec();
+    expected.extend_from_slice(&reply);
+    let kept = s.finish_reply(&call.ticket, &plan, [&reply[..100], &reply[100..]]);
+    assert_eq!(kept.map(<[u8]>::to_vec), Some(expected));
+    // A duplicate is answered from the same bytes, flagged as coming from the cache.
+    assert!(s.handle_datagram(t0, 1, &d).is_none());
+    let out = drain(&mut s);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].1.flags.contains(Flags::FROM_CACHE));
+    assert_eq!(out[0].2, reply);
+    // Several datagrams (the request acknowledges the first reply): kept, not offered whole.
+    let big = body(3 * CHUNK);
+    let d = request(1, sess, 2, 1, b"req");
+    let call = s.handle_datagram(t0, 1, &d).unwrap();
+    let plan = s.begin_reply(t0, &call.ticket, Ok(big.len())).unwrap();
+    assert!(plan.count() > 1);
+    assert!(s.finish_reply(&call.ticket, &plan, [&big[..]]).is_none());
+    assert_eq!(s.memory().cached_bytes, big.len());
+    // Idempotent: nothing kept.
+    let d = idempotent_request(1, sess, 3, 2, b"req");
+    let call = s.handle_datagram(t0, 1, &d).unwrap();
+    let plan = s.begin_reply(t0, &call.ticket, Ok(reply.len())).unwrap();
+    assert!(s.finish_reply(&call.ticket, &plan, [&reply[..]]).is_none());
+    check(&s);
+}
+
+#[test]
+fn a_reply_too_large_to_keep_is_not_offered() {
+    let t0 = Instant::now();
+    let config = ServerConfig {
+        session_cache_bytes: 100,
+        total_cache_bytes: 150,
+        ..ServerConfig::default()
+    };
+    let mut s = server_with(config);
+    let sess = open(&mut s, t0, 1);
+    let reply = body(101);
+    let d = request(1, sess, 1, 0, b"req");
+    let call = s.handle_datagram(t0, 1, &d).unwrap();
+    let plan = s.begin_reply(t0, &call.ticket, Ok(reply.len())).unwrap();
+    assert!(s.finish_reply(&call.ticket, &plan, [&reply[..]]).is_none());
+    assert_eq!(
+        (s.stats().uncached_replies, s.memory().cached_bytes),
+        (1, 0)
+    );
 }
