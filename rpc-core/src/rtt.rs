@@ -16,66 +16,84 @@ use core::time::Duration;
 const GRANULARITY: Duration = Duration::from_micros(1);
 
 /// Smoothed round-trip time and the retransmission timeout derived from it.
+///
+/// Kept in integer nanoseconds, with the timeout computed once per sample rather than per
+/// transmission: a call's first transmission reads it and nothing else.
 #[derive(Clone, Copy, Debug)]
 pub struct RttEstimator {
-    srtt: Option<Duration>,
-    rttvar: Duration,
-    initial: Duration,
-    min: Duration,
-    max: Duration,
+    /// Smoothed round-trip time in nanoseconds; `None` before the first sample.
+    srtt: Option<u64>,
+    rttvar: u64,
+    min: u64,
+    max: u64,
+    /// The current timeout, in nanoseconds: kept up to date by `sample`.
+    rto: u64,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl RttEstimator {
     /// An estimator with no samples. `min <= initial <= max` is the caller's to ensure
     /// ([`crate::ClientConfig::validate`] does).
     pub fn new(initial: Duration, min: Duration, max: Duration) -> Self {
+        let (min, max) = (nanos(min), nanos(max));
         Self {
             srtt: None,
-            rttvar: Duration::ZERO,
-            initial,
+            rttvar: 0,
             min,
             max,
+            rto: nanos(initial).clamp(min, max.max(min)),
         }
     }
 
     /// Takes a round-trip sample.
     pub fn sample(&mut self, rtt: Duration) {
-        match self.srtt {
+        let rtt = nanos(rtt);
+        let srtt = match self.srtt {
             None => {
-                self.srtt = Some(rtt);
                 self.rttvar = rtt / 2;
+                rtt
             }
             Some(srtt) => {
                 let err = srtt.abs_diff(rtt);
-                self.rttvar = (self.rttvar * 3 + err) / 4;
-                self.srtt = Some((srtt * 7 + rtt) / 8);
+                self.rttvar = (self.rttvar.saturating_mul(3).saturating_add(err)) / 4;
+                (srtt.saturating_mul(7).saturating_add(rtt)) / 8
             }
-        }
+        };
+        self.srtt = Some(srtt);
+        let spread = nanos(GRANULARITY).max(self.rttvar.saturating_mul(4));
+        self.rto = srtt.saturating_add(spread).clamp(self.min, self.max.max(self.min));
     }
 
     /// The smoothed round-trip time, once there is a sample.
     pub fn srtt(&self) -> Option<Duration> {
-        self.srtt
+        self.srtt.map(Duration::from_nanos)
     }
 
     /// The round-trip variation.
     pub fn rttvar(&self) -> Duration {
-        self.rttvar
+        Duration::from_nanos(self.rttvar)
     }
 
     /// The current retransmission timeout.
     pub fn rto(&self) -> Duration {
-        let rto = match self.srtt {
-            None => self.initial,
-            Some(srtt) => srtt + GRANULARITY.max(self.rttvar * 4),
-        };
-        rto.clamp(self.min, self.max)
+        Duration::from_nanos(self.rto)
     }
 
     /// The timeout after `attempts` timeouts of the same call: `RTO * 2^attempts`, capped.
     pub fn backoff(&self, attempts: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempts.min(31)).unwrap_or(u32::MAX);
-        self.rto().saturating_mul(factor).min(self.max)
+        Duration::from_nanos(self.backoff_nanos(attempts))
+    }
+
+    /// [`RttEstimator::backoff`] in nanoseconds.
+    pub fn backoff_nanos(&self, attempts: u32) -> u64 {
+        if attempts == 0 {
+            return self.rto;
+        }
+        let factor = 1u64.checked_shl(attempts.min(63)).unwrap_or(u64::MAX);
+        self.rto.saturating_mul(factor).min(self.max.max(self.min))
     }
 }
 

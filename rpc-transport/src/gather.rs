@@ -45,21 +45,19 @@ pub(crate) struct Gather<'a> {
 }
 
 impl<'a> Gather<'a> {
-    /// Packs leading segments of `segments` (while they are small and fit) into `head`, and
-    /// keeps the others by reference.
-    pub(crate) fn new(head: &mut Head, segments: impl IntoIterator<Item = &'a [u8]>) -> Self {
-        let mut g = Self::empty();
-        for seg in segments {
-            g.push(head, seg);
-        }
-        g
-    }
-
     /// Nothing after the head yet.
     pub(crate) fn empty() -> Self {
         Self {
             rest: ArrayVec::new(),
             packing: true,
+        }
+    }
+
+    /// Appends `segments` in order, as [`Gather::push`] does. (There is no constructor taking
+    /// them: a gather list is a kilobyte, and returning one by value would copy it.)
+    pub(crate) fn extend(&mut self, head: &mut Head, segments: impl IntoIterator<Item = &'a [u8]>) {
+        for seg in segments {
+            self.push(head, seg);
         }
     }
 
@@ -137,7 +135,8 @@ mod tests {
         let data = vec![9u8; 1024];
         let prefix = 1024u32.to_le_bytes();
         let mut head = Head::new(&header);
-        let g = Gather::new(&mut head, [&prefix[..], &data[..], &prefix[..]]);
+        let mut g = Gather::empty();
+        g.extend(&mut head, [&prefix[..], &data[..], &prefix[..]]);
         assert_eq!(head.len, HEADER_LEN + 4);
         assert_eq!(&head.buf[HEADER_LEN..head.len], &prefix);
         // The caller's bytes are referenced, not copied; what follows them stays in order.
@@ -153,7 +152,8 @@ mod tests {
         let mut head = Head::new(&header);
         let a = 5u64.to_le_bytes();
         let b = [1u8; 20];
-        let g = Gather::new(&mut head, [&a[..], &b[..]]);
+        let mut g = Gather::empty();
+        g.extend(&mut head, [&a[..], &b[..]]);
         assert!(g.is_one_buffer());
         assert_eq!(head.len, HEADER_LEN + 28);
     }
@@ -164,7 +164,8 @@ mod tests {
         let mut head = Head::new(&header);
         let small = [2u8; 32];
         let segs = vec![&small[..]; 10];
-        let g = Gather::new(&mut head, segs);
+        let mut g = Gather::empty();
+        g.extend(&mut head, segs);
         assert_eq!(head.len, HEADER_LEN + 96);
         assert_eq!(g.rest.len(), 7);
     }

@@ -614,10 +614,7 @@ impl Client {
         let client_id = self.client_id;
         let incarnation = self.incarnation;
         let bandwidth = self.config.assumed_bandwidth;
-        let rto = {
-            let call = self.call(seq)?;
-            self.rtt.backoff(call.attempts)
-        };
+        let rtt = self.rtt;
         let call = self.call_mut(seq)?;
         let Phase::Sending { next, end } = call.phase else {
             return None;
@@ -658,12 +655,14 @@ impl Client {
             if call.first_sent.is_none() {
                 call.first_sent = Some(now);
             }
-            // Allow for the time the whole message takes to leave, on top of the RTO.
-            let transfer = Duration::from_nanos(
-                (call.len as u128 * 1_000_000_000 / u128::from(bandwidth)).min(u64::MAX as u128)
-                    as u64,
-            );
-            call.retransmit_at = Some(now + rto + transfer);
+            // Allow for the time the whole message takes to leave, on top of the RTO. (A
+            // message is at most 4 GiB, so the product cannot overflow.)
+            let transfer = match call.len as u64 {
+                0 => 0,
+                len => len.saturating_mul(1_000_000_000) / bandwidth,
+            };
+            let wait = rtt.backoff_nanos(call.attempts).saturating_add(transfer);
+            call.retransmit_at = Some(now + Duration::from_nanos(wait));
             self.timers_dirty = true;
         }
         self.stats.datagrams_sent += 1;

@@ -269,7 +269,8 @@ impl Rx {
     fn flush(&self, core: &mut Server<SocketAddr>, shared: &Shared) {
         while let Some(t) = core.poll_transmit() {
             let mut head = Head::new(&t.header);
-            let gather = Gather::new(&mut head, [t.body]);
+            let mut gather = Gather::empty();
+            gather.extend(&mut head, [t.body]);
             if gather.send_to(&head, &self.socket, t.dest).is_err() {
                 shared.io_errors.fetch_add(1, Ordering::Relaxed);
             }
@@ -317,7 +318,8 @@ fn send_reply(
     };
     if plan.count() == 1 {
         let mut head = Head::new(&plan.header(0));
-        let gather = Gather::new(&mut head, segments());
+        let mut gather = Gather::empty();
+        gather.extend(&mut head, segments());
         if !gather.is_one_buffer() && !ticket.idempotent() {
             if let Some(datagram) = core.finish_reply(ticket, &plan, segments()) {
                 report(sys::send_to(socket, datagram, &plan.dest));
@@ -432,6 +434,11 @@ impl RxThread {
         let mut buf = vec![0u8; self.buffer_len];
         let mut idle_since = Instant::now();
         let (mut empty_polls, clock_every) = (0u32, self.poll.clock_every());
+        // The protocol's clock for a datagram is the last reading, if it is at most
+        // `clock_every` polls old: its timers (idle sessions, stalled reassemblies) are
+        // milliseconds and more, and reading the clock costs a call tens of nanoseconds.
+        let mut clock = Some(idle_since);
+        let mut since_clock = 0u32;
         while !self.shared.stop.load(Ordering::Relaxed) {
             let (n, src) = match sys::recv_from(&self.rx.socket, &mut buf) {
                 Recv::Data(d) => d,
@@ -448,6 +455,7 @@ impl RxThread {
                         continue;
                     }
                     let now = Instant::now();
+                    (clock, since_clock) = (Some(now), 0);
                     let timer = self.rx.timer();
                     if timer.is_some_and(|t| t <= now) {
                         let mut core = self.rx.lock();
@@ -460,13 +468,23 @@ impl RxThread {
                             self.rx.timer(),
                             Duration::from_millis(20),
                         );
+                        // Blocked for who knows how long: the reading is stale.
+                        clock = None;
                     } else {
                         std::hint::spin_loop();
                     }
                     continue;
                 }
             };
-            idle_since = Instant::now();
+            since_clock += 1;
+            idle_since = match clock {
+                Some(t) if since_clock <= clock_every => t,
+                _ => {
+                    let now = Instant::now();
+                    (clock, since_clock) = (Some(now), 0);
+                    now
+                }
+            };
             self.on_datagram(idle_since, &mut buf, n, src);
         }
     }
