@@ -64,7 +64,9 @@ impl RttEstimator {
         };
         self.srtt = Some(srtt);
         let spread = nanos(GRANULARITY).max(self.rttvar.saturating_mul(4));
-        self.rto = srtt.saturating_add(spread).clamp(self.min, self.max.max(self.min));
+        self.rto = srtt
+            .saturating_add(spread)
+            .clamp(self.min, self.max.max(self.min));
     }
 
     /// The smoothed round-trip time, once there is a sample.

@@ -35,6 +35,7 @@ impl PollStrategy {
     /// timers and for deciding to park). Reading the clock on every poll would lengthen each
     /// turn of the loop, and so delay noticing an arriving datagram; every 16th poll is a few
     /// microseconds, well below any retransmission timeout.
+    /// A power of two.
     pub(crate) fn clock_every(&self) -> u32 {
         match self {
             Self::Spin | Self::SpinThenPark(_) => 16,

@@ -246,8 +246,11 @@ pub struct Client {
     /// Lowest sequence number that may still be in flight.
     oldest: u64,
     in_flight: usize,
-    /// Indexed by `seq % window`.
+    /// Indexed by `seq & slot_mask`: a power of two at least the window, so that the calls
+    /// in flight (at most `window` consecutive sequence numbers) have distinct slots and
+    /// finding one costs no division.
     calls: Vec<Option<Call>>,
+    slot_mask: u64,
     /// Calls with datagrams to send, oldest first (entries may be stale; checked on pop, and
     /// dropped once the queue holds twice the window).
     tx_queue: VecDeque<u64>,
@@ -284,7 +287,8 @@ impl Client {
             next_seq: 1,
             oldest: 1,
             in_flight: 0,
-            calls: (0..window).map(|_| None).collect(),
+            calls: (0..window.next_power_of_two()).map(|_| None).collect(),
+            slot_mask: window.next_power_of_two() as u64 - 1,
             tx_queue: VecDeque::with_capacity(window),
             events: VecDeque::with_capacity(window),
             next_timeout: None,
@@ -380,7 +384,7 @@ impl Client {
     }
 
     fn slot(&self, seq: u64) -> usize {
-        (seq % self.config.window as u64) as usize
+        (seq & self.slot_mask) as usize
     }
 
     fn call(&self, seq: u64) -> Option<&Call> {
@@ -485,10 +489,10 @@ impl Client {
             // entries of calls that have nothing left to send, so it stays bounded. This call's
             // own earlier entries go too (it is pushed again below), or a call retransmitted
             // again and again would keep every one of them.
-            let (calls, window) = (&self.calls, self.config.window as u64);
+            let (calls, mask) = (&self.calls, self.slot_mask);
             self.tx_queue.retain(|&q| {
                 q != seq
-                    && calls[(q % window) as usize]
+                    && calls[(q & mask) as usize]
                         .as_ref()
                         .is_some_and(|c| c.seq == q && matches!(c.phase, Phase::Sending { .. }))
             });
@@ -508,25 +512,29 @@ impl Client {
         }
     }
 
-    fn end_call(&mut self, seq: u64) -> Option<Call> {
+    /// Forgets call `seq` (giving back a partial reply's buffers); whether it was in flight.
+    /// The call is dropped in place, not moved out: this is on every call's path.
+    fn end_call(&mut self, seq: u64) -> bool {
         let slot = self.slot(seq);
-        let call = self.calls[slot].take().filter(|c| c.seq == seq)?;
+        if !self.calls[slot].as_ref().is_some_and(|c| c.seq == seq) {
+            return false;
+        }
+        let reply = self.calls[slot].as_mut().and_then(|c| c.reply.take());
+        self.calls[slot] = None;
         self.in_flight -= 1;
-        if let Some(r) = &call.reply {
+        if let Some(r) = reply {
             self.reassembly_bytes -= r.message_len();
+            self.give_back(r);
         }
         while self.oldest < self.next_seq && self.call(self.oldest).is_none() {
             self.oldest += 1;
         }
         self.timers_dirty = true;
-        Some(call)
+        true
     }
 
     fn fail(&mut self, seq: u64, error: CallError) {
-        if let Some(mut call) = self.end_call(seq) {
-            if let Some(r) = call.reply.take() {
-                self.give_back(r);
-            }
+        if self.end_call(seq) {
             self.stats.failures += 1;
             match error {
                 CallError::TimedOut => self.stats.timeouts += 1,
@@ -724,8 +732,7 @@ impl Client {
             }
             // Only the calls in flight: from the oldest to the newest.
             for seq in self.oldest..self.next_seq {
-                let Some(call) = self.calls[(seq % self.config.window as u64) as usize].as_ref()
-                else {
+                let Some(call) = self.calls[(seq & self.slot_mask) as usize].as_ref() else {
                     continue;
                 };
                 if call.seq != seq {
@@ -938,11 +945,7 @@ impl Client {
             }
             PacketKind::ErrorReply => {
                 let error = CallError::from_code(ErrorCode::from_u16(h.status), interface, method);
-                if let Some(mut call) = self.end_call(h.seq) {
-                    if let Some(r) = call.reply.take() {
-                        self.give_back(r);
-                    }
-                }
+                self.end_call(h.seq);
                 self.stats.failures += 1;
                 Some(Response {
                     call: CallId(h.seq),

@@ -25,7 +25,12 @@ impl FragmentPlan {
     pub fn new(message_len: usize, max_datagram: usize) -> Option<Self> {
         let chunk = max_datagram.checked_sub(HEADER_LEN).filter(|&c| c > 0)?;
         u32::try_from(message_len).ok()?;
-        let count = message_len.div_ceil(chunk).max(1);
+        // Most messages fit one datagram: no division for them.
+        let count = if message_len <= chunk {
+            1
+        } else {
+            message_len.div_ceil(chunk)
+        };
         Some(Self {
             message_len,
             chunk,

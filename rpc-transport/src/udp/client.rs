@@ -95,6 +95,8 @@ struct Inner {
     server: SocketAddr,
     poll: PollStrategy,
     window: usize,
+    /// Waiter and signal slots are `seq & slot_mask`: a power of two at least the window.
+    slot_mask: u64,
     buffer_len: usize,
     state: Mutex<State>,
     leader: AtomicBool,
@@ -160,16 +162,17 @@ impl UdpClient {
             server,
             poll: config.poll,
             window,
+            slot_mask: window.next_power_of_two() as u64 - 1,
             buffer_len,
             state: Mutex::new(State {
                 core,
-                waiters: (0..window).map(|_| None).collect(),
+                waiters: (0..window.next_power_of_two()).map(|_| None).collect(),
                 waiting: 0,
                 buffers: Vec::new(),
                 sessions_seen: 0,
             }),
             leader: AtomicBool::new(false),
-            signals: (0..window)
+            signals: (0..window.next_power_of_two())
                 .map(|_| CachePadded::new(AtomicU64::new(0)))
                 .collect(),
             next_timer: AtomicU64::new(u64::MAX),
@@ -237,7 +240,7 @@ impl Inner {
     }
 
     fn slot(&self, seq: u64) -> usize {
-        (seq % self.window as u64) as usize
+        (seq & self.slot_mask) as usize
     }
 
     fn store_timer(&self, core: &mut Client) {
@@ -605,7 +608,7 @@ impl Inner {
                         self.io_errors.fetch_add(1, Ordering::Relaxed);
                     }
                     empty_polls = empty_polls.wrapping_add(1);
-                    if empty_polls % clock_every != 0 {
+                    if empty_polls & (clock_every - 1) != 0 {
                         std::hint::spin_loop();
                         continue;
                     }

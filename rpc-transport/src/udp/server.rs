@@ -450,7 +450,7 @@ impl RxThread {
                         }
                     }
                     empty_polls = empty_polls.wrapping_add(1);
-                    if empty_polls % clock_every != 0 {
+                    if empty_polls & (clock_every - 1) != 0 {
                         std::hint::spin_loop();
                         continue;
                     }
