@@ -516,7 +516,7 @@ impl Client {
     /// The call is dropped in place, not moved out: this is on every call's path.
     fn end_call(&mut self, seq: u64) -> bool {
         let slot = self.slot(seq);
-        if !self.calls[slot].as_ref().is_some_and(|c| c.seq == seq) {
+        if self.calls[slot].as_ref().is_none_or(|c| c.seq != seq) {
             return false;
         }
         let reply = self.calls[slot].as_mut().and_then(|c| c.reply.take());
