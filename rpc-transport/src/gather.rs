@@ -37,6 +37,19 @@ impl Head {
     }
 }
 
+/// Whether `segments` would all be packed into a [`Head`] (the datagram would be one buffer),
+/// worked out without copying anything.
+pub(crate) fn packs_whole<'a>(segments: impl IntoIterator<Item = &'a [u8]>) -> bool {
+    let mut used = 0;
+    for seg in segments {
+        if seg.len() > rpc_core::marshal::COPY_THRESHOLD || used + seg.len() > PACKED {
+            return false;
+        }
+        used += seg.len();
+    }
+    true
+}
+
 /// The gather list of one datagram: `head` (the header and what was packed behind it), then
 /// the remaining segments by reference.
 pub(crate) struct Gather<'a> {
@@ -78,8 +91,9 @@ impl<'a> Gather<'a> {
         let _ = self.rest.try_push(seg);
     }
 
-    /// Whether the datagram is the head alone: one buffer, no gather list.
-    pub(crate) fn is_one_buffer(&self) -> bool {
+    /// Whether the datagram is the head alone: one buffer, no gather list (for tests).
+    #[cfg(test)]
+    fn is_one_buffer(&self) -> bool {
         self.rest.is_empty()
     }
 
@@ -156,6 +170,29 @@ mod tests {
         g.extend(&mut head, [&a[..], &b[..]]);
         assert!(g.is_one_buffer());
         assert_eq!(head.len, HEADER_LEN + 28);
+    }
+
+    #[test]
+    fn packs_whole_agrees_with_the_gather_list() {
+        let (a, b, big) = ([1u8; 8], [2u8; 32], [3u8; 33]);
+        let cases: [&[&[u8]]; 6] = [
+            &[],
+            &[&a, &[], &b],
+            &[&b, &b, &b],
+            &[&b, &b, &b, &b],
+            &[&a, &big],
+            &[&big],
+        ];
+        for segs in cases {
+            let mut head = Head::new(&[0; HEADER_LEN]);
+            let mut g = Gather::empty();
+            g.extend(&mut head, segs.iter().copied());
+            assert_eq!(
+                packs_whole(segs.iter().copied()),
+                g.is_one_buffer(),
+                "{segs:?}"
+            );
+        }
     }
 
     #[test]

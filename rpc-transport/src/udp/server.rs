@@ -32,7 +32,7 @@ use rpc_core::server::{Body, CallContext, Server, Ticket};
 use rpc_core::service::{Dispatch, ReplySink};
 use rpc_core::wire::{BusyReason, ErrorCode, HEADER_LEN};
 
-use crate::gather::{Gather, Head};
+use crate::gather::{self, Gather, Head};
 use crate::poll::{PollStrategy, wait_readable};
 use crate::sock::{bind_udp, transient};
 use crate::sys::{self, Recv};
@@ -316,31 +316,26 @@ fn send_reply(
             shared.io_errors.fetch_add(1, Ordering::Relaxed);
         }
     };
-    if plan.count() == 1 {
-        let mut head = Head::new(&plan.header(0));
-        let mut gather = Gather::empty();
-        gather.extend(&mut head, segments());
-        if !gather.is_one_buffer() && !ticket.idempotent() {
-            if let Some(datagram) = core.finish_reply(ticket, &plan, segments()) {
-                report(sys::send_to(socket, datagram, &plan.dest));
-                return;
-            }
-            // Not kept after all (no room in the cache): it leaves from the reply's memory.
-            report(gather.send_to(&head, socket, plan.dest));
+    // Decided before building anything: the one-piece path needs no gather list.
+    let one_piece = plan.count() == 1 && !ticket.idempotent() && !gather::packs_whole(segments());
+    if one_piece {
+        if let Some(datagram) = core.finish_reply(ticket, &plan, segments()) {
+            report(sys::send_to(socket, datagram, &plan.dest));
             return;
         }
-        report(gather.send_to(&head, socket, plan.dest));
-    } else {
-        for i in 0..plan.count() {
-            let mut head = Head::new(&plan.header(i));
-            let mut gather = Gather::empty();
-            if let Some(body) = body {
-                body.for_each_in(plan.range(i), |s| gather.push(&mut head, s));
-            }
-            report(gather.send_to(&head, socket, plan.dest));
-        }
+        // Not kept after all (no room in the cache): it leaves from the reply's memory.
     }
-    core.finish_reply(ticket, &plan, segments());
+    for i in 0..plan.count() {
+        let mut head = Head::new(&plan.header(i));
+        let mut gather = Gather::empty();
+        if let Some(body) = body {
+            body.for_each_in(plan.range(i), |s| gather.push(&mut head, s));
+        }
+        report(gather.send_to(&head, socket, plan.dest));
+    }
+    if !one_piece {
+        core.finish_reply(ticket, &plan, segments());
+    }
 }
 
 /// The protocol state a reply needs: held by the receive thread already, or to be locked by
