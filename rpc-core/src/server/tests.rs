@@ -41,6 +41,15 @@ fn server() -> Server<Addr> {
     server_with(ServerConfig::default())
 }
 
+/// A server whose reply cache holds 100 bytes per session and 150 in all.
+fn small_cache_server() -> Server<Addr> {
+    server_with(ServerConfig {
+        session_cache_bytes: 100,
+        total_cache_bytes: 150,
+        ..ServerConfig::default()
+    })
+}
+
 /// Every figure of `memory()` is within its configured bound.
 fn check(s: &Server<Addr>) {
     if let Err(what) = s.memory().check(s.config()) {
@@ -729,12 +738,7 @@ fn a_call_beyond_the_window_gets_busy_window_full() {
 #[test]
 fn a_full_reply_cache_gets_busy_reply_cache_full() {
     let t0 = Instant::now();
-    let config = ServerConfig {
-        session_cache_bytes: 100,
-        total_cache_bytes: 150,
-        ..ServerConfig::default()
-    };
-    let mut s = server_with(config);
+    let mut s = small_cache_server();
     let s1 = open(&mut s, t0, 1);
     complete(&mut s, t0, 1, s1, 1, 0, &[1; 100]);
     assert_eq!(s.memory().cached_bytes, 100);
@@ -816,12 +820,7 @@ fn a_full_reply_cache_gets_busy_reply_cache_full() {
 #[test]
 fn a_reply_too_large_for_the_cache_leaves_a_tombstone() {
     let t0 = Instant::now();
-    let config = ServerConfig {
-        session_cache_bytes: 100,
-        total_cache_bytes: 150,
-        ..ServerConfig::default()
-    };
-    let mut s = server_with(config);
+    let mut s = small_cache_server();
     let session = open(&mut s, t0, 1);
     let d = request(1, session, 1, 0, b"x");
     let call = s.handle_datagram(t0, 1, &d).unwrap();
