@@ -48,6 +48,14 @@ use crate::wire::{
     PacketKind, PacketRepr, Reassembly, WelcomeBody, read_body,
 };
 
+/// Round-trip samples: every call's until this many are taken, then one call's in
+/// [`RTT_SAMPLE_EVERY`] (those whose sequence number it divides). With one call in flight that
+/// is one sample per eight round trips, as classic TCP times one segment at a time; each sample
+/// costs a clock subtraction and the estimator's update on the path a reply is returned on.
+const RTT_FIRST_SAMPLES: u64 = 8;
+/// See [`RTT_FIRST_SAMPLES`].
+const RTT_SAMPLE_EVERY: u64 = 8;
+
 /// Identifies a call of one client: its sequence number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CallId(u64);
@@ -406,6 +414,30 @@ impl Client {
     /// Starts a call. The driver must keep the body's `len` bytes available, unchanged, until
     /// the call ends.
     pub fn start_call(&mut self, now: Instant, req: CallRequest) -> Result<CallId, CallError> {
+        self.start(now, req, false).map(|(id, _)| id)
+    }
+
+    /// Starts a call as [`Client::start_call`] does and, when the call is one datagram in an
+    /// open session, returns that datagram at once: the one [`Client::poll_transmit_for`]
+    /// would give next, without passing through the transmit queue. Otherwise the call's
+    /// datagrams (and a handshake) come from the `poll_transmit` methods as usual.
+    ///
+    /// For drivers that send each call from its caller: this is the common call's whole
+    /// start, on the path every request waits on.
+    pub fn start_call_sending(
+        &mut self,
+        now: Instant,
+        req: CallRequest,
+    ) -> Result<(CallId, Option<Transmit>), CallError> {
+        self.start(now, req, true)
+    }
+
+    fn start(
+        &mut self,
+        now: Instant,
+        req: CallRequest,
+        send_now: bool,
+    ) -> Result<(CallId, Option<Transmit>), CallError> {
         let max = self.max_message();
         if req.len > max {
             return Err(CallError::MessageTooLarge { len: req.len, max });
@@ -450,12 +482,21 @@ impl Client {
                 max_datagram,
                 ..
             } => {
+                let single = FragmentPlan::new(req.len, max_datagram).filter(|p| p.count() == 1);
+                if let (true, Some(plan), Some(call)) = (send_now, single, &mut self.calls[slot]) {
+                    // What `begin_round` would set up for a first round of one datagram, and
+                    // that datagram; nothing is left for the transmit queue.
+                    call.session = session;
+                    call.plan = plan;
+                    call.phase = Phase::Sending { next: 0, end: 1 };
+                    return Ok((CallId(seq), self.call_transmit(now, seq)));
+                }
                 self.begin_round(seq, session, max_datagram, false);
             }
             Conn::Idle => self.begin_hello(),
             Conn::Connecting { .. } => {}
         }
-        Ok(CallId(seq))
+        Ok((CallId(seq), None))
     }
 
     /// Starts a round of transmissions of a call: all its fragments, or only the first when
@@ -962,7 +1003,9 @@ impl Client {
                 }
                 let body = if h.frag_count == 1 {
                     let call = self.call(h.seq)?;
-                    if call.attempts == 0 && call.plan.count() == 1 {
+                    let timed =
+                        self.stats.rtt_samples < RTT_FIRST_SAMPLES || h.seq % RTT_SAMPLE_EVERY == 0;
+                    if timed && call.attempts == 0 && call.plan.count() == 1 {
                         if let Some(sent) = call.first_sent {
                             self.rtt.sample(now.saturating_duration_since(sent));
                             self.stats.rtt_samples += 1;

@@ -1243,3 +1243,82 @@ fn max_retransmissions_limits_the_rounds_after_timeouts_and_busy_replies() {
     );
     assert_eq!((c.stats().retransmissions, c.stats().busy), (4, 3));
 }
+
+#[test]
+fn start_call_sending_hands_out_a_one_datagram_call_at_once_and_queues_the_rest() {
+    let t0 = Instant::now();
+    // Two clients in the same state: one starts its calls the usual way, the other sending.
+    let (mut usual, mut sending) = (established(t0), established(t0));
+    for (i, len) in [0, 5, 100, CHUNK].into_iter().enumerate() {
+        let now = t0 + us(10 * i as u64);
+        let idempotent = i % 2 == 1;
+        let a = usual.start_call(now, call(len, idempotent)).unwrap();
+        let queued = usual.poll_transmit_for(now, a).unwrap();
+        assert!(usual.poll_transmit_for(now, a).is_none());
+        let (b, first) = sending
+            .start_call_sending(now, call(len, idempotent))
+            .unwrap();
+        let first = first.expect("one datagram in an open session goes at once");
+        assert_eq!(a, b);
+        assert_eq!(parse_tx(&first), parse_tx(&queued));
+        // Nothing left to send, and the same timers and counters as the usual way.
+        assert!(sending.poll_transmit(now).is_none());
+        assert_eq!(usual.poll_timeout(), sending.poll_timeout());
+        assert_eq!(usual.stats(), sending.stats());
+    }
+
+    // More than one datagram: nothing at once; every fragment comes from the queue.
+    let (_, first) = sending
+        .start_call_sending(t0, call(CHUNK + 1, false))
+        .unwrap();
+    assert!(first.is_none());
+    assert_eq!(drain(&mut sending, t0).len(), 2);
+
+    // One datagram by the client's limit, two by the smaller one the server welcomed.
+    let mut c = Client::new(config(), ID, INC).unwrap();
+    c.connect(t0);
+    let hello = drain(&mut c, t0);
+    let small = HEADER_LEN + 100;
+    assert!(
+        c.handle_datagram(t0, &welcome(hello[0].0.seq, SESSION, small, 1 << 20))
+            .is_none()
+    );
+    let (_, first) = c.start_call_sending(t0, call(150, false)).unwrap();
+    assert!(first.is_none());
+    let sent = drain(&mut c, t0);
+    assert_eq!(
+        sent.iter()
+            .map(|(h, p)| (h.frag_count, p.len()))
+            .collect::<Vec<_>>(),
+        [(2, 100), (2, 50)]
+    );
+
+    // Before a session: the handshake goes first and the call waits for it.
+    let mut c = Client::new(config(), ID, INC).unwrap();
+    let (_, first) = c.start_call_sending(t0, call(5, false)).unwrap();
+    assert!(first.is_none());
+    let sent = drain(&mut c, t0);
+    assert_eq!(
+        sent.iter().map(|(h, _)| h.kind).collect::<Vec<_>>(),
+        [PacketKind::Hello]
+    );
+}
+
+#[test]
+fn round_trips_are_timed_on_every_call_at_first_then_on_one_call_in_eight() {
+    let t0 = Instant::now();
+    let mut c = established(t0);
+    let mut now = t0;
+    for seq in 1..=40u64 {
+        let (id, first) = c.start_call_sending(now, call(0, false)).unwrap();
+        assert_eq!((id.seq(), first.is_some()), (seq, true));
+        assert!(
+            c.handle_datagram(now + us(100), &reply(seq, 100 + seq, b""))
+                .is_some()
+        );
+        now += us(200);
+    }
+    // Calls 1 to 8 were all timed; of calls 9 to 40, those whose number eight divides.
+    assert_eq!(c.stats().rtt_samples, 8 + [16, 24, 32, 40].len() as u64);
+    assert_eq!(c.rtt().srtt(), Some(us(100)));
+}

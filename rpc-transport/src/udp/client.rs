@@ -119,8 +119,18 @@ struct State {
 #[derive(Debug)]
 struct Waiter {
     seq: u64,
-    thread: Thread,
+    /// To unpark it: only threads that may park (not under `PollStrategy::Spin`, whose
+    /// waiters watch their slot and the leader flag without ever sleeping).
+    thread: Option<Thread>,
     outcome: Option<Outcome>,
+}
+
+impl Waiter {
+    fn unpark(&self) {
+        if let Some(t) = &self.thread {
+            t.unpark();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -368,7 +378,7 @@ impl Inner {
             Some(w) if w.seq == seq => {
                 w.outcome = Some(outcome);
                 self.signals[slot].store(seq << 2 | DONE, Ordering::Release);
-                w.thread.unpark();
+                w.unpark();
             }
             _ => {
                 if let Outcome::Reply { buf, .. } = outcome {
@@ -408,7 +418,7 @@ impl Inner {
                 if st.core.wants_transmit(id) {
                     let sig = &self.signals[slot];
                     sig.store(sig.load(Ordering::Relaxed) | TRANSMIT, Ordering::Release);
-                    w.thread.unpark();
+                    w.unpark();
                 }
             }
         }
@@ -662,7 +672,7 @@ impl Inner {
             // Someone must receive for the calls still waiting.
             if st.waiting > 0 {
                 if let Some(w) = st.waiters.iter().flatten().next() {
-                    w.thread.unpark();
+                    w.unpark();
                 }
             }
         }
@@ -715,21 +725,21 @@ impl Transport for UdpClient {
         }
         // Built in place and passed by reference: a batch is a few kilobytes.
         let mut batch = ArrayVec::new();
-        let me = {
+        let (me, first) = {
             let mut st = inner.lock();
-            let me = loop {
+            let (me, first) = loop {
                 // The protocol frees a call's slot when the call ends, but its waiter holds the
                 // slot of the waiter table until it has collected the outcome: a new call whose
                 // sequence number maps there must wait for that, or it would take the outcome
                 // away from under the old waiter.
                 let free = st.waiters[inner.slot(st.core.next_seq())].is_none();
                 let started = if free {
-                    st.core.start_call(now, req)
+                    st.core.start_call_sending(now, req)
                 } else {
                     Err(CallError::WindowFull)
                 };
                 match started {
-                    Ok(id) => break id,
+                    Ok(started) => break started,
                     Err(CallError::WindowFull) => {
                         drop(st);
                         thread::yield_now();
@@ -742,15 +752,25 @@ impl Transport for UdpClient {
             let slot = inner.slot(me.seq());
             st.waiters[slot] = Some(Waiter {
                 seq: me.seq(),
-                thread: thread::current(),
+                thread: (inner.poll != PollStrategy::Spin).then(thread::current),
                 outcome: None,
             });
             st.waiting += 1;
             inner.signals[slot].store(me.seq() << 2, Ordering::Release);
-            inner.take_own(&mut st, now, me, &mut batch);
-            me
+            if first.is_none() {
+                inner.take_own(&mut st, now, me, &mut batch);
+            }
+            (me, first)
         };
-        inner.send_own(me, request, &mut batch);
+        match first {
+            Some(t) => {
+                // The common call: one datagram, sent straight away. Its timers are published
+                // after it left, off the path its reply waits on.
+                inner.send(&t, Some(request));
+                inner.store_timer(&mut inner.lock().core);
+            }
+            None => inner.send_own(me, request, &mut batch),
+        }
         let mut leading = false;
         let own = inner.wait(now, me, request, &mut buf, &mut leading);
         let (result, extra) = match own {
