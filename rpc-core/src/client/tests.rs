@@ -196,6 +196,11 @@ fn call_until(len: usize, deadline: Instant) -> CallRequest {
 /// A client of [`config`] with [`SESSION`] open (server limits as large as the client's).
 fn established_with(config: ClientConfig, t0: Instant) -> Client {
     let (max_datagram, max_message) = (config.max_datagram, config.max_message);
+    welcomed(config, t0, max_datagram, max_message)
+}
+
+/// A client of `config` with [`SESSION`] open, the server having welcomed it with these limits.
+fn welcomed(config: ClientConfig, t0: Instant, max_datagram: usize, max_message: usize) -> Client {
     let mut c = Client::new(config, ID, INC).unwrap();
     c.connect(t0);
     let hello = drain(&mut c, t0);
@@ -1275,14 +1280,7 @@ fn start_call_sending_hands_out_a_one_datagram_call_at_once_and_queues_the_rest(
     assert_eq!(drain(&mut sending, t0).len(), 2);
 
     // One datagram by the client's limit, two by the smaller one the server welcomed.
-    let mut c = Client::new(config(), ID, INC).unwrap();
-    c.connect(t0);
-    let hello = drain(&mut c, t0);
-    let small = HEADER_LEN + 100;
-    assert!(
-        c.handle_datagram(t0, &welcome(hello[0].0.seq, SESSION, small, 1 << 20))
-            .is_none()
-    );
+    let mut c = welcomed(config(), t0, HEADER_LEN + 100, 1 << 20);
     let (_, first) = c.start_call_sending(t0, call(150, false)).unwrap();
     assert!(first.is_none());
     let sent = drain(&mut c, t0);
