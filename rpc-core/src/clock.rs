@@ -1,45 +1,169 @@
-//! Lamport's logical clock.
+//! Lamport's logical clock, one per node.
 //!
 //! Each node keeps a counter. It ticks the counter before every message it sends and stamps the
 //! message with the new value; on receiving a message stamped `t` it sets the counter to
 //! `max(counter, t) + 1`. So if event `a` happened before event `b`, `a`'s stamp is smaller.
 //! Ties between nodes are broken by node id, which turns the partial order into a total one
 //! ([`LamportStamp`]'s `Ord`).
+//!
+//! A [`LamportClock`] is shared (`Arc`) by every client and server of a node, so that a
+//! handler's nested call is stamped after the request it serves and the handler's reply after
+//! the nested reply: the happened-before order holds across the node, as Lamport's mutual
+//! exclusion needs.
+//!
+//! # How far a peer may push the clock
+//!
+//! Stamps are 62-bit ([`MAX_LAMPORT`] and above are malformed). A peer that could set a
+//! node's clock anywhere below that limit could push it to the end in one message; the node
+//! would then emit stamps that its peers refuse, and stop answering. So the clock is bounded
+//! by physical time, as hybrid logical clocks are:
+//!
+//! - the clock adopts a stamp only up to its *ceiling*, the nanoseconds since the Unix epoch
+//!   plus [`ADOPT_AHEAD`] (about 13 days); an honest clock, which counts messages, never comes
+//!   near it (in 2026 it is about 2^60.6, and reaches 2^62 in the year 2116);
+//! - a stamp above the ceiling but within [`ACCEPT_AHEAD`] more (another 13 days of clock
+//!   skew between nodes) is accepted and the clock moves to its ceiling only (counted as
+//!   clamped);
+//! - a stamp beyond that is refused ([`StampRefused`]): the datagram carrying it is dropped
+//!   and counted, and nothing of the node changes.
+//!
+//! An attacker can therefore push clocks forward at most to the ceiling, which advances one
+//! per nanosecond of real time: no stamp, however large, stops a node from answering, and a
+//! node's stamps are accepted by every peer whose wall clock is within 13 days of its own.
+//! Only datagrams that passed every other check (session, address, tag, cookie) are observed
+//! at all.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use crate::wire::MAX_LAMPORT;
 
-/// A node's Lamport clock.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How far past the wall clock (in nanoseconds since the Unix epoch) a clock may be pushed.
+pub const ADOPT_AHEAD: u64 = 1 << 50;
+
+/// How far past its ceiling a stamp may be and still be accepted (skew between wall clocks).
+pub const ACCEPT_AHEAD: u64 = 1 << 50;
+
+/// A stamp too far ahead of this node's clock to come from an honest peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("lamport stamp {stamp} is beyond what this node accepts ({limit})")]
+pub struct StampRefused {
+    /// The stamp.
+    pub stamp: u64,
+    /// The largest stamp the node accepted at that moment.
+    pub limit: u64,
+}
+
+/// A node's Lamport clock, shared by all its clients and servers.
+#[derive(Debug)]
 pub struct LamportClock {
-    time: u64,
+    time: AtomicU64,
+    node: u64,
+    /// Wall-clock nanoseconds since the Unix epoch at `base`.
+    base_unix: u64,
+    base: Instant,
+    refused: AtomicU64,
+    clamped: AtomicU64,
 }
 
 impl LamportClock {
-    /// A clock at zero.
-    pub fn new() -> Self {
-        Self::default()
+    /// A clock at zero for node `node`. `unix_nanos` is the wall clock (nanoseconds since the
+    /// Unix epoch) at the instant `at`; the clock reads no clock itself, and from then on
+    /// counts real time by the instants it is given.
+    pub fn new(node: u64, unix_nanos: u64, at: Instant) -> Self {
+        Self {
+            time: AtomicU64::new(0),
+            node,
+            base_unix: unix_nanos,
+            base: at,
+            refused: AtomicU64::new(0),
+            clamped: AtomicU64::new(0),
+        }
+    }
+
+    /// The node id that breaks ties between this clock's stamps and others'.
+    pub fn node(&self) -> u64 {
+        self.node
     }
 
     /// The current value, without ticking.
     pub fn now(&self) -> u64 {
-        self.time
+        self.time.load(Ordering::Relaxed)
+    }
+
+    /// The current value as a stamp of this node.
+    pub fn stamp(&self) -> LamportStamp {
+        LamportStamp::new(self.now(), self.node)
     }
 
     /// Ticks before a send; returns the stamp for the outgoing message.
-    pub fn tick(&mut self) -> u64 {
-        // Received stamps are below MAX_LAMPORT (checked on parse), so the clock can only get
-        // near u64::MAX after 2^63 local events; saturate rather than wrap all the same.
-        self.time = self.time.saturating_add(1);
-        self.time
+    pub fn tick(&self) -> u64 {
+        // The clock never adopts a stamp above its ceiling, which stays below MAX_LAMPORT
+        // until the year 2116: it cannot get near the limit by ticking. Cap the stamp all the
+        // same, so that no node ever emits one its peers refuse.
+        let t = self.time.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        t.min(MAX_LAMPORT - 1)
     }
 
-    /// Observes a received stamp; returns the stamp of the receive event.
-    ///
-    /// Stamps at or above [`MAX_LAMPORT`] are refused by the wire parser before they get here;
-    /// should one arrive anyway it is clamped, so a hostile peer cannot freeze the clock.
-    pub fn observe(&mut self, received: u64) -> u64 {
-        self.time = self.time.max(received.min(MAX_LAMPORT)).saturating_add(1);
-        self.time
+    /// The largest value the clock adopts at `now`.
+    pub fn ceiling(&self, now: Instant) -> u64 {
+        let elapsed = now.saturating_duration_since(self.base).as_nanos();
+        let wall = u64::try_from(u128::from(self.base_unix) + elapsed).unwrap_or(u64::MAX);
+        wall.saturating_add(ADOPT_AHEAD).min(MAX_LAMPORT - 1)
+    }
+
+    /// Whether `stamp` would be accepted at `now`, without observing it.
+    pub fn accepts(&self, stamp: u64, now: Instant) -> Result<(), StampRefused> {
+        if stamp <= self.now() {
+            return Ok(());
+        }
+        let limit = self.ceiling(now).saturating_add(ACCEPT_AHEAD);
+        if stamp >= MAX_LAMPORT || stamp > limit {
+            return Err(StampRefused { stamp, limit });
+        }
+        Ok(())
+    }
+
+    /// Observes a received stamp at `now`; returns the stamp of the receive event. A stamp
+    /// beyond what the clock accepts is refused and the clock is left as it was.
+    pub fn observe(&self, stamp: u64, now: Instant) -> Result<u64, StampRefused> {
+        let mut cur = self.time.load(Ordering::Relaxed);
+        // Computed on the first jump only: honest stamps at or below the clock need no limit.
+        let mut ceiling = None;
+        loop {
+            let target = if stamp > cur {
+                let c = *ceiling.get_or_insert_with(|| self.ceiling(now));
+                let limit = c.saturating_add(ACCEPT_AHEAD);
+                if stamp >= MAX_LAMPORT || stamp > limit {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    return Err(StampRefused { stamp, limit });
+                }
+                stamp.min(c)
+            } else {
+                cur
+            };
+            let next = target.saturating_add(1).min(MAX_LAMPORT - 1);
+            match self
+                .time
+                .compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    if stamp > target {
+                        self.clamped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Ok(next);
+                }
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Stamps refused so far, and stamps adopted only up to the ceiling.
+    pub fn refusals(&self) -> (u64, u64) {
+        (
+            self.refused.load(Ordering::Relaxed),
+            self.clamped.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -68,44 +192,113 @@ impl core::fmt::Display for LamportStamp {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    /// 2026-12-01 in nanoseconds since the Unix epoch.
+    const WALL: u64 = 1_796_083_200_000_000_000;
+
+    fn clock() -> (LamportClock, Instant) {
+        let at = Instant::now();
+        (LamportClock::new(7, WALL, at), at)
+    }
 
     #[test]
     fn tick_increments() {
-        let mut c = LamportClock::new();
+        let (c, _) = clock();
         assert_eq!(c.tick(), 1);
         assert_eq!(c.tick(), 2);
         assert_eq!(c.now(), 2);
+        assert_eq!(c.stamp(), LamportStamp::new(2, 7));
     }
 
     #[test]
     fn observe_takes_max_plus_one() {
-        let mut c = LamportClock::new();
+        let (c, at) = clock();
         c.tick();
-        assert_eq!(c.observe(10), 11);
-        assert_eq!(c.observe(3), 12);
+        assert_eq!(c.observe(10, at), Ok(11));
+        assert_eq!(c.observe(3, at), Ok(12));
         assert_eq!(c.tick(), 13);
     }
 
     #[test]
     fn send_receive_orders_causally() {
-        let (mut a, mut b) = (LamportClock::new(), LamportClock::new());
+        let (a, at) = clock();
+        let (b, _) = clock();
         for _ in 0..5 {
             a.tick();
         }
         let sent = a.tick();
-        let received = b.observe(sent);
+        let received = b.observe(sent, at).unwrap();
         assert!(received > sent);
         let reply = b.tick();
-        assert!(a.observe(reply) > reply);
+        assert!(a.observe(reply, at).unwrap() > reply);
     }
 
     #[test]
-    fn hostile_stamp_cannot_freeze_the_clock() {
-        let mut c = LamportClock::new();
-        let t = c.observe(u64::MAX);
-        assert_eq!(t, MAX_LAMPORT + 1);
-        assert!(c.tick() > t);
+    fn hostile_stamps_are_refused_and_change_nothing() {
+        let (c, at) = clock();
+        c.tick();
+        for stamp in [u64::MAX, MAX_LAMPORT, MAX_LAMPORT - 1, MAX_LAMPORT - 200] {
+            assert!(c.observe(stamp, at).is_err(), "{stamp}");
+            assert!(c.accepts(stamp, at).is_err(), "{stamp}");
+        }
+        assert_eq!(c.now(), 1);
+        assert_eq!(c.refusals(), (4, 0));
+        // The node keeps stamping valid messages.
+        assert!(c.tick() < MAX_LAMPORT);
+    }
+
+    #[test]
+    fn a_push_stops_at_the_ceiling_which_follows_real_time() {
+        let (c, at) = clock();
+        let ceiling = c.ceiling(at);
+        assert_eq!(ceiling, WALL + ADOPT_AHEAD);
+        // Within the skew allowance: adopted up to the ceiling only.
+        assert_eq!(c.observe(ceiling + 1000, at), Ok(ceiling + 1));
+        assert_eq!(c.refusals(), (0, 1));
+        // A pushed clock's stamps are accepted by a fresh node whose wall clock lags a day.
+        let day = 86_400_000_000_000;
+        let behind = LamportClock::new(8, WALL - day, at);
+        let sent = c.tick();
+        assert!(behind.observe(sent, at).is_ok());
+        // The ceiling moves on with time, one per nanosecond.
+        let later = at + Duration::from_secs(1);
+        assert_eq!(c.ceiling(later), ceiling + 1_000_000_000);
+        // Far in the future the ceiling stays below the limit.
+        let c = LamportClock::new(1, u64::MAX - 5, at);
+        assert_eq!(c.ceiling(at), MAX_LAMPORT - 1);
+        assert!(c.observe(MAX_LAMPORT - 1, at).is_ok());
+        assert!(c.tick() < MAX_LAMPORT);
+        assert!(c.tick() < MAX_LAMPORT);
+    }
+
+    #[test]
+    fn shared_between_threads_stays_monotonic() {
+        let (c, at) = clock();
+        let c = std::sync::Arc::new(c);
+        let threads: Vec<_> = (0..4)
+            .map(|i| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    let mut last = 0;
+                    for n in 0..1000u64 {
+                        let t = if n % 2 == 0 {
+                            c.tick()
+                        } else {
+                            c.observe(n * i, at).unwrap()
+                        };
+                        assert!(t > last);
+                        last = t;
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(c.now() >= 4000);
     }
 
     #[test]

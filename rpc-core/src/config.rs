@@ -1,8 +1,23 @@
 //! Configuration of the client and server state machines. Every bound on memory lives here.
 
 use core::time::Duration;
+use std::time::Instant;
 
-use crate::wire::HEADER_LEN;
+use crate::auth::AuthKey;
+use crate::wire::{HEADER_LEN, TAG_LEN};
+
+/// `now + d`, or a moment far in the future if that cannot be represented: a deadline of
+/// `Duration::MAX` means "no deadline", never an overflow.
+pub fn deadline_after(now: Instant, d: Duration) -> Instant {
+    if let Some(t) = now.checked_add(d) {
+        return t;
+    }
+    // A century, a year or a day: the first an `Instant` can represent here.
+    [100 * 365 * 86_400, 365 * 86_400, 86_400]
+        .into_iter()
+        .find_map(|s| now.checked_add(Duration::from_secs(s)))
+        .unwrap_or(now)
+}
 
 /// Largest UDP payload over IPv4 (65535 - 20 - 8).
 pub const MAX_UDP_PAYLOAD: usize = 65_507;
@@ -88,6 +103,9 @@ pub struct ClientConfig {
     pub assumed_bandwidth: u64,
     /// Bytes of replies being reassembled at once. Default: 64 MiB.
     pub reassembly_budget: usize,
+    /// The pre-shared key of authenticated mode: every datagram carries a tag, and datagrams
+    /// without a valid one are dropped. The server must have the same key. Default: none.
+    pub auth: Option<AuthKey>,
 }
 
 impl Default for ClientConfig {
@@ -103,15 +121,29 @@ impl Default for ClientConfig {
             max_retransmissions: u32::MAX,
             assumed_bandwidth: 125_000_000,
             reassembly_budget: 64 << 20,
+            auth: None,
         }
+    }
+}
+
+/// Body bytes of a datagram of `max_datagram` bytes once its header, and its tag in
+/// authenticated mode, are accounted for: the datagram size fragment plans are made for.
+pub(crate) fn plan_datagram(max_datagram: usize, auth: bool) -> usize {
+    if auth {
+        max_datagram.saturating_sub(TAG_LEN)
+    } else {
+        max_datagram
     }
 }
 
 impl ClientConfig {
     /// Checks the values against each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check_sizes(self.max_datagram, self.max_message)?;
-        if self.window == 0 || self.window > 1 << 16 {
+        check_sizes(
+            plan_datagram(self.max_datagram, self.auth.is_some()),
+            self.max_message,
+        )?;
+        if self.window == 0 || self.window > MAX_WINDOW {
             return Err(ConfigError::Invalid("window must be between 1 and 65536"));
         }
         if self.min_rto.is_zero()
@@ -165,7 +197,25 @@ pub struct ServerConfig {
     /// Control replies (welcome, busy, stale, errors, resent replies) queued for sending;
     /// beyond this they are dropped, as a router drops. Default: 4096.
     pub max_queued_transmits: usize,
+    /// Sessions one host (IP address, any port) may hold; a `Hello` beyond it is refused
+    /// (`AddressLimit`), after evicting one of the host's own idle sessions if it can.
+    /// Default: 256.
+    pub max_sessions_per_host: usize,
+    /// A session may be evicted to make room for a newcomer only once it has been silent
+    /// this long, with no call executing or being reassembled; while every session is in
+    /// use a newcomer is refused (`SessionsFull`) and never displaces one. Default: 2 s
+    /// (longer than a client's largest retransmission interval, 500 ms by default).
+    pub evictable_after: Duration,
+    /// How long a handshake cookie stays valid. Default: 10 s.
+    pub cookie_lifetime: Duration,
+    /// The pre-shared key of authenticated mode: every datagram carries a tag, and datagrams
+    /// without a valid one are dropped. Clients must have the same key. Default: none.
+    pub auth: Option<AuthKey>,
 }
+
+/// Largest window either side may configure; a request further than this beyond the
+/// session's acknowledged point cannot come from an honest client.
+pub const MAX_WINDOW: usize = 1 << 16;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -181,6 +231,10 @@ impl Default for ServerConfig {
             reassembly_timeout: Duration::from_secs(2),
             session_idle_timeout: Duration::from_secs(120),
             max_queued_transmits: 4096,
+            max_sessions_per_host: 256,
+            evictable_after: Duration::from_secs(2),
+            cookie_lifetime: Duration::from_secs(10),
+            auth: None,
         }
     }
 }
@@ -188,13 +242,24 @@ impl Default for ServerConfig {
 impl ServerConfig {
     /// Checks the values against each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check_sizes(self.max_datagram, self.max_message)?;
+        check_sizes(
+            plan_datagram(self.max_datagram, self.auth.is_some()),
+            self.max_message,
+        )?;
         if self.max_sessions == 0 || self.max_sessions > 1 << 16 {
             return Err(ConfigError::Invalid(
                 "max_sessions must be between 1 and 65536",
             ));
         }
-        if self.window == 0 || self.window > 1 << 16 {
+        if self.max_sessions_per_host == 0 {
+            return Err(ConfigError::Invalid(
+                "max_sessions_per_host must be positive",
+            ));
+        }
+        if self.cookie_lifetime.is_zero() {
+            return Err(ConfigError::Invalid("cookie_lifetime must be positive"));
+        }
+        if self.window == 0 || self.window > MAX_WINDOW {
             return Err(ConfigError::Invalid("window must be between 1 and 65536"));
         }
         if self.session_cache_bytes > self.total_cache_bytes {
@@ -261,6 +326,22 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn long_durations_saturate() {
+        let now = Instant::now();
+        assert!(deadline_after(now, Duration::MAX) > now + Duration::from_secs(86_400));
+        assert_eq!(
+            deadline_after(now, Duration::from_secs(1)),
+            now + Duration::from_secs(1)
+        );
+        let c = ClientConfig {
+            default_deadline: Duration::MAX,
+            max_rto: Duration::MAX,
+            ..Default::default()
+        };
+        c.validate().unwrap();
     }
 
     #[test]

@@ -10,9 +10,11 @@ use crate::wire::{BusyReason, ErrorCode};
 
 /// Why a call did not produce a reply value.
 ///
-/// The variants say what is known about execution: `TimedOut` and `OutcomeUnknown` may have
-/// executed on the server; `ServerBusy`, `InterfaceMismatch`, `UnknownInterface`,
-/// `MessageTooLarge`, `WindowFull` and `Disconnected` did not; `Remote` depends on its code.
+/// The variants say what is known about execution ([`CallError::may_have_executed`]):
+/// `TimedOut` and `OutcomeUnknown` may have executed on the server; `NotExecuted`,
+/// `ServerBusy`, `ShuttingDown`, `InterfaceMismatch`, `UnknownInterface`, `MessageTooLarge`,
+/// `WindowFull`, `AuthMismatch` and `Disconnected` did not, and may be retried; `Remote`
+/// depends on its code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CallError {
@@ -24,6 +26,18 @@ pub enum CallError {
     /// executed again.
     #[error("outcome unknown: the server lost the session while the call was in flight")]
     OutcomeUnknown,
+    /// The server never executed the call and never will: the session's acknowledged point
+    /// passed it before it arrived (someone acknowledged it on the client's behalf). Safe to
+    /// retry.
+    #[error("the call was not executed: the server skipped it")]
+    NotExecuted,
+    /// The server is shutting down; the call did not execute.
+    #[error("the server is shutting down; the call did not execute")]
+    ShuttingDown,
+    /// One side authenticates its datagrams and the other does not (configure the same
+    /// pre-shared key on both). The call did not execute.
+    #[error("authentication mismatch: the server and the client disagree on the use of a key")]
+    AuthMismatch,
     /// The server refused the call for lack of resources until its deadline. A call that is
     /// not idempotent did not execute; an idempotent one may have executed in an earlier
     /// attempt, since the server keeps no record of idempotent calls.
@@ -60,7 +74,8 @@ pub enum CallError {
         /// The limit.
         max: usize,
     },
-    /// Too many calls in flight to start another one now.
+    /// Too many calls in flight to start another one now (or, for a call that waited for
+    /// room, before its deadline). It was not sent.
     #[error("too many calls in flight")]
     WindowFull,
     /// The client or its transport was shut down.
@@ -86,6 +101,9 @@ impl CallError {
         match code {
             ErrorCode::UnknownInterface => Self::UnknownInterface { interface },
             ErrorCode::UnknownMethod => Self::InterfaceMismatch { interface, method },
+            ErrorCode::ShuttingDown => Self::ShuttingDown,
+            ErrorCode::Forgotten => Self::OutcomeUnknown,
+            ErrorCode::Skipped => Self::NotExecuted,
             code => Self::Remote(RemoteError { code }),
         }
     }
@@ -125,6 +143,10 @@ impl core::fmt::Display for RemoteError {
             ErrorCode::MessageTooLarge => "the request exceeds the server's maximum message size",
             ErrorCode::NotIdempotent => "the request was flagged idempotent but the method is not",
             ErrorCode::ShuttingDown => "the server is shutting down",
+            ErrorCode::Forgotten => "the server no longer holds the call's outcome",
+            ErrorCode::Skipped => {
+                "the server skipped the call: it was acknowledged before it arrived"
+            }
             ErrorCode::Other(code) => return write!(f, "unknown error code {code}"),
         };
         f.write_str(text)
@@ -171,6 +193,9 @@ mod tests {
         let errors = [
             CallError::TimedOut,
             CallError::OutcomeUnknown,
+            CallError::NotExecuted,
+            CallError::ShuttingDown,
+            CallError::AuthMismatch,
             CallError::ServerBusy(BusyReason::WindowFull),
             CallError::InterfaceMismatch {
                 interface: 1,
@@ -211,5 +236,19 @@ mod tests {
         assert!(CallError::from_code(ErrorCode::HandlerPanicked, 7, 9).may_have_executed());
         assert!(CallError::TimedOut.may_have_executed());
         assert!(!CallError::ServerBusy(BusyReason::Overloaded).may_have_executed());
+        assert_eq!(
+            CallError::from_code(ErrorCode::ShuttingDown, 7, 9),
+            CallError::ShuttingDown
+        );
+        assert_eq!(
+            CallError::from_code(ErrorCode::Skipped, 7, 9),
+            CallError::NotExecuted
+        );
+        assert_eq!(
+            CallError::from_code(ErrorCode::Forgotten, 7, 9),
+            CallError::OutcomeUnknown
+        );
+        assert!(!CallError::NotExecuted.may_have_executed());
+        assert!(!CallError::ShuttingDown.may_have_executed());
     }
 }

@@ -4,19 +4,18 @@
 //! if an invariant breaks: decoding must not panic, what parses must round-trip, and the state
 //! machines must stay within their configured bounds whatever arrives.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
-use zerocopy::IntoBytes;
 
 use crate::client::{CallRequest, Client, Payload};
+use crate::clock::LamportClock;
 use crate::config::{ClientConfig, ServerConfig};
 use crate::marshal::{self, Decoder};
 use crate::server::Server;
-use crate::wire::{
-    Flags, FragmentPlan, HEADER_LEN, HeaderRepr, HelloBody, PacketKind, PacketRepr, Reassembly,
-};
+use crate::wire::{FragmentPlan, HEADER_LEN, PacketRepr, Reassembly};
 
 /// Splits fuzzer input into datagrams: each is preceded by a `u16` length (little-endian).
 fn datagrams(data: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -54,7 +53,40 @@ fn small_server() -> Server<u32> {
         max_queued_transmits: 64,
         ..ServerConfig::default()
     };
-    Server::new(config, 7, 7, ChaCha8Rng::seed_from_u64(7)).expect("valid config")
+    let clock = Arc::new(LamportClock::new(
+        7,
+        crate::sim::SIM_WALL_CLOCK,
+        Instant::now(),
+    ));
+    Server::new(config, 7, clock, ChaCha8Rng::seed_from_u64(7)).expect("valid config")
+}
+
+/// Opens a session for client `(1, 1)` at address 1 by running a real client's handshake
+/// (Hello, Retry, Hello with the cookie, Welcome) against `server`; returns its id.
+pub fn open_session(server: &mut Server<u32>, now: Instant) -> Option<u64> {
+    let clock = Arc::new(LamportClock::new(1, crate::sim::SIM_WALL_CLOCK, now));
+    let config = ClientConfig {
+        max_datagram: 1500,
+        max_message: 1 << 20,
+        reassembly_budget: 1 << 20,
+        auth: server.config().auth.clone(),
+        ..ClientConfig::default()
+    };
+    let mut client = Client::new(config, 1, 1, clock).ok()?;
+    client.connect(now);
+    for _ in 0..4 {
+        while let Some(t) = client.poll_transmit(now) {
+            let _ = server.handle_datagram(now, 1, &t.to_datagram([t.inline()]));
+        }
+        while let Some(t) = server.poll_transmit() {
+            let d = t.to_datagram();
+            let _ = client.handle_datagram(now, &d);
+        }
+        if let Some(s) = client.session() {
+            return Some(s);
+        }
+    }
+    None
 }
 
 /// Feeds datagrams to a server that has one open session (whose id is patched into requests
@@ -63,33 +95,8 @@ fn small_server() -> Server<u32> {
 pub fn server(data: &[u8]) {
     let mut server = small_server();
     let mut now = Instant::now();
-    let hello = HeaderRepr {
-        kind: PacketKind::Hello,
-        flags: Flags::empty(),
-        status: 0,
-        client_id: 1,
-        client_incarnation: 1,
-        interface: 0,
-        method: 0,
-        session: 0,
-        seq: 1,
-        ack: 0,
-        lamport: 1,
-        frag_index: 0,
-        frag_count: 1,
-        message_len: 8,
-        payload_len: 8,
-    };
-    let body = HelloBody {
-        max_datagram: 1500.into(),
-        max_message: (1u32 << 20).into(),
-    };
-    let mut bytes = hello.to_bytes().to_vec();
-    bytes.extend_from_slice(body.as_bytes());
-    let _ = server.handle_datagram(now, 1, &bytes);
-    let session = server
-        .poll_transmit()
-        .map(|t| u64::from_le_bytes(t.header[24..32].try_into().unwrap_or([0; 8])));
+    let session = open_session(&mut server, now);
+    assert!(session.is_some(), "the handshake opens a session");
     let mut patched = Vec::new();
     for d in datagrams(data) {
         now += Duration::from_micros(u64::from(d.first().copied().unwrap_or(0)));
@@ -129,10 +136,11 @@ pub fn client(data: &[u8]) {
         max_message: 1 << 20,
         ..ClientConfig::default()
     };
-    let Ok(mut client) = Client::new(config, 1, 1) else {
+    let mut now = Instant::now();
+    let clock = Arc::new(LamportClock::new(1, crate::sim::SIM_WALL_CLOCK, now));
+    let Ok(mut client) = Client::new(config, 1, 1, clock) else {
         return;
     };
-    let mut now = Instant::now();
     client.connect(now);
     while client.poll_transmit(now).is_some() {}
     let mut ended = std::collections::BTreeSet::new();

@@ -17,6 +17,7 @@
 #[allow(unused_extern_crates)]
 extern crate self as rpc_core;
 
+pub mod auth;
 pub mod body;
 pub mod client;
 pub mod clock;
@@ -33,6 +34,7 @@ pub mod service;
 pub mod sim;
 pub mod wire;
 
+pub use auth::AuthKey;
 pub use body::Body;
 pub use clock::{LamportClock, LamportStamp};
 pub use config::{ClientConfig, ConfigError, ServerConfig};

@@ -3,8 +3,8 @@
 
 use proptest::prelude::*;
 use rpc_core::wire::{
-    Flags, HEADER_LEN, HELLO_BODY_LEN, HeaderRepr, MAX_LAMPORT, Packet, PacketKind, PacketRepr,
-    WELCOME_BODY_LEN,
+    COOKIE_LEN, Flags, HEADER_LEN, HELLO_BODY_LEN, HeaderRepr, MAX_LAMPORT, Packet, PacketKind,
+    PacketRepr, TAG_LEN, WELCOME_BODY_LEN,
 };
 
 fn kind() -> impl Strategy<Value = PacketKind> {
@@ -16,6 +16,8 @@ fn kind() -> impl Strategy<Value = PacketKind> {
         Just(PacketKind::ErrorReply),
         Just(PacketKind::Busy),
         Just(PacketKind::Stale),
+        Just(PacketKind::Retry),
+        Just(PacketKind::Refused),
     ]
 }
 
@@ -35,7 +37,11 @@ fn packet() -> impl Strategy<Value = (HeaderRepr, Vec<u8>)> {
             let (frag_count, frag_index, message_len, payload_len) = match kind {
                 PacketKind::Hello => (1, 0, HELLO_BODY_LEN, HELLO_BODY_LEN),
                 PacketKind::Welcome => (1, 0, WELCOME_BODY_LEN, WELCOME_BODY_LEN),
-                PacketKind::ErrorReply | PacketKind::Busy | PacketKind::Stale => (1, 0, 0, 0),
+                PacketKind::Retry => (1, 0, COOKIE_LEN, COOKIE_LEN),
+                PacketKind::ErrorReply
+                | PacketKind::Busy
+                | PacketKind::Stale
+                | PacketKind::Refused => (1, 0, 0, 0),
                 PacketKind::Request | PacketKind::Reply if count == 1 => (1, 0, payload, payload),
                 PacketKind::Request | PacketKind::Reply => {
                     let payload = payload.max(1);
@@ -47,19 +53,27 @@ fn packet() -> impl Strategy<Value = (HeaderRepr, Vec<u8>)> {
                     )
                 }
             };
-            let allowed = match kind {
-                PacketKind::Request => Flags::IDEMPOTENT | Flags::RETRANSMIT,
-                PacketKind::Hello => Flags::RETRANSMIT,
-                PacketKind::Reply | PacketKind::ErrorReply => Flags::FROM_CACHE | Flags::IDEMPOTENT,
-                _ => Flags::empty(),
-            };
+            let allowed = Flags::AUTH
+                | match kind {
+                    PacketKind::Request => Flags::IDEMPOTENT | Flags::RETRANSMIT,
+                    PacketKind::Hello => Flags::RETRANSMIT,
+                    PacketKind::Reply | PacketKind::ErrorReply => {
+                        Flags::FROM_CACHE | Flags::IDEMPOTENT
+                    }
+                    _ => Flags::empty(),
+                };
             let status = match kind {
-                PacketKind::ErrorReply | PacketKind::Busy => status.max(1),
+                PacketKind::ErrorReply | PacketKind::Busy | PacketKind::Refused => status.max(1),
                 _ => 0,
             };
             let session = match kind {
-                PacketKind::Hello => 0,
+                PacketKind::Hello | PacketKind::Retry | PacketKind::Refused => 0,
                 _ => w[1].max(1),
+            };
+            // A request acknowledges only calls below its own.
+            let (seq, ack) = match kind {
+                PacketKind::Request => (w[3].max(1), w[4] % w[3].max(1)),
+                _ => (w[3], w[4]),
             };
             let header = HeaderRepr {
                 kind,
@@ -70,8 +84,8 @@ fn packet() -> impl Strategy<Value = (HeaderRepr, Vec<u8>)> {
                 interface: d[1],
                 method: d[2],
                 session,
-                seq: w[3],
-                ack: w[4],
+                seq,
+                ack,
                 lamport: w[5] % MAX_LAMPORT,
                 frag_index,
                 frag_count,
@@ -86,10 +100,12 @@ fn packet() -> impl Strategy<Value = (HeaderRepr, Vec<u8>)> {
 proptest! {
     #[test]
     fn parse_of_emit_is_identity((header, body) in packet()) {
-        let repr = PacketRepr { header, payload: &body };
+        let tag = [0xa5u8; TAG_LEN];
+        let tag = header.flags.contains(Flags::AUTH).then_some(&tag);
+        let repr = PacketRepr { header, tag, payload: &body };
         let mut buf = vec![0u8; repr.buffer_len()];
         let n = repr.emit(&mut buf).expect("a valid packet emits");
-        prop_assert_eq!(n, HEADER_LEN + body.len());
+        prop_assert_eq!(n, header.overhead() + body.len());
         prop_assert_eq!(PacketRepr::parse(&buf[..n]), Ok(repr));
         // And the header alone round-trips through its byte form.
         prop_assert_eq!(&header.to_bytes()[..], &buf[..HEADER_LEN]);
@@ -98,7 +114,8 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
         if let Ok(p) = Packet::new_checked(&bytes) {
-            prop_assert_eq!(p.payload().len() + HEADER_LEN, bytes.len());
+            let tag = p.tag().map_or(0, |t| t.len());
+            prop_assert_eq!(p.payload().len() + HEADER_LEN + tag, bytes.len());
         }
         if let Ok(repr) = PacketRepr::parse(&bytes) {
             let mut out = vec![0u8; repr.buffer_len()];
@@ -109,7 +126,7 @@ proptest! {
 
     #[test]
     fn mutated_valid_packets_parse_or_fail_cleanly((header, body) in packet(), at in any::<usize>(), byte in any::<u8>(), cut in any::<usize>()) {
-        let repr = PacketRepr { header, payload: &body };
+        let repr = PacketRepr { header, tag: None, payload: &body };
         let mut buf = vec![0u8; repr.buffer_len()];
         let n = repr.emit(&mut buf).expect("emits");
         buf[at % n] = byte;

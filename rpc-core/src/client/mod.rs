@@ -33,19 +33,21 @@
 //! so retransmissions send only the first fragment, which asks the server to resend the reply.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use zerocopy::IntoBytes;
 
+use crate::auth::{Sealer, SessionKeys};
 pub use crate::body::Body;
 use crate::clock::{LamportClock, LamportStamp};
-use crate::config::{ClientConfig, ConfigError};
+use crate::config::{ClientConfig, ConfigError, deadline_after, plan_datagram};
 use crate::error::CallError;
 use crate::pool::Pool;
 use crate::rtt::RttEstimator;
 use crate::wire::{
-    BusyReason, DropCounters, ErrorCode, Flags, FragmentPlan, HEADER_LEN, HeaderRepr, HelloBody,
-    PacketKind, PacketRepr, Reassembly, WelcomeBody, read_body,
+    BusyReason, CookieBody, DropCounters, ErrorCode, Flags, FragmentPlan, HEADER_LEN, HeaderRepr,
+    HelloBody, Packet, PacketKind, Reassembly, RefuseReason, TAG_LEN, WelcomeBody, read_body,
 };
 
 /// Round-trip samples: every call's until this many are taken, then one call's in
@@ -101,14 +103,20 @@ pub enum Payload {
 }
 
 /// A datagram for the driver to send.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Transmit {
     /// The header bytes.
     pub header: [u8; HEADER_LEN],
     /// What follows the header.
     pub payload: Payload,
-    inline: [u8; 8],
+    /// In authenticated mode, the key whose tag ([`Sealer::tag`] of the header and the
+    /// payload's bytes) the driver sends between the header and the payload.
+    pub seal: Option<Arc<Sealer>>,
+    inline: [u8; INLINE_LEN],
 }
+
+/// Bytes a transmit holds itself (a Hello's body).
+const INLINE_LEN: usize = crate::wire::HELLO_BODY_LEN;
 
 impl Transmit {
     /// The bytes of an [`Payload::Inline`] payload (empty otherwise).
@@ -117,6 +125,28 @@ impl Transmit {
             Payload::Inline => &self.inline,
             _ => &[],
         }
+    }
+
+    /// In authenticated mode, the tag to send between the header and the payload, whose
+    /// bytes (the inline ones, or the call's range of its body) are given as segments.
+    pub fn tag<'a>(&self, payload: impl IntoIterator<Item = &'a [u8]>) -> Option<[u8; TAG_LEN]> {
+        self.seal.as_ref().map(|s| s.tag(&self.header, payload))
+    }
+
+    /// The whole datagram in one buffer, for drivers that copy (simulations and tests): the
+    /// header, the tag if any, then the payload's segments.
+    pub fn to_datagram<'a>(&self, payload: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+        let overhead = HEADER_LEN + if self.seal.is_some() { TAG_LEN } else { 0 };
+        let mut out = Vec::with_capacity(overhead + 64);
+        out.extend_from_slice(&self.header);
+        out.resize(overhead, 0);
+        for seg in payload {
+            out.extend_from_slice(seg);
+        }
+        if let Some(tag) = self.tag([&out[overhead..]]) {
+            out[HEADER_LEN..overhead].copy_from_slice(&tag);
+        }
+        out
     }
 }
 
@@ -153,6 +183,11 @@ pub enum Event {
         /// The session id.
         session: u64,
     },
+    /// The server refused to open a session.
+    Refused {
+        /// Why.
+        reason: RefuseReason,
+    },
 }
 
 /// Counters, for tests, benchmarks and operators.
@@ -168,6 +203,11 @@ pub struct ClientStats {
     pub timeouts: u64,
     /// Of those, because the session was lost.
     pub outcome_unknown: u64,
+    /// Calls the server said never executed in a lost session, sent again in a new one.
+    pub resent_after_stale: u64,
+    /// Sessions opened again before a call because the old one had been idle for most of
+    /// the server's idle timeout.
+    pub idle_reopens: u64,
     /// Datagrams sent (all fragments, all kinds).
     pub datagrams_sent: u64,
     /// Calls sent again after a timeout or busy reply, or in a new session after a lost one.
@@ -217,13 +257,14 @@ struct Call {
     /// When to send again if nothing arrives.
     retransmit_at: Option<Instant>,
     last_busy: Option<BusyReason>,
-    /// A multi-fragment reply in progress.
-    reply: Option<Reassembly>,
+    /// A multi-fragment reply in progress, and the Lamport stamp its fragments carry (one
+    /// execution's reply; an idempotent call executed again has a newer one).
+    reply: Option<(Reassembly, u64)>,
     /// Some fragment of the reply arrived: the server holds the request.
     reply_seen: bool,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Conn {
     Idle,
     Connecting {
@@ -231,12 +272,24 @@ enum Conn {
         attempts: u32,
         pending: bool,
         retry_at: Option<Instant>,
+        /// The cookie of the server's Retry (zeros before one came).
+        cookie: CookieBody,
+        /// The server's last refusal, if it refused.
+        refused: Option<RefuseReason>,
     },
     Established {
         session: u64,
         server_node: u64,
         max_datagram: usize,
         max_message: usize,
+        /// The server closes a session silent for this long.
+        idle_timeout: Duration,
+        /// When a datagram of this session last came from the server.
+        last_heard: Instant,
+        /// Client-to-server key, in authenticated mode.
+        seal: Option<Arc<Sealer>>,
+        /// Server-to-client key, in authenticated mode.
+        open: Option<Arc<Sealer>>,
     },
 }
 
@@ -246,7 +299,11 @@ pub struct Client {
     config: ClientConfig,
     client_id: u64,
     incarnation: u32,
-    clock: LamportClock,
+    clock: Arc<LamportClock>,
+    /// Handshake key, in authenticated mode.
+    handshake_key: Option<Arc<Sealer>>,
+    /// The datagram size fragment plans are made for: the limit, less a tag's room.
+    plan_datagram: usize,
     rtt: RttEstimator,
     conn: Conn,
     hello_nonce: u64,
@@ -274,12 +331,14 @@ pub struct Client {
 
 impl Client {
     /// A client with the given identity. `client_id` names the client to the server and breaks
-    /// ties between Lamport stamps; `incarnation` must differ each time the client starts, so
-    /// that the server never mistakes a new process for an old one's retransmissions.
+    /// ties between Lamport stamps (a node's clients use the node's id); `incarnation` must
+    /// differ each time the client starts, so that the server never mistakes a new process
+    /// for an old one's retransmissions; `clock` is the node's Lamport clock.
     pub fn new(
         config: ClientConfig,
         client_id: u64,
         incarnation: u32,
+        clock: Arc<LamportClock>,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
         let window = config.window;
@@ -288,7 +347,9 @@ impl Client {
         Ok(Self {
             client_id,
             incarnation,
-            clock: LamportClock::new(),
+            clock,
+            handshake_key: config.auth.as_ref().map(|k| Arc::new(k.handshake())),
+            plan_datagram: plan_datagram(config.max_datagram, config.auth.is_some()),
             rtt,
             conn: Conn::Idle,
             hello_nonce: 0,
@@ -324,9 +385,14 @@ impl Client {
         self.incarnation
     }
 
-    /// The Lamport clock.
+    /// The Lamport clock's current value.
     pub fn lamport(&self) -> u64 {
         self.clock.now()
+    }
+
+    /// The node's Lamport clock.
+    pub fn clock(&self) -> &Arc<LamportClock> {
+        &self.clock
     }
 
     /// Counters.
@@ -387,6 +453,8 @@ impl Client {
             attempts: 0,
             pending: true,
             retry_at: None,
+            cookie: CookieBody::default(),
+            refused: None,
         };
         self.timers_dirty = true;
     }
@@ -409,6 +477,29 @@ impl Client {
             Conn::Established { max_message, .. } => max_message.min(self.config.max_message),
             _ => self.config.max_message,
         }
+    }
+
+    /// The open session, if it may be used at `now`: a session silent for most of the
+    /// server's idle timeout may have been closed by the server, and a call sent in it would
+    /// end in doubt, so with no call in flight the client opens a new one first.
+    fn usable_session(&mut self, now: Instant) -> Option<(u64, usize)> {
+        let Conn::Established {
+            session,
+            max_datagram,
+            idle_timeout,
+            last_heard,
+            ..
+        } = self.conn
+        else {
+            return None;
+        };
+        let silent = now.saturating_duration_since(last_heard);
+        if self.in_flight == 0 && silent >= idle_timeout - idle_timeout / 4 {
+            self.stats.idle_reopens += 1;
+            self.begin_hello();
+            return None;
+        }
+        Some((session, max_datagram))
     }
 
     /// Starts a call. The driver must keep the body's `len` bytes available, unchanged, until
@@ -445,12 +536,16 @@ impl Client {
         if !self.can_start() {
             return Err(CallError::WindowFull);
         }
+        // Before the call counts as in flight: whether the session must be opened again.
+        let usable = self.usable_session(now);
         let seq = self.next_seq;
         self.next_seq += 1;
         let lamport = self.clock.tick();
-        let deadline = req.deadline.unwrap_or(now + self.config.default_deadline);
+        let deadline = req
+            .deadline
+            .unwrap_or_else(|| deadline_after(now, self.config.default_deadline));
         // Validated configuration: any length up to max_message has a plan.
-        let plan = FragmentPlan::new(req.len, self.config.max_datagram)
+        let plan = FragmentPlan::new(req.len, self.plan_datagram)
             .ok_or(CallError::MessageTooLarge { len: req.len, max })?;
         let call = Call {
             seq,
@@ -476,12 +571,8 @@ impl Client {
         self.in_flight += 1;
         self.stats.calls += 1;
         self.timers_dirty = true;
-        match self.conn {
-            Conn::Established {
-                session,
-                max_datagram,
-                ..
-            } => {
+        match (usable, &self.conn) {
+            (Some((session, max_datagram)), _) => {
                 let single = FragmentPlan::new(req.len, max_datagram).filter(|p| p.count() == 1);
                 if let (true, Some(plan), Some(call)) = (send_now, single, &mut self.calls[slot]) {
                     // What `begin_round` would set up for a first round of one datagram, and
@@ -493,8 +584,8 @@ impl Client {
                 }
                 self.begin_round(seq, session, max_datagram, false);
             }
-            Conn::Idle => self.begin_hello(),
-            Conn::Connecting { .. } => {}
+            (None, Conn::Idle) => self.begin_hello(),
+            (None, _) => {}
         }
         Ok((CallId(seq), None))
     }
@@ -511,12 +602,19 @@ impl Client {
         let mut stale_reply = None;
         if call.session != session {
             // A new session: fragments of an earlier one are of no use.
-            stale_reply = call.reply.take();
+            stale_reply = call.reply.take().map(|(r, _)| r);
             call.reply_seen = false;
         }
         call.session = session;
         call.plan = plan;
-        let end = if call.reply_seen { 1 } else { plan.count() };
+        // Once part of the reply came, the server holds the request and its reply: the first
+        // fragment asks for the reply again. Not so for an idempotent call, whose reply the
+        // server may not keep: it needs the whole request to execute again.
+        let end = if call.reply_seen && !call.idempotent {
+            1
+        } else {
+            plan.count()
+        };
         call.phase = Phase::Sending { next: 0, end };
         call.retransmit_at = None;
         // A busy reply said an earlier round did not execute; this round may.
@@ -563,7 +661,7 @@ impl Client {
         let reply = self.calls[slot].as_mut().and_then(|c| c.reply.take());
         self.calls[slot] = None;
         self.in_flight -= 1;
-        if let Some(r) = reply {
+        if let Some((r, _)) = reply {
             self.reassembly_bytes -= r.message_len();
             self.give_back(r);
         }
@@ -609,6 +707,8 @@ impl Client {
             nonce,
             attempts,
             pending: true,
+            cookie,
+            refused,
             ..
         } = self.conn
         else {
@@ -617,14 +717,19 @@ impl Client {
         let body = HelloBody {
             max_datagram: (self.config.max_datagram as u32).into(),
             max_message: (self.config.max_message as u32).into(),
+            cookie,
         };
+        let mut flags = if attempts > 0 {
+            Flags::RETRANSMIT
+        } else {
+            Flags::empty()
+        };
+        if self.handshake_key.is_some() {
+            flags |= Flags::AUTH;
+        }
         let header = HeaderRepr {
             kind: PacketKind::Hello,
-            flags: if attempts > 0 {
-                Flags::RETRANSMIT
-            } else {
-                Flags::empty()
-            },
+            flags,
             status: 0,
             client_id: self.client_id,
             client_incarnation: self.incarnation,
@@ -639,13 +744,15 @@ impl Client {
             message_len: body.as_bytes().len() as u32,
             payload_len: body.as_bytes().len() as u32,
         };
-        let mut inline = [0u8; 8];
+        let mut inline = [0u8; INLINE_LEN];
         inline.copy_from_slice(body.as_bytes());
         self.conn = Conn::Connecting {
             nonce,
             attempts,
             pending: false,
             retry_at: Some(now + self.rtt.backoff(attempts)),
+            cookie,
+            refused,
         };
         self.timers_dirty = true;
         self.stats.hellos += 1;
@@ -653,6 +760,7 @@ impl Client {
         Some(Transmit {
             header: header.to_bytes(),
             payload: Payload::Inline,
+            seal: self.handshake_key.clone(),
             inline,
         })
     }
@@ -664,6 +772,10 @@ impl Client {
         let incarnation = self.incarnation;
         let bandwidth = self.config.assumed_bandwidth;
         let rtt = self.rtt;
+        let seal = match &self.conn {
+            Conn::Established { seal, .. } => seal.clone(),
+            _ => None,
+        };
         let call = self.call_mut(seq)?;
         let Phase::Sending { next, end } = call.phase else {
             return None;
@@ -676,6 +788,9 @@ impl Client {
         };
         if call.attempts > 0 {
             flags |= Flags::RETRANSMIT;
+        }
+        if seal.is_some() {
+            flags |= Flags::AUTH;
         }
         let header = HeaderRepr {
             kind: PacketKind::Request,
@@ -711,7 +826,7 @@ impl Client {
                 len => len.saturating_mul(1_000_000_000) / bandwidth,
             };
             let wait = rtt.backoff_nanos(call.attempts).saturating_add(transfer);
-            call.retransmit_at = Some(now + Duration::from_nanos(wait));
+            call.retransmit_at = Some(deadline_after(now, Duration::from_nanos(wait)));
             self.timers_dirty = true;
         }
         self.stats.datagrams_sent += 1;
@@ -722,7 +837,8 @@ impl Client {
                 offset: range.start,
                 len: range.len(),
             },
-            inline: [0; 8],
+            seal,
+            inline: [0; INLINE_LEN],
         })
     }
 
@@ -797,6 +913,8 @@ impl Client {
             attempts,
             pending: false,
             retry_at: Some(at),
+            cookie,
+            refused,
         } = self.conn
         {
             if now >= at {
@@ -805,10 +923,16 @@ impl Client {
                     attempts: attempts.saturating_add(1),
                     pending: true,
                     retry_at: None,
+                    cookie,
+                    refused,
                 };
                 self.timers_dirty = true;
             }
         }
+        let refused = match self.conn {
+            Conn::Connecting { refused, .. } => refused,
+            _ => None,
+        };
         let session = match self.conn {
             Conn::Established {
                 session,
@@ -821,9 +945,16 @@ impl Client {
         for seq in from..to {
             let Some(call) = self.call(seq) else { continue };
             if now >= call.deadline {
-                let error = match call.last_busy {
-                    Some(reason) => CallError::ServerBusy(reason),
-                    None => CallError::TimedOut,
+                let error = match (call.last_busy, refused) {
+                    (Some(reason), _) => CallError::ServerBusy(reason),
+                    // Never sent, for want of a session the server would open.
+                    (None, Some(RefuseReason::AddressLimit)) if call.phase == Phase::Held => {
+                        CallError::ServerBusy(BusyReason::AddressLimit)
+                    }
+                    (None, Some(_)) if call.phase == Phase::Held => {
+                        CallError::ServerBusy(BusyReason::SessionsFull)
+                    }
+                    _ => CallError::TimedOut,
                 };
                 self.fail(seq, error);
                 continue;
@@ -862,16 +993,21 @@ impl Client {
     }
 
     /// Processes a received datagram. Returns the response if it completed a call.
+    ///
+    /// The datagram's Lamport stamp is observed only once it matched the handshake or a call
+    /// in flight and (in authenticated mode) its tag checked.
     pub fn handle_datagram<'d>(
         &mut self,
         now: Instant,
         datagram: &'d [u8],
     ) -> Option<Response<'d>> {
-        let Ok(packet) = PacketRepr::parse(datagram) else {
+        let Some((packet, h)) = Packet::new_checked(datagram)
+            .and_then(|p| Ok((p, HeaderRepr::parse(&p)?)))
+            .ok()
+        else {
             self.stats.dropped.malformed += 1;
             return None;
         };
-        let h = packet.header;
         if h.kind.from_client()
             || h.client_id != self.client_id
             || h.client_incarnation != self.incarnation
@@ -879,22 +1015,62 @@ impl Client {
             self.stats.dropped.misdirected += 1;
             return None;
         }
-        self.clock.observe(h.lamport);
+        if packet.tag().is_some() != self.handshake_key.is_some() {
+            self.stats.dropped.bad_tag += 1;
+            // A refusal that says why the two sides disagree is believed all the same: it can
+            // only stop a handshake that could not succeed.
+            if h.kind == PacketKind::Refused {
+                self.on_refused(now, &h);
+            }
+            return None;
+        }
         match h.kind {
             PacketKind::Welcome => {
-                self.on_welcome(&h, packet.payload);
+                self.on_welcome(now, &h, &packet);
                 None
             }
-            _ => self.on_call_packet(now, &h, packet.payload),
+            PacketKind::Retry | PacketKind::Refused => {
+                if !self.check_handshake(&packet) {
+                    return None;
+                }
+                if h.kind == PacketKind::Retry {
+                    self.on_retry(&h, packet.payload());
+                } else {
+                    self.on_refused(now, &h);
+                }
+                None
+            }
+            _ => self.on_call_packet(now, &h, &packet),
         }
     }
 
-    fn on_welcome(&mut self, h: &HeaderRepr, payload: &[u8]) {
-        let Conn::Connecting { nonce, .. } = self.conn else {
+    /// Checks a handshake-keyed datagram's tag (always true in unauthenticated mode).
+    fn check_handshake(&mut self, packet: &Packet<'_>) -> bool {
+        match (&self.handshake_key, packet.tag()) {
+            (Some(k), Some(tag)) => {
+                let ok = k.verify(packet.header_bytes(), packet.payload(), tag);
+                if !ok {
+                    self.stats.dropped.bad_tag += 1;
+                }
+                ok
+            }
+            _ => true,
+        }
+    }
+
+    fn on_retry(&mut self, h: &HeaderRepr, payload: &[u8]) {
+        let Conn::Connecting {
+            nonce,
+            attempts,
+            retry_at,
+            refused,
+            ..
+        } = self.conn
+        else {
             self.stats.dropped.stale += 1;
             return;
         };
-        let Ok(body) = read_body::<WelcomeBody>(payload) else {
+        let Ok(cookie) = read_body::<CookieBody>(payload) else {
             self.stats.dropped.malformed += 1;
             return;
         };
@@ -902,18 +1078,128 @@ impl Client {
             self.stats.dropped.stale += 1;
             return;
         }
-        let max_datagram = (body.max_datagram.get() as usize).min(self.config.max_datagram);
+        // Send the Hello again at once, with the cookie.
+        self.conn = Conn::Connecting {
+            nonce,
+            attempts,
+            pending: true,
+            retry_at,
+            cookie,
+            refused,
+        };
+        self.timers_dirty = true;
+    }
+
+    fn on_refused(&mut self, now: Instant, h: &HeaderRepr) {
+        let Conn::Connecting {
+            nonce,
+            attempts,
+            cookie,
+            ..
+        } = self.conn
+        else {
+            self.stats.dropped.stale += 1;
+            return;
+        };
+        if h.seq != nonce {
+            self.stats.dropped.stale += 1;
+            return;
+        }
+        let reason = RefuseReason::from_u16(h.status);
+        self.events.push_back(Event::Refused { reason });
+        let fatal = match reason {
+            RefuseReason::AuthRequired | RefuseReason::AuthUnsupported => {
+                Some(CallError::AuthMismatch)
+            }
+            RefuseReason::ShuttingDown => Some(CallError::ShuttingDown),
+            _ => None,
+        };
+        match fatal {
+            Some(error) => {
+                // Every call waiting for the session fails now: none was sent.
+                self.conn = Conn::Idle;
+                for seq in self.oldest..self.next_seq {
+                    if self.call(seq).is_some() {
+                        self.fail(seq, error);
+                    }
+                }
+            }
+            None => {
+                // No room now: try again after a backoff, the calls held meanwhile.
+                let attempts = attempts.saturating_add(1);
+                self.conn = Conn::Connecting {
+                    nonce,
+                    attempts,
+                    pending: false,
+                    retry_at: Some(now + self.rtt.backoff(attempts)),
+                    cookie,
+                    refused: Some(reason),
+                };
+            }
+        }
+        self.timers_dirty = true;
+    }
+
+    fn on_welcome(&mut self, now: Instant, h: &HeaderRepr, packet: &Packet<'_>) {
+        let Conn::Connecting { nonce, .. } = self.conn else {
+            self.stats.dropped.stale += 1;
+            return;
+        };
+        let Ok(body) = read_body::<WelcomeBody>(packet.payload()) else {
+            self.stats.dropped.malformed += 1;
+            return;
+        };
+        if h.seq != nonce {
+            self.stats.dropped.stale += 1;
+            return;
+        }
+        let keys: Option<SessionKeys> = self.config.auth.as_ref().map(|k| {
+            k.session(
+                self.client_id,
+                self.incarnation,
+                nonce,
+                h.session,
+                &body.server_nonce,
+            )
+        });
+        if let (Some(keys), Some(tag)) = (&keys, packet.tag()) {
+            if !keys
+                .to_client
+                .verify(packet.header_bytes(), packet.payload(), tag)
+            {
+                self.stats.dropped.bad_tag += 1;
+                return;
+            }
+        }
+        let server_datagram = body.max_datagram.get() as usize;
+        let max_datagram = plan_datagram(
+            server_datagram.min(self.config.max_datagram),
+            keys.is_some(),
+        );
         let max_message = (body.max_message.get() as usize).min(self.config.max_message);
         if FragmentPlan::new(max_message, max_datagram).is_none() {
             // The server's limits cannot carry a message; treat as malformed.
             self.stats.dropped.malformed += 1;
             return;
         }
+        if self.clock.observe(h.lamport, now).is_err() {
+            self.stats.dropped.bad_stamp += 1;
+            return;
+        }
+        let idle_timeout = Duration::from_millis(u64::from(body.idle_timeout_ms.get()).max(1));
+        let (seal, open) = match keys {
+            Some(k) => (Some(Arc::new(k.to_server)), Some(Arc::new(k.to_client))),
+            None => (None, None),
+        };
         self.conn = Conn::Established {
             session: h.session,
             server_node: body.server_node.get(),
             max_datagram,
             max_message,
+            idle_timeout,
+            last_heard: now,
+            seal,
+            open,
         };
         self.stats.sessions_opened += 1;
         self.events
@@ -954,8 +1240,9 @@ impl Client {
         &mut self,
         now: Instant,
         h: &HeaderRepr,
-        payload: &'d [u8],
+        packet: &Packet<'d>,
     ) -> Option<Response<'d>> {
+        let payload = packet.payload();
         let Some(call) = self.call(h.seq) else {
             self.stats.dropped.stale += 1;
             return None;
@@ -964,15 +1251,44 @@ impl Client {
             self.stats.dropped.stale += 1;
             return None;
         }
+        let (current, open) = match &self.conn {
+            Conn::Established { session, open, .. } => (*session, open.as_deref()),
+            _ => (0, None),
+        };
+        if let Some(tag) = packet.tag() {
+            // Stale is the handshake key's (the server may have lost the session's keys);
+            // everything else within the session is the session's.
+            let key = if h.kind == PacketKind::Stale {
+                self.handshake_key.as_deref()
+            } else if h.session == current {
+                open
+            } else {
+                None
+            };
+            if !key.is_some_and(|k| k.verify(packet.header_bytes(), payload, tag)) {
+                self.stats.dropped.bad_tag += 1;
+                return None;
+            }
+        }
         let request_stamp = LamportStamp::new(call.lamport, self.client_id);
-        let reply_stamp = LamportStamp::new(h.lamport, self.server_node());
         let (interface, method) = (call.interface, call.method);
         let (attempts, deadline) = (call.attempts, call.deadline);
-        match h.kind {
-            PacketKind::Stale => {
-                self.session_lost(h.session);
-                None
+        if h.kind == PacketKind::Stale {
+            self.session_lost(h.session, h.ack);
+            return None;
+        }
+        let Ok(received) = self.clock.observe(h.lamport, now) else {
+            self.stats.dropped.bad_stamp += 1;
+            return None;
+        };
+        let _ = received;
+        if let Conn::Established { last_heard, .. } = &mut self.conn {
+            if h.session == current {
+                *last_heard = now;
             }
+        }
+        let reply_stamp = LamportStamp::new(h.lamport, self.server_node());
+        match h.kind {
             PacketKind::Busy => {
                 self.stats.busy += 1;
                 let backoff = self.rtt.backoff(attempts + 1);
@@ -988,6 +1304,9 @@ impl Client {
                 let error = CallError::from_code(ErrorCode::from_u16(h.status), interface, method);
                 self.end_call(h.seq);
                 self.stats.failures += 1;
+                if error == CallError::OutcomeUnknown {
+                    self.stats.outcome_unknown += 1;
+                }
                 Some(Response {
                     call: CallId(h.seq),
                     result: Err(error),
@@ -1024,17 +1343,32 @@ impl Client {
                     reply_stamp,
                 })
             }
-            PacketKind::Hello | PacketKind::Request | PacketKind::Welcome => {
+            _ => {
                 self.stats.dropped.misdirected += 1;
                 None
             }
         }
     }
 
-    /// Adds a reply fragment; returns the body once complete.
+    /// Adds a reply fragment; returns the body once complete. Fragments of one execution's
+    /// reply carry one Lamport stamp: a fragment with a newer stamp (an idempotent call
+    /// executed again) starts the reassembly over, one with an older stamp is dropped.
     fn reassemble(&mut self, h: &HeaderRepr, payload: &[u8]) -> Option<Vec<u8>> {
         let max_message = self.config.max_message;
         let budget = self.config.reassembly_budget;
+        let current = self.call(h.seq)?.reply.as_ref().map(|&(_, stamp)| stamp);
+        match current {
+            Some(stamp) if h.lamport < stamp => {
+                self.stats.dropped.stale += 1;
+                return None;
+            }
+            Some(stamp) if h.lamport > stamp => {
+                let (r, _) = self.call_mut(h.seq)?.reply.take()?;
+                self.reassembly_bytes -= r.message_len();
+                self.give_back(r);
+            }
+            _ => {}
+        }
         let in_use = self.reassembly_bytes;
         let starting = self.call(h.seq)?.reply.is_none();
         if starting {
@@ -1051,7 +1385,7 @@ impl Client {
             match Reassembly::start(h, buf, bits) {
                 Ok(r) => {
                     self.reassembly_bytes += len;
-                    self.call_mut(h.seq)?.reply = Some(r);
+                    self.call_mut(h.seq)?.reply = Some((r, h.lamport));
                 }
                 Err(_) => {
                     self.stats.dropped.bad_fragment += 1;
@@ -1061,11 +1395,11 @@ impl Client {
         }
         let call = self.call_mut(h.seq)?;
         call.reply_seen = true;
-        let r = call.reply.as_mut()?;
+        let (r, _) = call.reply.as_mut()?;
         match r.add(h, payload) {
             Ok(false) => None,
             Ok(true) => {
-                let r = call.reply.take()?;
+                let (r, _) = call.reply.take()?;
                 self.reassembly_bytes -= r.message_len();
                 let (buf, bits) = r.into_parts();
                 self.bitmaps.give(bits);
@@ -1078,10 +1412,12 @@ impl Client {
         }
     }
 
-    /// The server no longer knows `session`: every call sent in it may or may not have
-    /// executed. Idempotent calls, and calls none of whose datagrams were sent yet, are sent
-    /// again in a new session; the others fail with [`CallError::OutcomeUnknown`].
-    fn session_lost(&mut self, session: u64) {
+    /// The server no longer knows `session`: calls sent in it that started executing there
+    /// (sequence number up to `max_started`, which is `u64::MAX` when the server cannot
+    /// tell) may or may not have executed, and fail with [`CallError::OutcomeUnknown`] unless
+    /// they are idempotent. Every other call provably never executed, and is sent again in a
+    /// new session.
+    fn session_lost(&mut self, session: u64, max_started: u64) {
         if let Conn::Established {
             session: current, ..
         } = self.conn
@@ -1102,7 +1438,11 @@ impl Client {
             // cannot have executed: it waits for the new session like an idempotent one.
             let unsent =
                 call.first_sent.is_none() && matches!(call.phase, Phase::Sending { next: 0, .. });
-            if call.idempotent || unsent {
+            let never_started = seq > max_started;
+            if call.idempotent || unsent || never_started {
+                if !call.idempotent && !unsent {
+                    self.stats.resent_after_stale += 1;
+                }
                 let Some(call) = self.call_mut(seq) else {
                     continue;
                 };
@@ -1110,7 +1450,7 @@ impl Client {
                 call.session = 0;
                 call.retransmit_at = None;
                 call.reply_seen = false;
-                if let Some(r) = call.reply.take() {
+                if let Some((r, _)) = call.reply.take() {
                     self.reassembly_bytes -= r.message_len();
                     self.give_back(r);
                 }

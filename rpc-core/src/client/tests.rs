@@ -6,7 +6,8 @@ use zerocopy::IntoBytes;
 
 use super::*;
 use crate::config::ETHERNET_DATAGRAM;
-use crate::wire::HELLO_BODY_LEN;
+use crate::sim::SIM_WALL_CLOCK;
+use crate::wire::{HELLO_BODY_LEN, PacketRepr};
 
 const ID: u64 = 0x00c1_1e47;
 const INC: u32 = 7;
@@ -17,6 +18,13 @@ const IFACE: u32 = 0x1111_2222;
 const METHOD: u32 = 0x3333_4444;
 /// Body bytes per datagram at [`ETHERNET_DATAGRAM`].
 const CHUNK: usize = ETHERNET_DATAGRAM - HEADER_LEN;
+/// The server's idle timeout in the Welcomes of these tests.
+const IDLE_MS: u32 = 120_000;
+
+/// A fresh Lamport clock of this client's node.
+fn clock() -> Arc<LamportClock> {
+    Arc::new(LamportClock::new(ID, SIM_WALL_CLOCK, Instant::now()))
+}
 
 fn us(n: u64) -> Duration {
     Duration::from_micros(n)
@@ -89,7 +97,11 @@ fn emit(header: HeaderRepr, payload: &[u8]) -> Vec<u8> {
         payload_len: payload.len() as u32,
         ..header
     };
-    let packet = PacketRepr { header, payload };
+    let packet = PacketRepr {
+        header,
+        tag: None,
+        payload,
+    };
     let mut out = vec![0; packet.buffer_len()];
     packet.emit(&mut out).expect("tests build valid datagrams");
     out
@@ -121,6 +133,9 @@ fn welcome(nonce: u64, session: u64, max_datagram: usize, max_message: usize) ->
         server_node: NODE.into(),
         max_datagram: (max_datagram as u32).into(),
         max_message: (max_message as u32).into(),
+        idle_timeout_ms: IDLE_MS.into(),
+        reserved: 0.into(),
+        server_nonce: [0; 16],
     };
     let header = HeaderRepr {
         kind: PacketKind::Welcome,
@@ -166,10 +181,17 @@ fn busy(seq: u64, reason: BusyReason) -> Vec<u8> {
     )
 }
 
+/// A Stale for `session` from a server that cannot tell which calls started in it.
 fn stale(seq: u64, session: u64) -> Vec<u8> {
+    stale_after(seq, session, u64::MAX)
+}
+
+/// A Stale saying that no call of `session` above `max_started` ever started executing.
+fn stale_after(seq: u64, session: u64, max_started: u64) -> Vec<u8> {
     emit(
         HeaderRepr {
             session,
+            ack: max_started,
             ..from_server(PacketKind::Stale, seq, 5)
         },
         &[],
@@ -201,7 +223,7 @@ fn established_with(config: ClientConfig, t0: Instant) -> Client {
 
 /// A client of `config` with [`SESSION`] open, the server having welcomed it with these limits.
 fn welcomed(config: ClientConfig, t0: Instant, max_datagram: usize, max_message: usize) -> Client {
-    let mut c = Client::new(config, ID, INC).unwrap();
+    let mut c = Client::new(config, ID, INC, clock()).unwrap();
     c.connect(t0);
     let hello = drain(&mut c, t0);
     assert_eq!(hello.len(), 1);
@@ -233,7 +255,7 @@ fn assert_reply(response: Option<Response<'_>>, call: CallId, body: &[u8]) {
 #[test]
 fn the_first_call_sends_a_hello_and_is_held_until_welcome() {
     let t0 = Instant::now();
-    let mut c = Client::new(config(), ID, INC).unwrap();
+    let mut c = Client::new(config(), ID, INC, clock()).unwrap();
     let id = c.start_call(t0, call(10, false)).unwrap();
     assert_eq!(id.seq(), 1);
     assert_eq!((c.in_flight(), c.session(), c.next_seq()), (1, None, 2));
@@ -324,7 +346,7 @@ fn the_first_call_sends_a_hello_and_is_held_until_welcome() {
 #[test]
 fn the_hello_is_retransmitted_with_backoff_until_welcome() {
     let t0 = Instant::now();
-    let mut c = Client::new(config(), ID, INC).unwrap();
+    let mut c = Client::new(config(), ID, INC, clock()).unwrap();
     c.connect(t0);
     assert_eq!(drain(&mut c, t0).len(), 1);
     let rto = estimator();
@@ -866,7 +888,7 @@ fn start_call_refuses_a_full_window_and_a_message_too_large() {
 #[test]
 fn the_welcomes_smaller_limits_are_honoured() {
     let t0 = Instant::now();
-    let mut c = Client::new(config(), ID, INC).unwrap();
+    let mut c = Client::new(config(), ID, INC, clock()).unwrap();
     let big = c.start_call(t0, call(2001, false)).unwrap();
     let fits = c.start_call(t0, call(1500, false)).unwrap();
     let hello = drain(&mut c, t0);
@@ -1136,7 +1158,7 @@ fn the_transmit_queue_stays_bounded_when_calls_send_their_own_datagrams() {
 #[test]
 fn poll_transmit_for_sends_the_handshake_and_only_that_calls_datagrams() {
     let t0 = Instant::now();
-    let mut c = Client::new(config(), ID, INC).unwrap();
+    let mut c = Client::new(config(), ID, INC, clock()).unwrap();
     let a = c.start_call(t0, call(1, false)).unwrap();
     let b = c.start_call(t0, call(1, false)).unwrap();
     assert!(c.wants_transmit(b));
@@ -1292,7 +1314,7 @@ fn start_call_sending_hands_out_a_one_datagram_call_at_once_and_queues_the_rest(
     );
 
     // Before a session: the handshake goes first and the call waits for it.
-    let mut c = Client::new(config(), ID, INC).unwrap();
+    let mut c = Client::new(config(), ID, INC, clock()).unwrap();
     let (_, first) = c.start_call_sending(t0, call(5, false)).unwrap();
     assert!(first.is_none());
     let sent = drain(&mut c, t0);

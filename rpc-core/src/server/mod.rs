@@ -15,12 +15,21 @@
 //!    replies resent from the cache.
 //! 4. [`Server::handle_timeout`] once the time of [`Server::poll_timeout`] has come.
 //!
+//! # Sessions
+//!
+//! A client opens a session with a `Hello`. The first `Hello` is answered with a `Retry`
+//! carrying a stateless cookie bound to the client's address; only a `Hello` that returns a
+//! valid cookie opens a session, so a `Hello` from a forged address creates nothing. A session
+//! is keyed by (client id, client incarnation, address): a datagram of a session from any
+//! other address, or (in authenticated mode) without the session's tag, is dropped and changes
+//! nothing. Sessions in use are never evicted to make room for a newcomer, which is refused
+//! instead; one host holds at most `max_sessions_per_host` of them.
+//!
 //! # At-most-once
 //!
-//! A session is opened by a client's `Hello` and keyed by (client id, client incarnation); its
-//! id carries the server's incarnation in the high 32 bits and is never reused. Per session the
-//! server keeps, for each call above the client's acknowledgement point, whether it is
-//! executing, its cached reply, or a tombstone saying why no reply is kept. So:
+//! A session's id carries the server's incarnation in the high 32 bits and is never reused.
+//! Per session the server keeps, for each call above the client's acknowledgement point,
+//! whether it is executing, its cached reply, or a tombstone saying why no reply is kept. So:
 //!
 //! - a new call is executed once;
 //! - a duplicate of a call still executing is dropped;
@@ -28,26 +37,63 @@
 //! - a duplicate of an acknowledged call is dropped (the client already has the reply);
 //! - a request naming a session this server does not have (it restarted, or the session was
 //!   evicted or expired) is refused with `Stale`, never executed: its earlier transmissions may
-//!   have executed in the lost session.
+//!   have executed in the lost session. The `Stale` says, when the server knows it (it closed
+//!   the session itself), the highest call that ever started executing in it, so the client
+//!   can send every later call again in a new session.
 //!
 //! Every resource has a bound in [`ServerConfig`]; at a bound the server answers `Busy` (the
 //! call did not execute, the client retries later) or evicts the least recently used session.
 
 use std::collections::VecDeque;
+use std::hash::Hash;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand_core::RngCore;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
 use zerocopy::IntoBytes;
 
+use crate::auth::{CookieKey, Sealer, SessionKeys};
 pub use crate::body::Body;
 use crate::clock::{LamportClock, LamportStamp};
-use crate::config::{ConfigError, ServerConfig};
+use crate::config::{ConfigError, MAX_WINDOW, ServerConfig, plan_datagram};
 use crate::pool::Pool;
 use crate::wire::{
-    BusyReason, DropCounters, ErrorCode, Flags, FragmentPlan, HEADER_LEN, HeaderRepr, HelloBody,
-    PacketKind, PacketRepr, Reassembly, WELCOME_BODY_LEN, WelcomeBody, read_body,
+    BusyReason, COOKIE_LEN, CookieBody, DropCounters, ErrorCode, Flags, FragmentPlan, HEADER_LEN,
+    HeaderRepr, HelloBody, Packet, PacketKind, Reassembly, RefuseReason, TAG_LEN, WELCOME_BODY_LEN,
+    WelcomeBody, read_body,
 };
+
+/// What the server needs of a peer's address: to compare and hash it (sessions and cookies
+/// are bound to it) and to name its host (sessions per host are bounded).
+pub trait PeerAddr: Copy + Eq + Hash + core::fmt::Debug {
+    /// The host part: the IP address, whatever the port.
+    fn host(&self) -> u128;
+}
+
+impl PeerAddr for std::net::SocketAddr {
+    fn host(&self) -> u128 {
+        match self.ip() {
+            std::net::IpAddr::V4(ip) => u128::from(ip.to_bits()),
+            std::net::IpAddr::V6(ip) => ip.to_bits(),
+        }
+    }
+}
+
+/// Simulated addresses: each is its own host.
+impl PeerAddr for u32 {
+    fn host(&self) -> u128 {
+        u128::from(*self)
+    }
+}
+
+/// Simulated addresses: each is its own host.
+impl PeerAddr for u64 {
+    fn host(&self) -> u128 {
+        u128::from(*self)
+    }
+}
 
 /// What a handler may know about the call it executes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -112,12 +158,15 @@ impl<A: Copy> Ticket<A> {
 
 /// The datagrams of one reply: for each fragment `i` in `0..count()`, send
 /// [`ReplyPlan::header`]`(i)` followed by the bytes [`ReplyPlan::range`]`(i)` of the body.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ReplyPlan<A> {
     /// Where to send.
     pub dest: A,
     header: HeaderRepr,
     plan: FragmentPlan,
+    /// The session's key, in authenticated mode: each datagram's tag is
+    /// [`Sealer::tag`] of its header and its range of the body, sent after the header.
+    pub seal: Option<Sealer>,
 }
 
 impl<A> ReplyPlan<A> {
@@ -157,6 +206,33 @@ impl<A> ReplyPlan<A> {
     pub fn lamport(&self) -> u64 {
         self.header.lamport
     }
+
+    /// In authenticated mode, the tag of datagram `index`, whose body bytes (its range of
+    /// the reply body) are given as segments; it goes between the header and the body.
+    pub fn tag<'a>(
+        &self,
+        index: u16,
+        body: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Option<[u8; TAG_LEN]> {
+        self.seal.as_ref().map(|s| s.tag(&self.header(index), body))
+    }
+
+    /// Datagram `index` in one buffer, for drivers that copy (simulations and tests): its
+    /// header, its tag if any, then `body` (the whole reply body; its range is taken).
+    pub fn datagram(&self, index: u16, body: &[u8]) -> Vec<u8> {
+        let range = self.range(index);
+        let part = if self.error().is_none() {
+            body.get(range).unwrap_or_default()
+        } else {
+            &[]
+        };
+        let mut out = self.header(index).to_vec();
+        if let Some(tag) = self.tag(index, [part]) {
+            out.extend_from_slice(&tag);
+        }
+        out.extend_from_slice(part);
+        out
+    }
 }
 
 /// A datagram for the driver to send.
@@ -166,8 +242,29 @@ pub struct Transmit<'a, A> {
     pub dest: A,
     /// The header bytes.
     pub header: [u8; HEADER_LEN],
-    /// The bytes after the header.
+    /// The body bytes.
     pub body: &'a [u8],
+    /// In authenticated mode, the key whose tag ([`Sealer::tag`] of header and body) goes
+    /// between the header and the body.
+    pub seal: Option<&'a Sealer>,
+}
+
+impl<A> Transmit<'_, A> {
+    /// In authenticated mode, the tag to send between the header and the body.
+    pub fn tag(&self) -> Option<[u8; TAG_LEN]> {
+        self.seal.map(|s| s.tag(&self.header, [self.body]))
+    }
+
+    /// The whole datagram in one buffer, for drivers that copy (simulations and tests).
+    pub fn to_datagram(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + TAG_LEN + self.body.len());
+        out.extend_from_slice(&self.header);
+        if let Some(tag) = self.tag() {
+            out.extend_from_slice(&tag);
+        }
+        out.extend_from_slice(self.body);
+        out
+    }
 }
 
 /// Counters, for tests, benchmarks and operators.
@@ -197,6 +294,15 @@ pub struct ServerStats {
     pub reassemblies_expired: u64,
     /// Control replies dropped because the transmit queue was full.
     pub transmits_dropped: u64,
+    /// Retries (cookies) sent in answer to Hellos without a valid cookie.
+    pub retries: u64,
+    /// Hellos refused (sessions full, host limit, authentication, shutdown).
+    pub refused_hellos: u64,
+    /// Sessions closed because a request was too far beyond its acknowledged point to be
+    /// honest (each answered with a `Stale`).
+    pub sessions_reset: u64,
+    /// Requests answered `ShuttingDown` during a drain.
+    pub shutting_down: u64,
     /// Datagrams dropped, by cause.
     pub dropped: DropCounters,
 }
@@ -262,15 +368,19 @@ struct Cached {
     kind: PacketKind,
     status: u16,
     lamport: u64,
-    /// The reply's first datagram header as first sent, then the whole body: a reply of one
-    /// datagram can leave from here in one piece. Only the body counts as cached bytes; the
-    /// header is a fixed cost per entry, bounded by the window.
+    /// The reply's first datagram header as first sent (and its tag, in authenticated
+    /// mode), then the whole body: a reply of one datagram can leave from here in one piece.
+    /// Only the body counts as cached bytes; the header is a fixed cost per entry, bounded by
+    /// the window.
     datagram: Vec<u8>,
+    overhead: u8,
 }
 
 impl Cached {
     fn body(&self) -> &[u8] {
-        self.datagram.get(HEADER_LEN..).unwrap_or_default()
+        self.datagram
+            .get(usize::from(self.overhead)..)
+            .unwrap_or_default()
     }
 }
 
@@ -302,6 +412,15 @@ struct Session<A> {
     /// `entries[i]` is the call with sequence number `acked + 1 + i`.
     entries: VecDeque<Entry>,
     cached_bytes: usize,
+    /// The highest sequence number that started executing in this session (0 if none):
+    /// every later call never executed here.
+    max_started: u64,
+    /// The client's handshake nonce that opened the session.
+    hello_nonce: u64,
+    /// The server's nonce, sent in the Welcome.
+    server_nonce: [u8; 16],
+    /// The session's keys, in authenticated mode.
+    keys: Option<Box<SessionKeys>>,
 }
 
 #[derive(Debug)]
@@ -317,6 +436,7 @@ struct InProgress {
 enum PendingBody {
     None,
     Welcome(WelcomeBody),
+    Retry(CookieBody),
     /// Fragments `next..` of a cached reply.
     Cached {
         slot: u32,
@@ -324,11 +444,23 @@ enum PendingBody {
     },
 }
 
+/// Which key tags a queued datagram (authenticated mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Key {
+    /// None: unauthenticated mode, or answers to unauthenticated Hellos.
+    None,
+    /// The handshake key.
+    Handshake,
+    /// The session in this slot, if it is still the one with this id.
+    Session { slot: u32, id: u64 },
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Pending<A> {
     dest: A,
     header: HeaderRepr,
     body: PendingBody,
+    key: Key,
 }
 
 /// The server side of the protocol, generic over the driver's address type.
@@ -336,11 +468,21 @@ pub struct Server<A> {
     config: ServerConfig,
     incarnation: u32,
     node_id: u64,
-    clock: LamportClock,
+    clock: Arc<LamportClock>,
     sessions: Vec<Option<Session<A>>>,
     /// Per slot: the low 16 bits of the id of the slot's latest session.
     generations: Vec<u16>,
+    /// Per slot: the id of the last session the slot closed and the highest call that
+    /// started executing in it, for the `Stale` answers to its late requests.
+    closed: Vec<Option<(u64, u64)>>,
     session_count: usize,
+    rng: ChaCha8Rng,
+    cookies: CookieKey,
+    /// The first instant the server was given: cookies carry milliseconds since then.
+    epoch: Option<Instant>,
+    handshake_key: Option<Sealer>,
+    /// New calls and sessions are refused with `ShuttingDown`.
+    draining: bool,
     reassemblies: Vec<InProgress>,
     reassembly_bytes: usize,
     cached_bytes: usize,
@@ -364,32 +506,42 @@ impl<A: core::fmt::Debug> core::fmt::Debug for Server<A> {
     }
 }
 
-impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
+impl<A: PeerAddr> Server<A> {
     /// A server. `incarnation` must be non-zero and differ from every earlier incarnation of
     /// this server (a boot counter, or random bits), so that requests sent to an earlier
-    /// incarnation are recognised; `node_id` breaks ties between Lamport stamps; `rng` seeds
-    /// the per-slot part of session ids (the core draws no randomness of its own).
+    /// incarnation are recognised; `clock` is the node's Lamport clock (its node id breaks
+    /// ties between stamps); `rng` seeds the per-slot part of session ids, the cookie secret
+    /// and the session nonces (the core draws no randomness of its own).
     pub fn new(
         config: ServerConfig,
         incarnation: u32,
-        node_id: u64,
-        mut rng: impl RngCore,
+        clock: Arc<LamportClock>,
+        rng: impl RngCore,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
         if incarnation == 0 {
             return Err(ConfigError::Invalid("server incarnation must be non-zero"));
         }
+        let mut rng = ChaCha8Rng::from_rng(&mut { rng });
         let sessions = (0..config.max_sessions).map(|_| None).collect();
         let generations = (0..config.max_sessions)
             .map(|_| rng.next_u32() as u16)
             .collect();
+        let mut secret = [0u8; 32];
+        rng.fill_bytes(&mut secret);
         Ok(Self {
             generations,
+            closed: vec![None; config.max_sessions],
             incarnation,
-            node_id,
-            clock: LamportClock::new(),
+            node_id: clock.node(),
+            clock,
             sessions,
             session_count: 0,
+            rng,
+            cookies: CookieKey::new(&secret),
+            epoch: None,
+            handshake_key: config.auth.as_ref().map(|k| k.handshake()),
+            draining: false,
             reassemblies: Vec::with_capacity(config.max_reassemblies),
             reassembly_bytes: 0,
             cached_bytes: 0,
@@ -419,9 +571,31 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         self.node_id
     }
 
-    /// The Lamport clock.
+    /// The Lamport clock's current value.
     pub fn lamport(&self) -> u64 {
         self.clock.now()
+    }
+
+    /// The node's Lamport clock.
+    pub fn clock(&self) -> &Arc<LamportClock> {
+        &self.clock
+    }
+
+    /// Starts a graceful shutdown: from now on new calls are answered `ShuttingDown` (they do
+    /// not execute) and new sessions are refused, while calls already executing finish and
+    /// duplicates are still answered from the reply cache.
+    pub fn begin_drain(&mut self) {
+        self.draining = true;
+    }
+
+    /// Whether [`Server::begin_drain`] was called.
+    pub fn draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Whether authenticated mode is on.
+    pub fn authenticated(&self) -> bool {
+        self.handshake_key.is_some()
     }
 
     /// Counters.
@@ -457,14 +631,34 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         }
     }
 
-    fn control(&mut self, dest: A, req: &HeaderRepr, kind: PacketKind, status: u16) {
+    /// The key that tags answers within the session in `slot`.
+    fn session_key(&self, slot: usize) -> Key {
+        match (&self.handshake_key, self.sessions[slot].as_ref()) {
+            (Some(_), Some(s)) => Key::Session {
+                slot: slot as u32,
+                id: s.id,
+            },
+            _ => Key::None,
+        }
+    }
+
+    /// The key that tags handshake answers and `Stale`.
+    fn handshake(&self) -> Key {
+        if self.handshake_key.is_some() {
+            Key::Handshake
+        } else {
+            Key::None
+        }
+    }
+
+    fn control(&mut self, dest: A, req: &HeaderRepr, kind: PacketKind, status: u16, key: Key) {
         match kind {
             PacketKind::Busy => self.stats.busy += 1,
             PacketKind::Stale => self.stats.stale += 1,
             PacketKind::ErrorReply => self.stats.errors += 1,
             _ => {}
         }
-        self.queue_reply(dest, req, kind, status, Flags::empty());
+        self.queue_reply(dest, req, kind, status, Flags::empty(), key);
     }
 
     /// Queues a header-only answer to the request `req`: it echoes the request's session,
@@ -476,6 +670,7 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         kind: PacketKind,
         status: u16,
         flags: Flags,
+        key: Key,
     ) {
         let header = HeaderRepr {
             kind,
@@ -498,45 +693,124 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             dest,
             header,
             body: PendingBody::None,
+            key,
         });
+    }
+
+    /// Answers a request naming a session this server does not hold (or holds for another
+    /// address) with `Stale`. `ack` is the highest call that started executing in that
+    /// session, when the server knows it, `u64::MAX` otherwise. Not a new event of a session:
+    /// the stamp is the clock's current value, without ticking.
+    fn stale(&mut self, dest: A, req: &HeaderRepr, ack: u64) {
+        if req.frag_index != 0 {
+            self.stats.dropped.stale += 1;
+            return;
+        }
+        self.stats.stale += 1;
+        let header = HeaderRepr {
+            kind: PacketKind::Stale,
+            flags: Flags::empty(),
+            status: 0,
+            client_id: req.client_id,
+            client_incarnation: req.client_incarnation,
+            interface: req.interface,
+            method: req.method,
+            session: req.session,
+            seq: req.seq,
+            ack,
+            lamport: self.clock.now(),
+            frag_index: 0,
+            frag_count: 1,
+            message_len: 0,
+            payload_len: 0,
+        };
+        let key = self.handshake();
+        self.queue(Pending {
+            dest,
+            header,
+            body: PendingBody::None,
+            key,
+        });
+    }
+
+    /// What a `Stale` for session `id` can say: the highest call that started executing in
+    /// it, if this server closed it and still remembers.
+    fn stale_ack(&self, id: u64) -> u64 {
+        if (id >> 32) as u32 != self.incarnation {
+            return u64::MAX;
+        }
+        let slot = ((id >> 16) & 0xffff) as usize;
+        match self.closed.get(slot).copied().flatten() {
+            Some((closed, max_started)) if closed == id => max_started,
+            _ => u64::MAX,
+        }
     }
 
     /// Refuses a request: the first fragment gets the answer, the others are dropped and
     /// counted (answering each would multiply the answers by the fragment count).
-    fn refuse_fragment(&mut self, dest: A, req: &HeaderRepr, kind: PacketKind, status: u16) {
+    fn refuse_fragment(
+        &mut self,
+        dest: A,
+        req: &HeaderRepr,
+        kind: PacketKind,
+        status: u16,
+        key: Key,
+    ) {
         if req.frag_index == 0 {
-            self.control(dest, req, kind, status);
+            self.control(dest, req, kind, status, key);
         } else {
             self.stats.dropped.refused += 1;
         }
     }
 
     /// Processes a received datagram. Returns a call to execute, if it completes a new one.
+    ///
+    /// The datagram's Lamport stamp is observed only once it passed every check (its
+    /// session, its address, its tag, its cookie), so nothing from outside a session moves
+    /// the clock.
     pub fn handle_datagram<'d>(
         &mut self,
         now: Instant,
         src: A,
         datagram: &'d [u8],
     ) -> Option<IncomingCall<'d, A>> {
-        let Ok(packet) = PacketRepr::parse(datagram) else {
+        let Some((packet, h)) = Packet::new_checked(datagram)
+            .and_then(|p| Ok((p, HeaderRepr::parse(&p)?)))
+            .ok()
+        else {
             self.stats.dropped.malformed += 1;
             return None;
         };
-        let h = packet.header;
         if !h.kind.from_client() {
             self.stats.dropped.misdirected += 1;
             return None;
         }
-        self.clock.observe(h.lamport);
+        if self.epoch.is_none() {
+            self.epoch = Some(now);
+        }
+        if packet.tag().is_some() != self.handshake_key.is_some() {
+            // One side authenticates and the other does not: a Hello learns which, so that
+            // a misconfigured client gets a clear error; anything else is dropped.
+            self.stats.dropped.bad_tag += 1;
+            if h.kind == PacketKind::Hello {
+                let reason = if self.handshake_key.is_some() {
+                    RefuseReason::AuthRequired
+                } else {
+                    RefuseReason::AuthUnsupported
+                };
+                self.refuse_hello(src, &h, reason, Key::None);
+            }
+            return None;
+        }
         if self.next_sweep.is_none() {
             self.next_sweep = Some(now + self.sweep_interval());
         }
         match h.kind {
             PacketKind::Hello => {
-                self.on_hello(now, src, &h, packet.payload);
+                self.on_hello(now, src, &h, &packet);
                 None
             }
-            _ => self.on_request(now, src, &h, packet.payload),
+            _ => self.on_request(now, src, &h, &packet),
         }
     }
 
@@ -549,10 +823,12 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         .max(Duration::from_millis(1))
     }
 
-    fn find_session(&self, client_id: u64, incarnation: u32) -> Option<usize> {
+    /// The slot of the session of client `(client_id, incarnation)` at `addr`.
+    fn find_session(&self, client_id: u64, incarnation: u32, addr: A) -> Option<usize> {
         self.sessions.iter().position(|s| {
-            s.as_ref()
-                .is_some_and(|s| s.client_id == client_id && s.client_incarnation == incarnation)
+            s.as_ref().is_some_and(|s| {
+                s.client_id == client_id && s.client_incarnation == incarnation && s.addr == addr
+            })
         })
     }
 
@@ -567,34 +843,176 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             .then_some(slot)
     }
 
-    fn on_hello(&mut self, now: Instant, src: A, h: &HeaderRepr, payload: &[u8]) {
-        let Ok(body) = read_body::<HelloBody>(payload) else {
+    fn millis_since_epoch(&self, now: Instant) -> u64 {
+        let epoch = self.epoch.unwrap_or(now);
+        u64::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether `cookie` is one this server issued to `src` for this Hello, and still valid.
+    fn cookie_valid(&self, now: Instant, src: &A, h: &HeaderRepr, cookie: &CookieBody) -> bool {
+        let issued = cookie.issued.get();
+        // Issued as milliseconds since the epoch plus one (see `retry`).
+        let age = (self.millis_since_epoch(now) + 1).checked_sub(issued);
+        let lifetime = u64::try_from(self.config.cookie_lifetime.as_millis()).unwrap_or(u64::MAX);
+        age.is_some_and(|age| age <= lifetime)
+            && self.cookies.check(
+                src,
+                h.client_id,
+                h.client_incarnation,
+                h.seq,
+                issued,
+                &cookie.mac,
+            )
+    }
+
+    /// Answers a Hello with a cookie to send back. Stateless: nothing is recorded, and the
+    /// clock is read, not ticked.
+    fn retry(&mut self, now: Instant, src: A, h: &HeaderRepr) {
+        self.stats.retries += 1;
+        // Offset by one so that a cookie is never all zeros (a Hello's "no cookie").
+        let issued = self.millis_since_epoch(now) + 1;
+        let cookie = CookieBody {
+            issued: issued.into(),
+            mac: self
+                .cookies
+                .mac(&src, h.client_id, h.client_incarnation, h.seq, issued),
+        };
+        let header = HeaderRepr {
+            kind: PacketKind::Retry,
+            flags: Flags::empty(),
+            status: 0,
+            client_id: h.client_id,
+            client_incarnation: h.client_incarnation,
+            interface: 0,
+            method: 0,
+            session: 0,
+            seq: h.seq,
+            ack: 0,
+            lamport: self.clock.now(),
+            frag_index: 0,
+            frag_count: 1,
+            message_len: COOKIE_LEN as u32,
+            payload_len: COOKIE_LEN as u32,
+        };
+        let key = self.handshake();
+        self.queue(Pending {
+            dest: src,
+            header,
+            body: PendingBody::Retry(cookie),
+            key,
+        });
+    }
+
+    fn refuse_hello(&mut self, src: A, h: &HeaderRepr, reason: RefuseReason, key: Key) {
+        self.stats.refused_hellos += 1;
+        let header = HeaderRepr {
+            kind: PacketKind::Refused,
+            flags: Flags::empty(),
+            status: reason.to_u16(),
+            client_id: h.client_id,
+            client_incarnation: h.client_incarnation,
+            interface: 0,
+            method: 0,
+            session: 0,
+            seq: h.seq,
+            ack: 0,
+            lamport: self.clock.now(),
+            frag_index: 0,
+            frag_count: 1,
+            message_len: 0,
+            payload_len: 0,
+        };
+        self.queue(Pending {
+            dest: src,
+            header,
+            body: PendingBody::None,
+            key,
+        });
+    }
+
+    fn on_hello(&mut self, now: Instant, src: A, h: &HeaderRepr, packet: &Packet<'_>) {
+        if let (Some(key), Some(tag)) = (&self.handshake_key, packet.tag()) {
+            if !key.verify(packet.header_bytes(), packet.payload(), tag) {
+                self.stats.dropped.bad_tag += 1;
+                return;
+            }
+        }
+        let Ok(body) = read_body::<HelloBody>(packet.payload()) else {
             self.stats.dropped.malformed += 1;
             return;
         };
         let client_datagram = body.max_datagram.get() as usize;
-        if client_datagram <= HEADER_LEN {
+        let overhead = if self.handshake_key.is_some() {
+            HEADER_LEN + TAG_LEN
+        } else {
+            HEADER_LEN
+        };
+        if client_datagram <= overhead {
             self.stats.dropped.malformed += 1;
+            return;
+        }
+        if self.draining {
+            let key = self.handshake();
+            self.refuse_hello(src, h, RefuseReason::ShuttingDown, key);
+            return;
+        }
+        if body.cookie == CookieBody::default() {
+            self.retry(now, src, h);
+            return;
+        }
+        if !self.cookie_valid(now, &src, h, &body.cookie) {
+            self.stats.dropped.bad_cookie += 1;
+            self.retry(now, src, h);
+            return;
+        }
+        // The address is proven and the Hello authentic: only now is its stamp observed.
+        if self.clock.observe(h.lamport, now).is_err() {
+            self.stats.dropped.bad_stamp += 1;
             return;
         }
         let max_datagram = client_datagram.min(self.config.max_datagram);
         // No reply may need more fragments than a header can number.
-        let carriable = usize::from(u16::MAX) * (max_datagram - HEADER_LEN);
+        let carriable = usize::from(u16::MAX) * (max_datagram - overhead);
         let max_message = (body.max_message.get() as usize)
             .min(self.config.max_message)
             .min(carriable);
-        let slot = match self.find_session(h.client_id, h.client_incarnation) {
-            Some(slot) => slot,
-            None => self.open_session(now, src, h),
+        let existing = self.find_session(h.client_id, h.client_incarnation, src);
+        let slot = match existing {
+            Some(slot) => {
+                let nonce = self.sessions[slot].as_ref().map_or(0, |s| s.hello_nonce);
+                if h.seq < nonce {
+                    // A late copy of an earlier handshake.
+                    self.stats.dropped.stale += 1;
+                    return;
+                }
+                if h.seq > nonce {
+                    // The client started over (it thought the session lost, or idle too
+                    // long): a new session, and the old one's calls are settled by Stale.
+                    self.close_session(slot);
+                    match self.open_session(now, src, h) {
+                        Ok(slot) => slot,
+                        Err(reason) => return self.refuse_hello(src, h, reason, self.handshake()),
+                    }
+                } else {
+                    slot
+                }
+            }
+            None => match self.open_session(now, src, h) {
+                Ok(slot) => slot,
+                Err(reason) => return self.refuse_hello(src, h, reason, self.handshake()),
+            },
         };
+        let idle_ms =
+            u32::try_from(self.config.session_idle_timeout.as_millis()).unwrap_or(u32::MAX);
+        let key = self.session_key(slot);
         let Some(s) = self.sessions[slot].as_mut() else {
             return;
         };
-        s.addr = src;
         s.last_used = now;
         s.max_datagram = max_datagram;
         s.max_message = max_message;
         let session = s.id;
+        let server_nonce = s.server_nonce;
         let header = HeaderRepr {
             kind: PacketKind::Welcome,
             flags: Flags::empty(),
@@ -616,30 +1034,77 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             server_node: self.node_id.into(),
             max_datagram: (self.config.max_datagram as u32).into(),
             max_message: (self.config.max_message as u32).into(),
+            idle_timeout_ms: idle_ms.into(),
+            reserved: 0.into(),
+            server_nonce,
         };
         self.queue(Pending {
             dest: src,
             header,
             body: PendingBody::Welcome(body),
+            key,
         });
     }
 
-    fn open_session(&mut self, now: Instant, src: A, h: &HeaderRepr) -> usize {
-        let slot = match self.sessions.iter().position(Option::is_none) {
-            Some(slot) => slot,
-            None => {
-                // Evict the least recently used session (lowest slot on ties).
-                let mut lru = 0;
-                for (i, s) in self.sessions.iter().enumerate() {
-                    if let (Some(s), Some(best)) = (s, &self.sessions[lru]) {
-                        if s.last_used < best.last_used {
-                            lru = i;
-                        }
-                    }
+    /// Whether the session in `slot` may be evicted for a newcomer at `now`: silent for
+    /// `evictable_after`, with no call executing or being reassembled.
+    fn evictable(&self, slot: usize, now: Instant) -> bool {
+        let Some(s) = self.sessions[slot].as_ref() else {
+            return true;
+        };
+        now.saturating_duration_since(s.last_used) >= self.config.evictable_after
+            && !s.entries.iter().any(|e| matches!(e, Entry::Executing))
+            && !self.reassemblies.iter().any(|r| r.session == s.id)
+    }
+
+    /// The least recently used evictable session among those `filter` accepts.
+    fn lru_evictable(&self, now: Instant, filter: impl Fn(&Session<A>) -> bool) -> Option<usize> {
+        let mut best: Option<(usize, Instant)> = None;
+        for (i, s) in self.sessions.iter().enumerate() {
+            let Some(s) = s else { continue };
+            if !filter(s) || !self.evictable(i, now) {
+                continue;
+            }
+            if best.is_none_or(|(_, t)| s.last_used < t) {
+                best = Some((i, s.last_used));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    fn open_session(
+        &mut self,
+        now: Instant,
+        src: A,
+        h: &HeaderRepr,
+    ) -> Result<usize, RefuseReason> {
+        let host = src.host();
+        let same_host = |s: &Session<A>| s.addr.host() == host;
+        let on_host = self
+            .sessions
+            .iter()
+            .flatten()
+            .filter(|s| same_host(s))
+            .count();
+        let slot = if on_host >= self.config.max_sessions_per_host {
+            // Make room among the host's own sessions, or refuse.
+            let victim = self
+                .lru_evictable(now, same_host)
+                .ok_or(RefuseReason::AddressLimit)?;
+            self.close_session(victim);
+            self.stats.sessions_evicted += 1;
+            victim
+        } else {
+            match self.sessions.iter().position(Option::is_none) {
+                Some(slot) => slot,
+                None => {
+                    let victim = self
+                        .lru_evictable(now, |_| true)
+                        .ok_or(RefuseReason::SessionsFull)?;
+                    self.close_session(victim);
+                    self.stats.sessions_evicted += 1;
+                    victim
                 }
-                self.close_session(lru);
-                self.stats.sessions_evicted += 1;
-                lru
             }
         };
         // High 32 bits: incarnation; then the slot; then the slot's generation, which starts at
@@ -649,6 +1114,11 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         let id = (u64::from(self.incarnation) << 32)
             | ((slot as u64) << 16)
             | u64::from(self.generations[slot]);
+        let mut server_nonce = [0u8; 16];
+        self.rng.fill_bytes(&mut server_nonce);
+        let keys = self.config.auth.as_ref().map(|k| {
+            Box::new(k.session(h.client_id, h.client_incarnation, h.seq, id, &server_nonce))
+        });
         self.sessions[slot] = Some(Session {
             id,
             client_id: h.client_id,
@@ -657,19 +1127,25 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             max_datagram: self.config.max_datagram,
             max_message: self.config.max_message,
             last_used: now,
-            acked: 0,
+            // Everything the client had ended before it opened the session.
+            acked: h.ack,
             entries: VecDeque::new(),
             cached_bytes: 0,
+            max_started: 0,
+            hello_nonce: h.seq,
+            server_nonce,
+            keys,
         });
         self.session_count += 1;
         self.stats.sessions_opened += 1;
-        slot
+        Ok(slot)
     }
 
     fn close_session(&mut self, slot: usize) {
         let Some(mut s) = self.sessions[slot].take() else {
             return;
         };
+        self.closed[slot] = Some((s.id, s.max_started));
         self.session_count -= 1;
         for e in s.entries.drain(..) {
             if let Entry::Done(c) = e {
@@ -720,74 +1196,138 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         now: Instant,
         src: A,
         h: &HeaderRepr,
-        payload: &'d [u8],
+        packet: &Packet<'d>,
     ) -> Option<IncomingCall<'d, A>> {
         let first = h.frag_index == 0;
+        let payload = packet.payload();
         let Some(slot) = self.lookup(h.session, h.client_id, h.client_incarnation) else {
-            if first {
-                self.control(src, h, PacketKind::Stale, 0);
-            } else {
-                self.stats.dropped.stale += 1;
-            }
+            let ack = self.stale_ack(h.session);
+            self.stale(src, h, ack);
             return None;
         };
-        self.advance_ack(slot, h.ack);
-        let s = self.sessions[slot].as_mut()?;
-        s.addr = src;
-        s.last_used = now;
-        if h.seq <= s.acked {
-            // The client has ended this call: an old duplicate.
-            self.stats.dropped.stale += 1;
-            return None;
-        }
-        let idempotent = h.flags.contains(Flags::IDEMPOTENT);
-        if !idempotent {
-            let offset = (h.seq - s.acked - 1) as usize;
-            if offset >= self.config.window {
-                self.refuse_fragment(src, h, PacketKind::Busy, BusyReason::WindowFull.to_u16());
+        let s = self.sessions[slot].as_ref()?;
+        if let (Some(keys), Some(tag)) = (&s.keys, packet.tag()) {
+            if !keys.to_server.verify(packet.header_bytes(), payload, tag) {
+                self.stats.dropped.bad_tag += 1;
                 return None;
             }
-            let s = self.sessions[slot].as_mut()?;
-            match s.entries.get(offset) {
-                Some(Entry::Executing) => {
-                    self.stats.dropped_executing += 1;
-                    return None;
-                }
-                Some(Entry::Done(_)) => {
-                    if first {
-                        self.stats.answered_from_cache += 1;
-                        self.resend_cached(slot, offset, src, h);
-                    } else {
-                        self.stats.dropped.stale += 1;
-                    }
-                    return None;
-                }
-                Some(&Entry::Gone(code)) => {
-                    if first {
-                        self.stats.answered_from_cache += 1;
-                        self.resend_tombstone(src, h, code);
-                    } else {
-                        self.stats.dropped.stale += 1;
-                    }
-                    return None;
-                }
-                Some(Entry::Unseen) | None => {}
-            }
-            if h.message_len as usize > self.config.max_message {
-                self.set_entry(slot, offset, Entry::Gone(ErrorCode::MessageTooLarge));
-                self.refuse_fragment(
+        }
+        if s.addr != src {
+            // Someone else's session: nothing changes, and the answer says nothing new.
+            self.stats.dropped.wrong_address += 1;
+            self.stale(src, h, u64::MAX);
+            return None;
+        }
+        let Ok(received) = self.clock.observe(h.lamport, now) else {
+            self.stats.dropped.bad_stamp += 1;
+            return None;
+        };
+        if h.seq > s.acked.saturating_add(MAX_WINDOW as u64) {
+            // Further beyond the acknowledged point than any client's window: not an honest
+            // request of this session (or one that lost 65536 calls in a row). The session is
+            // closed, so that its Stale can say which calls never started, and stays true.
+            self.stats.sessions_reset += 1;
+            let max_started = s.max_started;
+            self.close_session(slot);
+            self.stale(src, h, max_started);
+            return None;
+        }
+        // `ack < seq` (checked on parse) and `seq` within reach of the acknowledged point:
+        // an acknowledgement moves at most one window at a time.
+        self.advance_ack(slot, h.ack);
+        let key = self.session_key(slot);
+        let s = self.sessions[slot].as_mut()?;
+        s.last_used = now;
+        if h.seq <= s.acked {
+            // Below the acknowledged point: the client has ended this call, and this is an
+            // old duplicate it ignores; or someone moved the point past a call still in
+            // flight, and the client learns what became of it.
+            self.stats.dropped.stale += 1;
+            if first {
+                let code = if h.seq > s.max_started {
+                    ErrorCode::Skipped
+                } else {
+                    ErrorCode::Forgotten
+                };
+                self.queue_reply(
                     src,
                     h,
                     PacketKind::ErrorReply,
-                    ErrorCode::MessageTooLarge.to_u16(),
+                    code.to_u16(),
+                    Flags::empty(),
+                    key,
                 );
+            }
+            return None;
+        }
+        let idempotent = h.flags.contains(Flags::IDEMPOTENT);
+        let offset = (h.seq - s.acked - 1) as usize;
+        if offset >= self.config.window {
+            self.refuse_fragment(
+                src,
+                h,
+                PacketKind::Busy,
+                BusyReason::WindowFull.to_u16(),
+                key,
+            );
+            return None;
+        }
+        match s.entries.get(offset) {
+            Some(Entry::Executing) => {
+                self.stats.dropped_executing += 1;
                 return None;
             }
+            Some(Entry::Done(_)) => {
+                if first {
+                    self.stats.answered_from_cache += 1;
+                    self.resend_cached(slot, offset, src, h);
+                } else {
+                    self.stats.dropped.stale += 1;
+                }
+                return None;
+            }
+            Some(&Entry::Gone(code)) => {
+                if first {
+                    self.stats.answered_from_cache += 1;
+                    self.resend_tombstone(src, h, code, key);
+                } else {
+                    self.stats.dropped.stale += 1;
+                }
+                return None;
+            }
+            Some(Entry::Unseen) | None => {}
+        }
+        if self.draining {
+            self.stats.shutting_down += 1;
+            self.refuse_fragment(
+                src,
+                h,
+                PacketKind::ErrorReply,
+                ErrorCode::ShuttingDown.to_u16(),
+                key,
+            );
+            return None;
+        }
+        if h.message_len as usize > self.config.max_message {
+            if !idempotent {
+                self.set_entry(slot, offset, Entry::Gone(ErrorCode::MessageTooLarge));
+            }
+            self.refuse_fragment(
+                src,
+                h,
+                PacketKind::ErrorReply,
+                ErrorCode::MessageTooLarge.to_u16(),
+                key,
+            );
+            return None;
+        }
+        if !idempotent {
             let s = self.sessions[slot].as_ref()?;
             // With the cache full, new calls wait (busy) for the client to acknowledge replies.
             // The oldest call it has not acknowledged is let through all the same: the client
             // cannot acknowledge anything past it until it ends, so refusing it would stall
-            // the session until its deadline. Its reply is kept only if it fits.
+            // the session until its deadline. Its reply is kept only if it fits. Idempotent
+            // calls need no room: their replies are kept only when there is some.
             let full = s.cached_bytes >= self.config.session_cache_bytes
                 || self.cached_bytes >= self.config.total_cache_bytes;
             if full && offset != 0 {
@@ -796,30 +1336,20 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
                     h,
                     PacketKind::Busy,
                     BusyReason::ReplyCacheFull.to_u16(),
+                    key,
                 );
                 return None;
             }
-        } else if h.message_len as usize > self.config.max_message {
-            self.refuse_fragment(
-                src,
-                h,
-                PacketKind::ErrorReply,
-                ErrorCode::MessageTooLarge.to_u16(),
-            );
-            return None;
         }
 
         let body = if h.frag_count == 1 {
             Body::Borrowed(payload)
         } else {
-            Body::Owned(self.reassemble(now, src, h, payload, idempotent)?)
+            Body::Owned(self.reassemble(now, src, h, payload, idempotent, key)?)
         };
-        let s = self.sessions[slot].as_ref()?;
-        if !idempotent {
-            let offset = (h.seq - s.acked - 1) as usize;
-            self.set_entry(slot, offset, Entry::Executing);
-        }
-        let s = self.sessions[slot].as_ref()?;
+        self.set_entry(slot, offset, Entry::Executing);
+        let s = self.sessions[slot].as_mut()?;
+        s.max_started = s.max_started.max(h.seq);
         let ticket = Ticket {
             dest: src,
             session: s.id,
@@ -839,7 +1369,7 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             seq: h.seq,
             session: s.id,
             request_stamp: LamportStamp::new(h.lamport, h.client_id),
-            received_stamp: LamportStamp::new(self.clock.now(), self.node_id),
+            received_stamp: LamportStamp::new(received, self.node_id),
             interface: h.interface,
             method: h.method,
             idempotent,
@@ -872,6 +1402,7 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         h: &HeaderRepr,
         payload: &[u8],
         idempotent: bool,
+        key: Key,
     ) -> Option<Vec<u8>> {
         let index = self
             .reassemblies
@@ -890,6 +1421,7 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
                             h,
                             PacketKind::Busy,
                             BusyReason::ReassemblyFull.to_u16(),
+                            key,
                         );
                     } else {
                         self.stats.dropped.bad_fragment += 1;
@@ -942,21 +1474,23 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         }
     }
 
-    /// Queues the cached reply of entry `offset` for `dest`, in answer to the duplicate `req`
-    /// (whose interface and method it carries, as the original reply did).
     /// Answers a duplicate of a call whose reply could not be kept with that call's error,
     /// marked as coming from the cache.
-    fn resend_tombstone(&mut self, dest: A, req: &HeaderRepr, code: ErrorCode) {
+    fn resend_tombstone(&mut self, dest: A, req: &HeaderRepr, code: ErrorCode, key: Key) {
         self.queue_reply(
             dest,
             req,
             PacketKind::ErrorReply,
             code.to_u16(),
             Flags::FROM_CACHE,
+            key,
         );
     }
 
+    /// Queues the cached reply of entry `offset` for `dest`, in answer to the duplicate `req`
+    /// (whose interface and method it carries, as the original reply did).
     fn resend_cached(&mut self, slot: usize, offset: usize, dest: A, req: &HeaderRepr) {
+        let key = self.session_key(slot);
         let Some(s) = self.sessions[slot].as_ref() else {
             return;
         };
@@ -964,12 +1498,16 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         let Some(Entry::Done(c)) = s.entries.get(offset) else {
             return;
         };
-        let Some(plan) = FragmentPlan::new(c.body().len(), s.max_datagram) else {
+        let Some(plan) = FragmentPlan::new(c.body().len(), self.reply_datagram(s)) else {
             return;
         };
+        let mut flags = Flags::FROM_CACHE;
+        if req.flags.contains(Flags::IDEMPOTENT) {
+            flags |= Flags::IDEMPOTENT;
+        }
         let header = HeaderRepr {
             kind: c.kind,
-            flags: Flags::FROM_CACHE,
+            flags,
             status: c.status,
             client_id: s.client_id,
             client_incarnation: s.client_incarnation,
@@ -991,23 +1529,51 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
                 slot: slot as u32,
                 next: 0,
             },
+            key,
         });
+    }
+
+    /// The datagram size a session's replies are planned for: its limit, less the tag.
+    fn reply_datagram(&self, s: &Session<A>) -> usize {
+        plan_datagram(s.max_datagram, self.handshake_key.is_some())
+    }
+
+    fn sealer(&self, key: Key) -> Option<&Sealer> {
+        match key {
+            Key::None => None,
+            Key::Handshake => self.handshake_key.as_ref(),
+            Key::Session { slot, id } => self
+                .sessions
+                .get(slot as usize)?
+                .as_ref()
+                .filter(|s| s.id == id)?
+                .keys
+                .as_ref()
+                .map(|k| &k.to_client),
+        }
     }
 
     /// Starts the reply to a call: `result` is the reply body's length, or the error to
     /// report. Returns the datagrams to send, or `None` if nobody waits for the reply any more
-    /// (the client acknowledged the call, having given up on it).
+    /// (the client acknowledged the call, having given up on it, or the session is gone).
     pub fn begin_reply(
         &mut self,
         _now: Instant,
         ticket: &Ticket<A>,
         result: Result<usize, ErrorCode>,
     ) -> Option<ReplyPlan<A>> {
-        if let Some(s) = self.live_session(ticket) {
+        let live = self.live_session(ticket);
+        if let Some(s) = live {
             if ticket.seq <= s.acked {
                 return None;
             }
         }
+        let seal = match (&self.handshake_key, live) {
+            (None, _) => None,
+            // Its keys are gone with the session: the client learns the outcome from Stale.
+            (Some(_), None) => return None,
+            (Some(_), Some(s)) => s.keys.as_ref().map(|k| k.to_client.clone()),
+        };
         let limit = (ticket.max_message as usize).min(self.config.max_message);
         let result = match result {
             Ok(len) if len > limit => Err(ErrorCode::ReplyTooLarge),
@@ -1020,12 +1586,16 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
                 (PacketKind::ErrorReply, code.to_u16(), 0)
             }
         };
-        let plan = FragmentPlan::new(len, ticket.max_datagram as usize)?;
-        let flags = if ticket.idempotent {
+        let datagram = plan_datagram(ticket.max_datagram as usize, seal.is_some());
+        let plan = FragmentPlan::new(len, datagram)?;
+        let mut flags = if ticket.idempotent {
             Flags::IDEMPOTENT
         } else {
             Flags::empty()
         };
+        if seal.is_some() {
+            flags |= Flags::AUTH;
+        }
         let header = HeaderRepr {
             kind,
             flags,
@@ -1047,6 +1617,7 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             dest: ticket.dest,
             header,
             plan,
+            seal,
         })
     }
 
@@ -1059,20 +1630,20 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
 
     /// Ends a reply begun with [`Server::begin_reply`]: keeps it (its first header, then the
     /// body's segments in order) for retransmission, or a tombstone if it does not fit.
-    /// Idempotent calls keep nothing.
     ///
-    /// Returns the kept reply's first datagram, header and body, when the reply is one
-    /// datagram: a driver may send it from here in one piece instead of gathering it from the
-    /// reply's memory, calling this before sending rather than after.
+    /// An idempotent call's reply is kept only when it spans several datagrams (so that the
+    /// loss of one is recovered without executing again) and fits; otherwise a duplicate
+    /// executes the call again.
+    ///
+    /// Returns the kept reply's first datagram, header (and tag) and body, when the reply is
+    /// one datagram: a driver may send it from here in one piece instead of gathering it from
+    /// the reply's memory, calling this before sending rather than after.
     pub fn finish_reply<'b>(
         &mut self,
         ticket: &Ticket<A>,
         plan: &ReplyPlan<A>,
         body: impl IntoIterator<Item = &'b [u8]>,
     ) -> Option<&[u8]> {
-        if ticket.idempotent {
-            return None;
-        }
         let s = self.live_session(ticket)?;
         if ticket.seq <= s.acked {
             return None;
@@ -1085,20 +1656,32 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         let fits = s.cached_bytes + len <= self.config.session_cache_bytes
             && self.cached_bytes + len <= self.config.total_cache_bytes;
         let slot = ticket.slot as usize;
+        if ticket.idempotent && (plan.count() == 1 || !fits) {
+            // Nothing kept: a duplicate runs the call again.
+            self.set_entry(slot, offset, Entry::Unseen);
+            return None;
+        }
         if !fits {
             self.stats.uncached_replies += 1;
             self.set_entry(slot, offset, Entry::Gone(ErrorCode::ReplyUnavailable));
             return None;
         }
-        let total = HEADER_LEN + len;
+        let overhead = plan.header.overhead();
+        let total = overhead + len;
         let mut buf = self.buffers.take();
         buf.reserve(total);
-        buf.extend_from_slice(&plan.header(0));
+        let header = plan.header(0);
+        buf.extend_from_slice(&header);
+        buf.resize(overhead, 0);
         for seg in body {
             let room = total - buf.len();
             buf.extend_from_slice(&seg[..seg.len().min(room)]);
         }
         buf.resize(total, 0);
+        if let Some(seal) = &plan.seal {
+            let tag = seal.tag(&header, [&buf[overhead..]]);
+            buf[HEADER_LEN..overhead].copy_from_slice(&tag);
+        }
         if buf.capacity() > 2 * total {
             // A pooled buffer of an earlier, larger reply: keeping it for this one would hold
             // memory that `cached_bytes` does not count.
@@ -1109,6 +1692,7 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             status: plan.header.status,
             lamport: plan.header.lamport,
             datagram: buf,
+            overhead: overhead as u8,
         };
         if let Some(s) = self.sessions[slot].as_mut() {
             s.cached_bytes += len;
@@ -1131,7 +1715,7 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         let Some(s) = self.live_session(ticket) else {
             return;
         };
-        if ticket.idempotent || ticket.seq <= s.acked {
+        if ticket.seq <= s.acked {
             return;
         }
         let offset = (ticket.seq - s.acked - 1) as usize;
@@ -1162,7 +1746,12 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
             message_len: 0,
             payload_len: 0,
         };
-        self.control(ticket.dest, &header, PacketKind::Busy, reason.to_u16());
+        let key = match self.live_session(ticket) {
+            Some(_) => self.session_key(ticket.slot as usize),
+            None if self.handshake_key.is_some() => return,
+            None => Key::None,
+        };
+        self.control(ticket.dest, &header, PacketKind::Busy, reason.to_u16(), key);
     }
 
     /// Gives back a reassembled request body's buffer for reuse.
@@ -1174,13 +1763,30 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
     pub fn poll_transmit(&mut self) -> Option<Transmit<'_, A>> {
         loop {
             let p = *self.tx.front()?;
+            let auth = p.key != Key::None;
+            if auth && self.sealer(p.key).is_none() {
+                // Its session went away: nothing can tag it, and nobody waits for it.
+                self.tx.pop_front();
+                continue;
+            }
+            let with_flag = |h: HeaderRepr| {
+                if auth {
+                    HeaderRepr {
+                        flags: h.flags | Flags::AUTH,
+                        ..h
+                    }
+                } else {
+                    h
+                }
+            };
             match p.body {
                 PendingBody::None => {
                     self.tx.pop_front();
                     return Some(Transmit {
                         dest: p.dest,
-                        header: p.header.to_bytes(),
+                        header: with_flag(p.header).to_bytes(),
                         body: &[],
+                        seal: self.sealer(p.key),
                     });
                 }
                 PendingBody::Welcome(body) => {
@@ -1188,8 +1794,19 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
                     self.scratch.copy_from_slice(body.as_bytes());
                     return Some(Transmit {
                         dest: p.dest,
-                        header: p.header.to_bytes(),
+                        header: with_flag(p.header).to_bytes(),
                         body: &self.scratch,
+                        seal: self.sealer(p.key),
+                    });
+                }
+                PendingBody::Retry(cookie) => {
+                    self.tx.pop_front();
+                    self.scratch[..COOKIE_LEN].copy_from_slice(cookie.as_bytes());
+                    return Some(Transmit {
+                        dest: p.dest,
+                        header: with_flag(p.header).to_bytes(),
+                        body: &self.scratch[..COOKIE_LEN],
+                        seal: self.sealer(p.key),
                     });
                 }
                 PendingBody::Cached { slot, next } => {
@@ -1205,16 +1822,17 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
                             next: next + 1,
                         };
                     }
-                    let header = HeaderRepr {
+                    let header = with_flag(HeaderRepr {
                         frag_index: next,
                         payload_len: range.len() as u32,
                         ..p.header
-                    };
+                    });
                     let body = self.cached_body(slot, p.header.seq)?;
                     return Some(Transmit {
                         dest: p.dest,
                         header: header.to_bytes(),
                         body: &body[range],
+                        seal: self.sealer(p.key),
                     });
                 }
             }
@@ -1235,7 +1853,7 @@ impl<A: Copy + PartialEq + core::fmt::Debug> Server<A> {
         }
         let chunk = FragmentPlan::new(
             body.len(),
-            self.sessions[slot as usize].as_ref()?.max_datagram,
+            self.reply_datagram(self.sessions[slot as usize].as_ref()?),
         )?;
         if next >= chunk.count() || chunk.count() != p.header.frag_count {
             return None;

@@ -8,7 +8,8 @@ use zerocopy::IntoBytes;
 
 use super::*;
 use crate::config::ETHERNET_DATAGRAM;
-use crate::wire::HELLO_BODY_LEN;
+use crate::sim::SIM_WALL_CLOCK;
+use crate::wire::{HELLO_BODY_LEN, PacketRepr};
 
 /// Clients are addressed by their id.
 type Addr = u64;
@@ -34,7 +35,8 @@ fn secs(n: u64) -> Duration {
 }
 
 fn server_with(config: ServerConfig) -> Server<Addr> {
-    Server::new(config, INCARNATION, NODE, ChaCha8Rng::seed_from_u64(7)).unwrap()
+    let clock = Arc::new(LamportClock::new(NODE, SIM_WALL_CLOCK, Instant::now()));
+    Server::new(config, INCARNATION, clock, ChaCha8Rng::seed_from_u64(7)).unwrap()
 }
 
 fn server() -> Server<Addr> {
@@ -67,7 +69,11 @@ fn emit(header: HeaderRepr, payload: &[u8]) -> Vec<u8> {
         payload_len: payload.len() as u32,
         ..header
     };
-    let packet = PacketRepr { header, payload };
+    let packet = PacketRepr {
+        header,
+        tag: None,
+        payload,
+    };
     let mut out = vec![0; packet.buffer_len()];
     packet.emit(&mut out).expect("tests build valid datagrams");
     out
@@ -102,7 +108,21 @@ fn hello_body(max_datagram: usize, max_message: usize) -> HelloBody {
     HelloBody {
         max_datagram: (max_datagram as u32).into(),
         max_message: (max_message as u32).into(),
+        cookie: CookieBody::default(),
     }
+}
+
+/// Sends `hello` (without a cookie), checks that the answer is a Retry for `client`, and
+/// returns the same Hello carrying the Retry's cookie.
+fn with_cookie(s: &mut Server<Addr>, now: Instant, client: u64, hello: &[u8]) -> Vec<u8> {
+    assert!(s.handle_datagram(now, client, hello).is_none());
+    let out = drain(s);
+    assert_eq!(out.len(), 1, "one answer to a Hello: {out:?}");
+    let (dest, h, cookie) = &out[0];
+    assert_eq!((*dest, h.kind, h.session), (client, PacketKind::Retry, 0));
+    let mut d = hello.to_vec();
+    d[HEADER_LEN + 8..HEADER_LEN + HELLO_BODY_LEN].copy_from_slice(cookie);
+    d
 }
 
 fn hello(client: u64) -> Vec<u8> {
@@ -127,7 +147,8 @@ fn drain(s: &mut Server<Addr>) -> Vec<(Addr, HeaderRepr, Vec<u8>)> {
 
 /// Opens a session for `client` (its Hello, the Welcome); returns the session id.
 fn open_with(s: &mut Server<Addr>, now: Instant, client: u64, hello: &[u8]) -> u64 {
-    assert!(s.handle_datagram(now, client, hello).is_none());
+    let hello = with_cookie(s, now, client, hello);
+    assert!(s.handle_datagram(now, client, &hello).is_none());
     let out = drain(s);
     assert_eq!(out.len(), 1);
     let (dest, h, _) = &out[0];
@@ -256,7 +277,7 @@ fn control_reply(s: &mut Server<Addr>, client: u64, session: u64, seq: u64) -> (
 }
 
 #[test]
-fn hello_gets_a_welcome_and_a_duplicate_hello_the_same_session() {
+fn hello_gets_a_retry_then_a_welcome_and_a_duplicate_hello_the_same_session() {
     let t0 = Instant::now();
     let mut s = server();
     let hello = emit(
@@ -266,6 +287,20 @@ fn hello_gets_a_welcome_and_a_duplicate_hello_the_same_session() {
         },
         hello_body(1200, 5000).as_bytes(),
     );
+    // The first Hello gets a cookie, and leaves nothing behind: no session, no clock change.
+    assert!(s.handle_datagram(t0, 1, &hello).is_none());
+    let out = drain(&mut s);
+    assert_eq!(out.len(), 1);
+    let (dest, h, cookie) = &out[0];
+    assert_eq!(
+        (*dest, h.kind, h.session, h.seq, h.lamport, cookie.len()),
+        (1, PacketKind::Retry, 0, 5, 0, COOKIE_LEN)
+    );
+    assert_eq!(
+        (s.memory().sessions, s.lamport(), s.stats().retries),
+        (0, 0, 1)
+    );
+    let hello = with_cookie(&mut s, t0, 1, &hello);
     assert!(s.handle_datagram(t0, 1, &hello).is_none());
     let out = drain(&mut s);
     assert_eq!(out.len(), 1);
@@ -305,16 +340,12 @@ fn hello_gets_a_welcome_and_a_duplicate_hello_the_same_session() {
         welcome.max_message.get() as usize,
         ServerConfig::default().max_message
     );
+    assert_eq!(welcome.idle_timeout_ms.get(), 120_000);
     assert_eq!((s.stats().sessions_opened, s.memory().sessions), (1, 1));
 
-    // The client did not get the Welcome and says Hello again.
-    let again = emit(
-        HeaderRepr {
-            flags: Flags::RETRANSMIT,
-            ..hello_header(1, 5)
-        },
-        hello_body(1200, 5000).as_bytes(),
-    );
+    // The client did not get the Welcome and says Hello again, with the same cookie.
+    let mut again = hello.clone();
+    again[4] |= Flags::RETRANSMIT.bits() as u8;
     assert!(s.handle_datagram(t0 + ms(1), 1, &again).is_none());
     let out = drain(&mut s);
     assert_eq!((out.len(), out[0].1.session, out[0].1.seq), (1, session, 5));
@@ -335,6 +366,35 @@ fn hello_gets_a_welcome_and_a_duplicate_hello_the_same_session() {
     assert!(drain(&mut s).is_empty());
     assert_eq!((s.stats().dropped.malformed, s.memory().sessions), (1, 2));
     check(&s);
+}
+
+#[test]
+fn a_cookie_is_bound_to_its_address_ids_and_nonce_and_expires() {
+    let t0 = Instant::now();
+    let mut s = server();
+    let good = with_cookie(&mut s, t0, 1, &hello(1));
+    // From another address, or with other ids or nonce: a fresh Retry, and no session.
+    let mut other_ids = good.clone();
+    other_ids[8] ^= 1;
+    let mut other_nonce = good.clone();
+    other_nonce[32] ^= 1;
+    let mut forged = good.clone();
+    forged[HEADER_LEN + 20] ^= 1;
+    for (src, d) in [(2, &good), (1, &other_ids), (1, &other_nonce), (1, &forged)] {
+        assert!(s.handle_datagram(t0, src, d).is_none());
+        let out = drain(&mut s);
+        assert_eq!(out[0].1.kind, PacketKind::Retry);
+    }
+    assert_eq!((s.stats().dropped.bad_cookie, s.memory().sessions), (4, 0));
+    // Too late: its lifetime is over.
+    let late = t0 + ServerConfig::default().cookie_lifetime + secs(1);
+    assert!(s.handle_datagram(late, 1, &good).is_none());
+    assert_eq!(drain(&mut s)[0].1.kind, PacketKind::Retry);
+    assert_eq!(s.memory().sessions, 0);
+    // In time, from the right address: a session.
+    assert!(s.handle_datagram(t0 + secs(1), 1, &good).is_none());
+    assert_eq!(drain(&mut s)[0].1.kind, PacketKind::Welcome);
+    assert_eq!(s.memory().sessions, 1);
 }
 
 #[test]
@@ -543,10 +603,14 @@ fn the_clients_ack_frees_cached_replies_and_acknowledged_duplicates_are_dropped(
         (7, 7, 2)
     );
 
-    // A duplicate of call 1 now: an old one, dropped without an answer.
-    let dup = request(1, session, 1, 1, b"req");
+    // A duplicate of call 1 now: an old one. The client ignores the answer (the call has
+    // ended there); a client whose call it was would learn it may have executed.
+    let dup = request(1, session, 1, 0, b"req");
     assert!(s.handle_datagram(t0 + us(2), 1, &dup).is_none());
-    assert!(drain(&mut s).is_empty());
+    assert_eq!(
+        control_reply(&mut s, 1, session, 1),
+        (PacketKind::ErrorReply, ErrorCode::Forgotten.to_u16())
+    );
     assert_eq!(
         (
             s.stats().dropped.stale,
@@ -602,29 +666,65 @@ fn begin_reply_returns_none_once_the_client_acknowledged_the_call() {
 }
 
 #[test]
-fn idempotent_requests_execute_every_time_and_cache_nothing() {
+fn idempotent_requests_execute_again_once_done_and_keep_single_datagram_replies_never() {
     let t0 = Instant::now();
     let mut s = server();
     let session = open(&mut s, t0, 1);
     let d = idempotent_request(1, session, 1, 0, b"get");
     let first = s.handle_datagram(t0, 1, &d).expect("executes");
     assert!(first.context.idempotent && first.ticket.idempotent());
-    // A duplicate while the first runs: executed again.
-    let second = s
-        .handle_datagram(t0 + us(1), 1, &d)
-        .expect("executes again");
+    // A duplicate while the first runs is dropped: it would only race the first reply.
+    assert!(s.handle_datagram(t0 + us(1), 1, &d).is_none());
     let out = respond(&mut s, t0 + us(2), &first.ticket, b"value");
     assert_eq!(out[0].0.flags, Flags::IDEMPOTENT);
-    respond(&mut s, t0 + us(2), &second.ticket, b"value");
-    assert!(s.handle_datagram(t0 + us(3), 1, &d).is_some());
+    // Done, and nothing kept: a duplicate executes again.
+    let again = s
+        .handle_datagram(t0 + us(3), 1, &d)
+        .expect("executes again");
+    respond(&mut s, t0 + us(4), &again.ticket, b"value");
     let st = s.stats();
     assert_eq!(
         (st.executed, st.dropped_executing, st.answered_from_cache),
-        (3, 0, 0)
+        (2, 1, 0)
     );
     let m = s.memory();
-    assert_eq!((m.cached_bytes, m.max_session_entries), (0, 0));
+    assert_eq!(m.cached_bytes, 0);
+    assert!(m.max_session_entries <= 1);
     assert!(drain(&mut s).is_empty());
+}
+
+#[test]
+fn an_idempotent_reply_of_several_datagrams_is_kept_and_resent_without_executing() {
+    let t0 = Instant::now();
+    let mut s = server();
+    let session = open(&mut s, t0, 1);
+    let d = idempotent_request(1, session, 1, 0, b"get big");
+    let call = s.handle_datagram(t0, 1, &d).expect("executes");
+    let reply = body(3 * CHUNK + 5);
+    let first = respond(&mut s, t0 + us(1), &call.ticket, &reply);
+    assert_eq!(first.len(), 4);
+    assert_eq!(s.memory().cached_bytes, reply.len());
+    // A fragment of the reply was lost; the client asks again.
+    assert!(s.handle_datagram(t0 + ms(2), 1, &d).is_none());
+    let again = drain(&mut s);
+    assert_eq!(again.len(), 4);
+    for ((_, h, payload), (h0, p0)) in again.iter().zip(&first) {
+        assert_eq!(
+            (h.kind, h.seq, h.frag_index),
+            (h0.kind, h0.seq, h0.frag_index)
+        );
+        assert_eq!(h.lamport, h0.lamport, "the same execution's reply");
+        assert!(h.flags.contains(Flags::FROM_CACHE | Flags::IDEMPOTENT));
+        assert_eq!(payload, p0);
+    }
+    assert_eq!((s.stats().executed, s.stats().answered_from_cache), (1, 1));
+    // Acknowledged: freed.
+    assert!(
+        s.handle_datagram(t0 + ms(3), 1, &idempotent_request(1, session, 2, 1, b"x"))
+            .is_some()
+    );
+    assert_eq!(s.memory().cached_bytes, 0);
+    check(&s);
 }
 
 #[test]
@@ -651,8 +751,10 @@ fn an_unknown_session_gets_stale_on_fragment_0_only() {
             method: METHOD,
             session: unknown,
             seq: 1,
-            ack: 0,
-            lamport: 103, // observed 101 (102), ticked for the Stale
+            // Which calls never started: unknown (this server never held the session).
+            ack: u64::MAX,
+            // Nothing of a session it does not hold moves the server's clock.
+            lamport: 0,
             frag_index: 0,
             frag_count: 1,
             message_len: 0,
@@ -921,53 +1023,65 @@ fn a_request_larger_than_the_maximum_message_gets_message_too_large() {
 }
 
 #[test]
-fn the_least_recently_used_session_is_evicted() {
+fn only_an_idle_session_is_evicted_and_a_newcomer_waits_while_all_are_in_use() {
     let t0 = Instant::now();
     let mut s = server_with(ServerConfig {
         max_sessions: 2,
+        evictable_after: secs(2),
         ..ServerConfig::default()
     });
     let s1 = open(&mut s, t0, 1);
     let s2 = open(&mut s, t0 + ms(1), 2);
     complete(&mut s, t0 + ms(1), 2, s2, 1, 0, b"kept");
-    assert!(
-        s.handle_datagram(t0 + ms(2), 1, &request(1, s1, 1, 0, b"x"))
-            .is_some()
-    );
+    // Client 1 has a call executing.
+    let d = request(1, s1, 1, 0, b"x");
+    let running = s.handle_datagram(t0 + ms(2), 1, &d).unwrap();
     assert_eq!(s.memory().cached_bytes, 4);
 
-    // A third client: client 2, idle since 1 ms, goes.
-    let s3 = open(&mut s, t0 + ms(3), 3);
+    // A third client while both are in use: refused, nobody evicted.
+    let hello3 = with_cookie(&mut s, t0 + ms(3), 3, &hello(3));
+    assert!(s.handle_datagram(t0 + ms(3), 3, &hello3).is_none());
+    let out = drain(&mut s);
+    assert_eq!(
+        (out[0].1.kind, out[0].1.status),
+        (PacketKind::Refused, RefuseReason::SessionsFull.to_u16())
+    );
+    assert_eq!((s.stats().sessions_evicted, s.memory().sessions), (0, 2));
+
+    // Later, client 2 has been silent long enough; client 1 still has a call executing.
+    let later = t0 + secs(3);
+    let hello3 = with_cookie(&mut s, later, 3, &hello(3));
+    assert!(s.handle_datagram(later, 3, &hello3).is_none());
+    let out = drain(&mut s);
+    assert_eq!(out[0].1.kind, PacketKind::Welcome);
+    let s3 = out[0].1.session;
     assert_eq!(s.stats().sessions_evicted, 1);
     assert_eq!((s.memory().sessions, s.memory().cached_bytes), (2, 0));
     assert_eq!((s3 >> 16) & 0xffff, (s2 >> 16) & 0xffff, "the evicted slot");
     assert_ne!(s3, s2);
 
-    // Client 2's next request names a session the server no longer has.
+    // Client 2's next request names the evicted session: Stale, saying that nothing after
+    // call 1 ever started in it, so call 2 can go again in a new session.
     assert!(
-        s.handle_datagram(t0 + ms(4), 2, &request(2, s2, 2, 1, b"x"))
+        s.handle_datagram(later + ms(1), 2, &request(2, s2, 2, 1, b"x"))
             .is_none()
     );
-    assert_eq!(control_reply(&mut s, 2, s2, 2), (PacketKind::Stale, 0));
-    // Its new Hello: a new session, in place of client 1's (idle since 2 ms).
-    let s2b = open(&mut s, t0 + ms(5), 2);
-    assert!(s2b != s2 && s2b != s1);
-    assert_eq!((s2b >> 32) as u32, INCARNATION);
-    assert_eq!(s.stats().sessions_evicted, 2);
-    assert!(
-        s.handle_datagram(t0 + ms(6), 1, &request(1, s1, 2, 1, b"x"))
-            .is_none()
+    let out = drain(&mut s);
+    assert_eq!(
+        (out[0].1.kind, out[0].1.session, out[0].1.ack),
+        (PacketKind::Stale, s2, 1)
     );
-    assert_eq!(control_reply(&mut s, 1, s1, 2), (PacketKind::Stale, 0));
+    // Client 1's call finishes; its session works on.
+    respond(&mut s, later + ms(2), &running.ticket, b"y");
     assert!(
-        s.handle_datagram(t0 + ms(6), 3, &request(3, s3, 1, 0, b"x"))
+        s.handle_datagram(later + ms(2), 1, &request(1, s1, 2, 1, b"x"))
             .is_some()
     );
     assert!(
-        s.handle_datagram(t0 + ms(6), 2, &request(2, s2b, 1, 0, b"x"))
+        s.handle_datagram(later + ms(2), 3, &request(3, s3, 1, 0, b"x"))
             .is_some()
     );
-    assert_eq!(s.stats().sessions_opened, 4);
+    assert_eq!(s.stats().sessions_opened, 3);
     check(&s);
 }
 
@@ -1258,6 +1372,10 @@ fn control_replies_beyond_the_queue_bound_are_dropped() {
         max_queued_transmits: 2,
         ..ServerConfig::default()
     });
+    // Hellos with their cookies, for later.
+    let hellos: Vec<(u64, Vec<u8>)> = (2..=4)
+        .map(|client| (client, with_cookie(&mut s, t0, client, &hello(client))))
+        .collect();
     let unknown = (u64::from(INCARNATION) << 32) | 0x1234;
     for seq in 1..=3 {
         assert!(
@@ -1276,8 +1394,8 @@ fn control_replies_beyond_the_queue_bound_are_dropped() {
         [1, 2]
     );
     // A Hello's Welcome is dropped the same way; the session is open all the same.
-    for client in 2..=4 {
-        assert!(s.handle_datagram(t0, client, &hello(client)).is_none());
+    for (client, hello) in &hellos {
+        assert!(s.handle_datagram(t0, *client, hello).is_none());
     }
     assert_eq!(
         (

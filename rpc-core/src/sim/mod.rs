@@ -18,6 +18,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod net;
@@ -28,10 +29,15 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::client::{CallRequest, Client, Event, Payload};
+use crate::clock::LamportClock;
 use crate::config::{ClientConfig, ServerConfig};
 use crate::error::CallError;
 use crate::server::{Server, Ticket};
-use crate::wire::{ErrorCode, HEADER_LEN};
+use crate::wire::ErrorCode;
+
+/// The wall clock of simulated nodes when a run starts (2027-01-01, in nanoseconds since the
+/// Unix epoch); virtual time advances it.
+pub const SIM_WALL_CLOCK: u64 = 1_798_761_600_000_000_000;
 
 /// Interface fingerprint served by the simulated server.
 pub const INTERFACE: u32 = 0x5151_0001;
@@ -105,6 +111,7 @@ impl SimConfig {
             max_retransmissions: u32::MAX,
             assumed_bandwidth: 1_000_000_000,
             reassembly_budget: 4 << 20,
+            auth: None,
         };
         let server = ServerConfig {
             max_datagram: [1_472usize, 9_000, 65_507][r.random_range(0..3)],
@@ -122,6 +129,10 @@ impl SimConfig {
             reassembly_timeout: Duration::from_millis(500),
             session_idle_timeout: Duration::from_secs(if tight { 1 } else { 30 }),
             max_queued_transmits: if tight { 64 } else { 4096 },
+            max_sessions_per_host: 256,
+            evictable_after: Duration::from_millis(if tight { 100 } else { 2000 }),
+            cookie_lifetime: Duration::from_secs(10),
+            auth: None,
         };
         let base = Duration::from_micros(r.random_range(10..200));
         Self {
@@ -489,7 +500,8 @@ impl Sim {
 
     fn new_client(&mut self, index: usize, incarnation: u32) -> Result<Client, SimFailure> {
         let id = 0x1000 + index as u64;
-        Client::new(self.cfg.client.clone(), id, incarnation)
+        let clock = Arc::new(LamportClock::new(id, SIM_WALL_CLOCK, self.base));
+        Client::new(self.cfg.client.clone(), id, incarnation, clock)
             .map_err(|e| self.fail(format!("client config: {e}")))
     }
 
@@ -497,7 +509,10 @@ impl Sim {
         self.incarnation += 1;
         let rng =
             ChaCha8Rng::seed_from_u64(self.cfg.seed.wrapping_add(u64::from(self.incarnation)));
-        let server = Server::new(self.cfg.server.clone(), self.incarnation, 0xfeed, rng)
+        // A restarted server is a new process: a new clock, from the wall clock of now.
+        let wall = SIM_WALL_CLOCK + (self.now - self.base).as_nanos() as u64;
+        let clock = Arc::new(LamportClock::new(0xfeed, wall, self.now));
+        let server = Server::new(self.cfg.server.clone(), self.incarnation, clock, rng)
             .map_err(|e| self.fail(format!("server config: {e}")))?;
         self.server = Some(server);
         Ok(())
@@ -506,16 +521,14 @@ impl Sim {
     fn flush(&mut self) {
         for i in 0..self.clients.len() {
             while let Some(t) = self.clients[i].core.poll_transmit(self.now) {
-                let mut bytes = Vec::with_capacity(HEADER_LEN + 64);
-                bytes.extend_from_slice(&t.header);
-                match t.payload {
-                    Payload::None => {}
-                    Payload::Inline => bytes.extend_from_slice(t.inline()),
+                let bytes = match t.payload {
+                    Payload::None => t.to_datagram([]),
+                    Payload::Inline => t.to_datagram([t.inline()]),
                     Payload::Call { call, offset, len } => {
                         let body = &self.clients[i].calls[&call.seq()].body;
-                        bytes.extend_from_slice(&body[offset..offset + len]);
+                        t.to_datagram([&body[offset..offset + len]])
                     }
-                }
+                };
                 let from = self.clients[i].addr;
                 self.send(from, SERVER, bytes);
             }
@@ -523,10 +536,7 @@ impl Sim {
         let mut out = Vec::new();
         if let Some(server) = self.server.as_mut() {
             while let Some(t) = server.poll_transmit() {
-                let mut bytes = Vec::with_capacity(HEADER_LEN + t.body.len());
-                bytes.extend_from_slice(&t.header);
-                bytes.extend_from_slice(t.body);
-                out.push((t.dest, bytes));
+                out.push((t.dest, t.to_datagram()));
             }
         }
         for (to, bytes) in out {
@@ -726,15 +736,7 @@ impl Sim {
         let Some(plan) = server.begin_reply(now, &ticket, result) else {
             return;
         };
-        let mut out = Vec::with_capacity(usize::from(plan.count()));
-        for i in 0..plan.count() {
-            let mut bytes = Vec::with_capacity(HEADER_LEN + plan.range(i).len());
-            bytes.extend_from_slice(&plan.header(i));
-            if plan.error().is_none() {
-                bytes.extend_from_slice(&body[plan.range(i)]);
-            }
-            out.push(bytes);
-        }
+        let out: Vec<Vec<u8>> = (0..plan.count()).map(|i| plan.datagram(i, body)).collect();
         server.finish_reply(&ticket, &plan, [body]);
         for bytes in out {
             self.send(SERVER, plan.dest, bytes);

@@ -12,12 +12,16 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::client::{CallRequest, Client, ClientStats, Event, Payload};
+use crate::clock::LamportClock;
+use std::sync::Arc;
+
+use super::SIM_WALL_CLOCK;
 use crate::config::{ClientConfig, ServerConfig};
 use crate::error::{CallError, DecodeError};
 use crate::marshal::Encoder;
 use crate::server::{Server, ServerStats, Ticket};
 use crate::service::{CallOptions, Dispatch, MethodDesc, Reply, ReplySink, Transport};
-use crate::wire::{ErrorCode, HEADER_LEN};
+use crate::wire::ErrorCode;
 
 /// Faults of a [`SimNet`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -104,14 +108,18 @@ impl<D: Dispatch> SimNet<D> {
         server: ServerConfig,
         dispatch: D,
     ) -> Self {
-        let client = Client::new(client, 0xc11e_0000 + seed, 1).expect("valid client config");
-        let server = Server::new(server, 1, 0x5e7e, ChaCha8Rng::seed_from_u64(seed))
+        let now = Instant::now();
+        let client_clock = Arc::new(LamportClock::new(0xc11e_0000 + seed, SIM_WALL_CLOCK, now));
+        let server_clock = Arc::new(LamportClock::new(0x5e7e, SIM_WALL_CLOCK, now));
+        let client =
+            Client::new(client, 0xc11e_0000 + seed, 1, client_clock).expect("valid client config");
+        let server = Server::new(server, 1, server_clock, ChaCha8Rng::seed_from_u64(seed))
             .expect("valid server config");
         Self {
             net: RefCell::new(Net {
                 rng: ChaCha8Rng::seed_from_u64(seed),
                 faults,
-                now: Instant::now(),
+                now,
                 order: 0,
                 queue: BinaryHeap::new(),
                 client,
@@ -161,22 +169,20 @@ impl<D: Dispatch> Net<D> {
 
     fn flush(&mut self, request: &Encoder<'_>) {
         while let Some(t) = self.client.poll_transmit(self.now) {
-            let mut bytes = t.header.to_vec();
-            match t.payload {
-                Payload::None => {}
-                Payload::Inline => bytes.extend_from_slice(t.inline()),
+            let bytes = match t.payload {
+                Payload::None => t.to_datagram([]),
+                Payload::Inline => t.to_datagram([t.inline()]),
                 Payload::Call { offset, len, .. } => {
-                    request.for_each_in(offset..offset + len, |s| bytes.extend_from_slice(s));
+                    let mut body = Vec::with_capacity(len);
+                    request.for_each_in(offset..offset + len, |s| body.extend_from_slice(s));
+                    t.to_datagram([&body[..]])
                 }
-            }
+            };
             self.send(SERVER, bytes);
         }
         let mut out = Vec::new();
         while let Some(t) = self.server.poll_transmit() {
-            let mut bytes = Vec::with_capacity(HEADER_LEN + t.body.len());
-            bytes.extend_from_slice(&t.header);
-            bytes.extend_from_slice(t.body);
-            out.push(bytes);
+            out.push(t.to_datagram());
         }
         for bytes in out {
             self.send(CLIENT, bytes);
@@ -241,7 +247,7 @@ fn reply_error(
     out: &mut Vec<Vec<u8>>,
 ) {
     if let Some(plan) = server.begin_reply(now, ticket, Err(code)) {
-        out.push(plan.header(0).to_vec());
+        out.push(plan.datagram(0, &[]));
         server.finish_reply(ticket, &plan, []);
     }
 }
@@ -265,12 +271,9 @@ impl ReplySink for Sink<'_> {
         else {
             return;
         };
+        let whole = body.to_vec();
         for i in 0..plan.count() {
-            let mut bytes = plan.header(i).to_vec();
-            if plan.error().is_none() {
-                body.for_each_in(plan.range(i), |s| bytes.extend_from_slice(s));
-            }
-            self.out.push(bytes);
+            self.out.push(plan.datagram(i, &whole));
         }
         self.server
             .finish_reply(&self.ticket, &plan, body.segments());
@@ -293,7 +296,9 @@ impl<D: Dispatch> Transport for SimNet<D> {
             method: method.id,
             len: request.len(),
             idempotent: method.idempotent,
-            deadline: options.timeout.map(|t| now + t),
+            deadline: options
+                .timeout
+                .map(|t| crate::config::deadline_after(now, t)),
         };
         let id = net.client.start_call(now, req)?;
         loop {

@@ -13,10 +13,15 @@ pub const HEADER_LEN: usize = 72;
 pub const MAGIC: u16 = u16::from_le_bytes(*b"rp");
 
 /// Protocol version spoken by this crate.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
-/// Lamport timestamps at or above this value are refused on receipt, so that a hostile peer
-/// cannot push a clock to `u64::MAX` and freeze it there.
+/// Length of the authentication tag that follows the header of a datagram flagged
+/// [`Flags::AUTH`].
+pub const TAG_LEN: usize = 16;
+
+/// Lamport timestamps at or above this value are malformed. No clock ever reaches it
+/// (`crate::clock` bounds how far a peer can push one), so no node emits a stamp its peers
+/// refuse.
 pub const MAX_LAMPORT: u64 = 1 << 62;
 
 /// The header as it sits on the wire.
@@ -84,8 +89,15 @@ pub enum PacketKind {
     /// `status` says which resource ([`BusyReason`]).
     Busy = 6,
     /// Server to client: the session named in the request is unknown (the server restarted, or
-    /// the session expired or was evicted). Calls sent in it may or may not have executed.
+    /// the session expired or was evicted). `ack` says which calls of that session never
+    /// started executing: every one with a sequence number above it.
     Stale = 7,
+    /// Server to client, in answer to a `Hello` without a valid cookie: the cookie to send
+    /// back. Body: [`CookieBody`]. The server keeps no state for it.
+    Retry = 8,
+    /// Server to client, in answer to a `Hello`: no session is opened; `status` says why
+    /// ([`RefuseReason`]).
+    Refused = 9,
 }
 
 impl PacketKind {
@@ -99,6 +111,8 @@ impl PacketKind {
             5 => Self::ErrorReply,
             6 => Self::Busy,
             7 => Self::Stale,
+            8 => Self::Retry,
+            9 => Self::Refused,
             _ => return None,
         })
     }
@@ -106,6 +120,11 @@ impl PacketKind {
     /// Whether a client sends this kind.
     pub fn from_client(self) -> bool {
         matches!(self, Self::Hello | Self::Request)
+    }
+
+    /// Whether this kind belongs to the handshake (it names no session).
+    pub fn is_handshake(self) -> bool {
+        matches!(self, Self::Hello | Self::Retry | Self::Refused)
     }
 }
 
@@ -120,6 +139,9 @@ bitflags::bitflags! {
         const RETRANSMIT = 1 << 1;
         /// Reply: resent from the server's retransmit buffer.
         const FROM_CACHE = 1 << 2;
+        /// Any kind: a [`TAG_LEN`]-byte authentication tag follows the header, before the
+        /// payload (authenticated mode).
+        const AUTH = 1 << 3;
     }
 }
 
@@ -144,8 +166,14 @@ pub enum ErrorCode {
     MessageTooLarge,
     /// The request was flagged idempotent but the method is not.
     NotIdempotent,
-    /// The server is shutting down.
+    /// The server is shutting down; the call did not execute.
     ShuttingDown,
+    /// The call is below the session's acknowledged point and its outcome is no longer held:
+    /// it may have executed.
+    Forgotten,
+    /// The call is below the session's acknowledged point and never started executing: it
+    /// did not execute and never will in this session.
+    Skipped,
     /// A code this version does not know.
     Other(u16),
 }
@@ -163,6 +191,8 @@ impl ErrorCode {
             Self::MessageTooLarge => 7,
             Self::NotIdempotent => 8,
             Self::ShuttingDown => 9,
+            Self::Forgotten => 10,
+            Self::Skipped => 11,
             Self::Other(v) => v,
         }
     }
@@ -179,6 +209,8 @@ impl ErrorCode {
             7 => Self::MessageTooLarge,
             8 => Self::NotIdempotent,
             9 => Self::ShuttingDown,
+            10 => Self::Forgotten,
+            11 => Self::Skipped,
             v => Self::Other(v),
         }
     }
@@ -196,6 +228,12 @@ pub enum BusyReason {
     ReassemblyFull,
     /// The server's queue of calls waiting for a worker is full.
     Overloaded,
+    /// The server holds as many sessions as it may, all in use (answer to a `Hello`, as
+    /// [`RefuseReason::SessionsFull`]).
+    SessionsFull,
+    /// The client's address holds as many sessions as one address may (answer to a `Hello`,
+    /// as [`RefuseReason::AddressLimit`]).
+    AddressLimit,
     /// A reason this version does not know.
     Other(u16),
 }
@@ -208,6 +246,8 @@ impl BusyReason {
             Self::ReplyCacheFull => 2,
             Self::ReassemblyFull => 3,
             Self::Overloaded => 4,
+            Self::SessionsFull => 5,
+            Self::AddressLimit => 6,
             Self::Other(v) => v,
         }
     }
@@ -219,12 +259,83 @@ impl BusyReason {
             2 => Self::ReplyCacheFull,
             3 => Self::ReassemblyFull,
             4 => Self::Overloaded,
+            5 => Self::SessionsFull,
+            6 => Self::AddressLimit,
             v => Self::Other(v),
         }
     }
 }
 
-/// Body of a `Hello`: what the client can receive.
+/// Why a server answered a `Hello` with `Refused` (`status` of a `Refused`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RefuseReason {
+    /// Every session slot holds a session in use; try again later.
+    SessionsFull,
+    /// The client's address already holds as many sessions as one address may.
+    AddressLimit,
+    /// The server accepts authenticated datagrams only.
+    AuthRequired,
+    /// The server does not use authentication, but the `Hello` was authenticated.
+    AuthUnsupported,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// A reason this version does not know.
+    Other(u16),
+}
+
+impl RefuseReason {
+    /// Wire value.
+    pub fn to_u16(self) -> u16 {
+        match self {
+            Self::SessionsFull => 1,
+            Self::AddressLimit => 2,
+            Self::AuthRequired => 3,
+            Self::AuthUnsupported => 4,
+            Self::ShuttingDown => 5,
+            Self::Other(v) => v,
+        }
+    }
+
+    /// From a wire value; unknown values are kept as [`RefuseReason::Other`].
+    pub fn from_u16(v: u16) -> Self {
+        match v {
+            1 => Self::SessionsFull,
+            2 => Self::AddressLimit,
+            3 => Self::AuthRequired,
+            4 => Self::AuthUnsupported,
+            5 => Self::ShuttingDown,
+            v => Self::Other(v),
+        }
+    }
+}
+
+/// A handshake cookie: when the server issued it, and a MAC binding it to the client's
+/// address, ids and handshake nonce under a secret only the server knows.
+#[derive(
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+)]
+#[repr(C)]
+pub struct CookieBody {
+    /// Milliseconds since the server's epoch when the cookie was issued.
+    pub issued: U64,
+    /// The MAC.
+    pub mac: [u8; 16],
+}
+
+/// Body of a `Hello`: what the client can receive, and the cookie of the server's `Retry`
+/// (all zeros in a first `Hello`). Always this long, so that the `Retry` it may draw is no
+/// larger than the `Hello` (no amplification).
 #[derive(
     FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq,
 )]
@@ -234,6 +345,8 @@ pub struct HelloBody {
     pub max_datagram: U32,
     /// Largest reply body the client accepts.
     pub max_message: U32,
+    /// The cookie, or zeros.
+    pub cookie: CookieBody,
 }
 
 /// Body of a `Welcome`: who the server is and what it accepts.
@@ -248,12 +361,21 @@ pub struct WelcomeBody {
     pub max_datagram: U32,
     /// Largest request body the server accepts.
     pub max_message: U32,
+    /// Milliseconds a session may stay silent before the server closes it.
+    pub idle_timeout_ms: U32,
+    /// Zero.
+    pub reserved: U32,
+    /// The server's random nonce for this session (salt of the session keys in
+    /// authenticated mode).
+    pub server_nonce: [u8; 16],
 }
 
 /// Length of [`HelloBody`] on the wire.
 pub const HELLO_BODY_LEN: usize = core::mem::size_of::<HelloBody>();
 /// Length of [`WelcomeBody`] on the wire.
 pub const WELCOME_BODY_LEN: usize = core::mem::size_of::<WelcomeBody>();
+/// Length of [`CookieBody`] on the wire (the body of a `Retry`).
+pub const COOKIE_LEN: usize = core::mem::size_of::<CookieBody>();
 
 #[cfg(test)]
 mod tests {
@@ -269,7 +391,7 @@ mod tests {
         for v in 0..=255u8 {
             match PacketKind::from_u8(v) {
                 Some(k) => assert_eq!(k as u8, v),
-                None => assert!(v == 0 || v > 7, "{v} should be a kind"),
+                None => assert!(v == 0 || v > 9, "{v} should be a kind"),
             }
         }
     }
@@ -279,12 +401,16 @@ mod tests {
         for v in 0..=64u16 {
             assert_eq!(ErrorCode::from_u16(v).to_u16(), v);
             assert_eq!(BusyReason::from_u16(v).to_u16(), v);
+            assert_eq!(RefuseReason::from_u16(v).to_u16(), v);
         }
     }
 
     #[test]
     fn body_sizes() {
-        assert_eq!(HELLO_BODY_LEN, 8);
-        assert_eq!(WELCOME_BODY_LEN, 16);
+        assert_eq!(HELLO_BODY_LEN, 32);
+        assert_eq!(WELCOME_BODY_LEN, 40);
+        assert_eq!(COOKIE_LEN, 24);
+        // A Retry is never larger than the Hello it answers.
+        assert!(COOKIE_LEN <= HELLO_BODY_LEN);
     }
 }

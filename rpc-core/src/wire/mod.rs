@@ -8,8 +8,9 @@ mod packet;
 
 pub use frag::{FragmentPlan, Reassembly, ReassemblyError};
 pub use header::{
-    BusyReason, ErrorCode, Flags, HEADER_LEN, HELLO_BODY_LEN, Header, HelloBody, MAGIC,
-    MAX_LAMPORT, PacketKind, VERSION, WELCOME_BODY_LEN, WelcomeBody,
+    BusyReason, COOKIE_LEN, CookieBody, ErrorCode, Flags, HEADER_LEN, HELLO_BODY_LEN, Header,
+    HelloBody, MAGIC, MAX_LAMPORT, PacketKind, RefuseReason, TAG_LEN, VERSION, WELCOME_BODY_LEN,
+    WelcomeBody,
 };
 pub use packet::{HeaderRepr, Packet, PacketRepr, read_body};
 
@@ -47,6 +48,9 @@ pub enum WireError {
     /// A Lamport timestamp too large to accept.
     #[error("lamport timestamp out of range")]
     BadTimestamp,
+    /// A request acknowledging its own sequence number or a later one.
+    #[error("request acknowledges its own call")]
+    BadAck,
     /// The output buffer is too small (emit only).
     #[error("buffer too small")]
     BufferTooSmall,
@@ -65,11 +69,28 @@ pub struct DropCounters {
     pub stale: u64,
     /// Later fragments of a request the server refused (its first fragment got the answer).
     pub refused: u64,
+    /// Authentication failed: a missing, unexpected or wrong tag (forged or modified
+    /// datagrams, or a peer with another key).
+    pub bad_tag: u64,
+    /// A valid datagram of a session, from an address other than the one that opened it.
+    pub wrong_address: u64,
+    /// A Lamport stamp too far ahead of this node's clock to be honest (`crate::clock`).
+    pub bad_stamp: u64,
+    /// Hellos with a cookie that is not valid (forged, expired, or for another address).
+    pub bad_cookie: u64,
 }
 
 impl DropCounters {
     /// Sum of all causes.
     pub fn total(&self) -> u64 {
-        self.malformed + self.misdirected + self.bad_fragment + self.stale + self.refused
+        self.malformed
+            + self.misdirected
+            + self.bad_fragment
+            + self.stale
+            + self.refused
+            + self.bad_tag
+            + self.wrong_address
+            + self.bad_stamp
+            + self.bad_cookie
     }
 }

@@ -9,37 +9,63 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::WireError;
 use super::header::{
-    Flags, HEADER_LEN, HELLO_BODY_LEN, Header, MAGIC, MAX_LAMPORT, PacketKind, VERSION,
-    WELCOME_BODY_LEN,
+    COOKIE_LEN, Flags, HEADER_LEN, HELLO_BODY_LEN, Header, MAGIC, MAX_LAMPORT, PacketKind, TAG_LEN,
+    VERSION, WELCOME_BODY_LEN,
 };
 
 /// A datagram whose header fits and whose payload length matches the header.
+///
+/// A datagram flagged [`Flags::AUTH`] carries a [`TAG_LEN`]-byte tag between the header and
+/// the payload; [`Packet::tag`] returns it (checking it is the receiver's business: only it
+/// knows the key).
 #[derive(Clone, Copy, Debug)]
 pub struct Packet<'a> {
     header: &'a Header,
+    tag: Option<&'a [u8; TAG_LEN]>,
     payload: &'a [u8],
 }
 
 impl<'a> Packet<'a> {
-    /// Checks that `buf` holds a header of this protocol version followed by exactly the
-    /// number of payload bytes the header announces.
+    /// Checks that `buf` holds a header of this protocol version, the tag if the header says
+    /// there is one, and exactly the number of payload bytes the header announces.
     pub fn new_checked(buf: &'a [u8]) -> Result<Self, WireError> {
-        let (header, payload) = Header::ref_from_prefix(buf).map_err(|_| WireError::Truncated)?;
+        let (header, rest) = Header::ref_from_prefix(buf).map_err(|_| WireError::Truncated)?;
         if header.magic.get() != MAGIC {
             return Err(WireError::BadMagic);
         }
         if header.version != VERSION {
             return Err(WireError::UnsupportedVersion(header.version));
         }
+        let (tag, payload) = if header.flags.get() & Flags::AUTH.bits() != 0 {
+            let (tag, payload) =
+                <[u8; TAG_LEN]>::ref_from_prefix(rest).map_err(|_| WireError::Truncated)?;
+            (Some(tag), payload)
+        } else {
+            (None, rest)
+        };
         if header.payload_len.get() as usize != payload.len() {
             return Err(WireError::LengthMismatch);
         }
-        Ok(Self { header, payload })
+        Ok(Self {
+            header,
+            tag,
+            payload,
+        })
     }
 
     /// The header, read in place.
     pub fn header(&self) -> &'a Header {
         self.header
+    }
+
+    /// The header's bytes, as the tag covers them.
+    pub fn header_bytes(&self) -> &'a [u8] {
+        self.header.as_bytes()
+    }
+
+    /// The authentication tag, if the datagram carries one.
+    pub fn tag(&self) -> Option<&'a [u8; TAG_LEN]> {
+        self.tag
     }
 
     /// The body bytes carried by this datagram.
@@ -129,7 +155,10 @@ impl HeaderRepr {
         } else if self.payload_len == 0 || self.message_len < u32::from(self.frag_count) {
             return Err(WireError::BadFragment);
         }
-        let status_expected = matches!(self.kind, PacketKind::ErrorReply | PacketKind::Busy);
+        let status_expected = matches!(
+            self.kind,
+            PacketKind::ErrorReply | PacketKind::Busy | PacketKind::Refused
+        );
         if status_expected != (self.status != 0) {
             return Err(WireError::BadStatus);
         }
@@ -138,15 +167,22 @@ impl HeaderRepr {
             PacketKind::Request => client_flags,
             PacketKind::Hello => Flags::RETRANSMIT,
             PacketKind::Reply | PacketKind::ErrorReply => Flags::FROM_CACHE | Flags::IDEMPOTENT,
-            PacketKind::Welcome | PacketKind::Busy | PacketKind::Stale => Flags::empty(),
-        };
+            PacketKind::Welcome
+            | PacketKind::Busy
+            | PacketKind::Stale
+            | PacketKind::Retry
+            | PacketKind::Refused => Flags::empty(),
+        } | Flags::AUTH;
         if !allowed.contains(self.flags) {
             return Err(WireError::UnknownFlags);
         }
         let fixed_body = match self.kind {
             PacketKind::Hello => Some(HELLO_BODY_LEN),
             PacketKind::Welcome => Some(WELCOME_BODY_LEN),
-            PacketKind::ErrorReply | PacketKind::Busy | PacketKind::Stale => Some(0),
+            PacketKind::Retry => Some(COOKIE_LEN),
+            PacketKind::ErrorReply | PacketKind::Busy | PacketKind::Stale | PacketKind::Refused => {
+                Some(0)
+            }
             PacketKind::Request | PacketKind::Reply => None,
         };
         if let Some(len) = fixed_body {
@@ -154,9 +190,13 @@ impl HeaderRepr {
                 return Err(WireError::LengthMismatch);
             }
         }
-        let needs_session = !matches!(self.kind, PacketKind::Hello);
-        if needs_session != (self.session != 0) {
+        if self.kind.is_handshake() == (self.session != 0) {
             return Err(WireError::BadSession);
+        }
+        // A request's own call is in flight at the client, so everything the client
+        // acknowledges lies below it.
+        if self.kind == PacketKind::Request && self.ack >= self.seq {
+            return Err(WireError::BadAck);
         }
         Ok(())
     }
@@ -184,6 +224,15 @@ impl HeaderRepr {
         }
     }
 
+    /// Bytes before the payload: the header, and the tag when the packet is flagged `AUTH`.
+    pub fn overhead(&self) -> usize {
+        if self.flags.contains(Flags::AUTH) {
+            HEADER_LEN + TAG_LEN
+        } else {
+            HEADER_LEN
+        }
+    }
+
     /// The header's bytes.
     pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
@@ -192,11 +241,14 @@ impl HeaderRepr {
     }
 }
 
-/// A validated packet: header and the payload it carries.
+/// A validated packet: header, tag and the payload it carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PacketRepr<'a> {
     /// The validated header.
     pub header: HeaderRepr,
+    /// The authentication tag, when the header is flagged `AUTH` (not checked: only the
+    /// receiver knows the key).
+    pub tag: Option<&'a [u8; TAG_LEN]>,
     /// The body bytes of this datagram.
     pub payload: &'a [u8],
 }
@@ -208,16 +260,18 @@ impl<'a> PacketRepr<'a> {
         let header = HeaderRepr::parse(&packet)?;
         Ok(Self {
             header,
+            tag: packet.tag(),
             payload: packet.payload(),
         })
     }
 
-    /// Bytes needed to emit this packet.
+    /// Bytes needed to emit this packet (a tag's room included when it is flagged `AUTH`).
     pub fn buffer_len(&self) -> usize {
-        HEADER_LEN + self.payload.len()
+        self.header.overhead() + self.payload.len()
     }
 
-    /// Writes the packet into `out`, returning the number of bytes written.
+    /// Writes the packet into `out`, returning the number of bytes written. An `AUTH`
+    /// packet's tag is written as given, or left zero (for the sender's key to fill in).
     pub fn emit(&self, out: &mut [u8]) -> Result<usize, WireError> {
         if self.header.payload_len as usize != self.payload.len() {
             return Err(WireError::LengthMismatch);
@@ -225,8 +279,12 @@ impl<'a> PacketRepr<'a> {
         self.header.check()?;
         let len = self.buffer_len();
         let out = out.get_mut(..len).ok_or(WireError::BufferTooSmall)?;
-        let (head, body) = out.split_at_mut(HEADER_LEN);
-        head.copy_from_slice(self.header.to_header().as_bytes());
+        let (head, body) = out.split_at_mut(self.header.overhead());
+        head[..HEADER_LEN].copy_from_slice(self.header.to_header().as_bytes());
+        match self.tag {
+            Some(tag) if head.len() > HEADER_LEN => head[HEADER_LEN..].copy_from_slice(tag),
+            _ => head[HEADER_LEN..].fill(0),
+        }
         body.copy_from_slice(self.payload);
         Ok(len)
     }
@@ -245,7 +303,7 @@ mod tests {
     /// A request for interface 0x11223344, method 0xaabbccdd, carrying 3 body bytes.
     const REQUEST: [u8; HEADER_LEN + 3] = [
         b'r', b'p', // magic
-        1,    // version
+        2,    // version
         3,    // kind: Request
         0x03, 0x00, // flags: IDEMPOTENT | RETRANSMIT
         0x00, 0x00, // status
@@ -303,6 +361,7 @@ mod tests {
     fn emit() {
         let repr = PacketRepr {
             header: request_repr(),
+            tag: None,
             payload: b"abc",
         };
         let mut out = [0u8; 128];
@@ -341,7 +400,7 @@ mod tests {
     fn field_errors() {
         let cases: &[(usize, u8, WireError)] = &[
             (0, b'x', WireError::BadMagic),
-            (2, 2, WireError::UnsupportedVersion(2)),
+            (2, 1, WireError::UnsupportedVersion(1)),
             (3, 0, WireError::UnknownKind(0)),
             (3, 99, WireError::UnknownKind(99)),
             (5, 0x80, WireError::UnknownFlags),
@@ -360,12 +419,41 @@ mod tests {
                 "byte {offset} = {value}"
             );
         }
+        // A request acknowledging its own call.
+        let mut bytes = REQUEST;
+        bytes[40] = 0x10;
+        assert_eq!(PacketRepr::parse(&bytes).unwrap_err(), WireError::BadAck);
         // A request without a session.
         let mut bytes = REQUEST;
         bytes[24..32].fill(0);
         assert_eq!(
             PacketRepr::parse(&bytes).unwrap_err(),
             WireError::BadSession
+        );
+    }
+
+    #[test]
+    fn an_auth_packet_carries_its_tag_between_header_and_payload() {
+        let mut bytes = REQUEST.to_vec();
+        bytes[4] |= Flags::AUTH.bits() as u8;
+        // Flagged, but too short for a tag.
+        assert_eq!(
+            PacketRepr::parse(&bytes[..HEADER_LEN + 2]).unwrap_err(),
+            WireError::Truncated
+        );
+        let tag = [0x5a; TAG_LEN];
+        bytes.splice(HEADER_LEN..HEADER_LEN, tag);
+        let p = PacketRepr::parse(&bytes).unwrap();
+        assert_eq!((p.tag, p.payload), (Some(&tag), &b"abc"[..]));
+        assert!(p.header.flags.contains(Flags::AUTH));
+        let mut out = vec![0u8; p.buffer_len()];
+        assert_eq!(p.emit(&mut out), Ok(bytes.len()));
+        assert_eq!(out, bytes);
+        // The payload length counts the payload only.
+        bytes.push(0);
+        assert_eq!(
+            PacketRepr::parse(&bytes).unwrap_err(),
+            WireError::LengthMismatch
         );
     }
 
@@ -392,10 +480,12 @@ mod tests {
         let body = HelloBody {
             max_datagram: 1472.into(),
             max_message: 1024.into(),
+            cookie: Default::default(),
         };
         let mut out = [0u8; HEADER_LEN + HELLO_BODY_LEN];
         let n = PacketRepr {
             header: hello,
+            tag: None,
             payload: body.as_bytes(),
         }
         .emit(&mut out)
