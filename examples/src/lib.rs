@@ -267,6 +267,9 @@ impl NullResponder {
                         server_node: 1.into(),
                         max_datagram: (rpc_core::config::MAX_UDP_PAYLOAD as u32).into(),
                         max_message: (1u32 << 20).into(),
+                        idle_timeout_ms: 120_000.into(),
+                        reserved: 0.into(),
+                        server_nonce: [0; 16],
                     };
                     h.kind = PacketKind::Welcome;
                     h.session = 1 << 32 | 1;

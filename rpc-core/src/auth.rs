@@ -144,12 +144,45 @@ impl Sealer {
         tag
     }
 
+    /// Starts a tag over `header`, for a payload whose segments come one at a time.
+    pub fn begin(&self, header: &[u8; HEADER_LEN]) -> Tagger {
+        let mut mac = self.0.clone();
+        mac.update(header);
+        Tagger(mac)
+    }
+
     /// Whether `tag` is the tag of `header` and `payload` (compared in constant time).
     pub fn verify(&self, header: &[u8], payload: &[u8], tag: &[u8; TAG_LEN]) -> bool {
         let mut mac = self.0.clone();
         mac.update(header);
         mac.update(payload);
         mac.verify_truncated_left(tag).is_ok()
+    }
+}
+
+/// A tag being computed: [`Sealer::begin`], then [`Tagger::update`] with each payload segment in
+/// order, then [`Tagger::finish`].
+#[derive(Clone)]
+pub struct Tagger(HmacSha256);
+
+impl core::fmt::Debug for Tagger {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Tagger(..)")
+    }
+}
+
+impl Tagger {
+    /// Adds the next payload bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The tag.
+    pub fn finish(self) -> [u8; TAG_LEN] {
+        let full = self.0.finalize().into_bytes();
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&full[..TAG_LEN]);
+        tag
     }
 }
 
@@ -234,6 +267,10 @@ mod tests {
         let t = k.tag(&header(7), [&b"abc"[..], b"def"]);
         // Segmentation does not matter, content does.
         assert_eq!(t, k.tag(&header(7), [&b"abcdef"[..]]));
+        let mut streamed = k.begin(&header(7));
+        streamed.update(b"ab");
+        streamed.update(b"cdef");
+        assert_eq!(streamed.finish(), t);
         assert!(k.verify(&header(7), b"abcdef", &t));
         assert!(!k.verify(&header(8), b"abcdef", &t));
         assert!(!k.verify(&header(7), b"abcdeg", &t));

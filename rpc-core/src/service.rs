@@ -167,6 +167,9 @@ pub trait Dispatch: Send + Sync {
     /// The method a call names, or the error code to refuse it with.
     fn method(&self, interface: u32, method: u32) -> Result<&'static MethodDesc, ErrorCode>;
 
+    /// Whether some method is marked blocking (it needs a transport's worker pool).
+    fn has_blocking(&self) -> bool;
+
     /// Executes a call whose method [`Dispatch::method`] found.
     fn dispatch(
         &self,
@@ -186,6 +189,10 @@ impl<S: Service> Dispatch for S {
             return Err(ErrorCode::UnknownInterface);
         }
         find(self.methods(), method).ok_or(ErrorCode::UnknownMethod)
+    }
+
+    fn has_blocking(&self) -> bool {
+        self.methods().iter().any(|m| m.blocking)
     }
 
     fn dispatch(
@@ -237,6 +244,12 @@ impl Dispatch for Router {
     fn method(&self, interface: u32, method: u32) -> Result<&'static MethodDesc, ErrorCode> {
         let s = self.service(interface).ok_or(ErrorCode::UnknownInterface)?;
         find(s.methods(), method).ok_or(ErrorCode::UnknownMethod)
+    }
+
+    fn has_blocking(&self) -> bool {
+        self.services
+            .iter()
+            .any(|s| s.methods().iter().any(|m| m.blocking))
     }
 
     fn dispatch(

@@ -1,6 +1,7 @@
 //! Building the gather list of one datagram.
 //!
-//! A datagram is the 72-byte header followed by a range of the message's segments. Segments
+//! A datagram is the 72-byte header (and, in authenticated mode, its 16-byte tag) followed by
+//! a range of the message's segments. Segments
 //! of the caller's memory are passed to the kernel by reference. The small segments at the
 //! front — length prefixes and scalars, bytes the encoder already holds in its own scratch
 //! area — are packed behind the header in one stack buffer, so that a small call is a single
@@ -12,7 +13,7 @@ use std::net::{SocketAddr, UdpSocket};
 
 use arrayvec::ArrayVec;
 use rpc_core::marshal::MAX_SEGMENTS;
-use rpc_core::wire::HEADER_LEN;
+use rpc_core::wire::{HEADER_LEN, TAG_LEN};
 
 use crate::sys;
 
@@ -20,20 +21,35 @@ use crate::sys;
 /// length prefixes of a small call.
 const PACKED: usize = 120;
 
-/// The header and the leading small segments, contiguous.
+/// The header, its tag if any, and the leading small segments, contiguous.
 pub(crate) struct Head {
-    buf: [u8; HEADER_LEN + PACKED],
+    buf: [u8; HEADER_LEN + TAG_LEN + PACKED],
     len: usize,
+    /// `len` may grow up to this: [`PACKED`] bytes past the header and tag.
+    limit: usize,
 }
 
 impl Head {
-    pub(crate) fn new(header: &[u8; HEADER_LEN]) -> Self {
-        let mut buf = [0u8; HEADER_LEN + PACKED];
+    pub(crate) fn new(header: &[u8; HEADER_LEN], tag: Option<&[u8; TAG_LEN]>) -> Self {
+        let mut buf = [0u8; HEADER_LEN + TAG_LEN + PACKED];
         buf[..HEADER_LEN].copy_from_slice(header);
+        let len = match tag {
+            Some(tag) => {
+                buf[HEADER_LEN..HEADER_LEN + TAG_LEN].copy_from_slice(tag);
+                HEADER_LEN + TAG_LEN
+            }
+            None => HEADER_LEN,
+        };
         Self {
             buf,
-            len: HEADER_LEN,
+            len,
+            limit: len + PACKED,
         }
+    }
+
+    /// Room left for packed segments.
+    fn room(&self) -> usize {
+        self.limit - self.len
     }
 }
 
@@ -80,7 +96,7 @@ impl<'a> Gather<'a> {
         if seg.is_empty() {
             return;
         }
-        let room = head.buf.len() - head.len;
+        let room = head.room();
         if self.packing && seg.len() <= rpc_core::marshal::COPY_THRESHOLD && seg.len() <= room {
             head.buf[head.len..head.len + seg.len()].copy_from_slice(seg);
             head.len += seg.len();
@@ -148,7 +164,7 @@ mod tests {
         let header = [7u8; HEADER_LEN];
         let data = vec![9u8; 1024];
         let prefix = 1024u32.to_le_bytes();
-        let mut head = Head::new(&header);
+        let mut head = Head::new(&header, None);
         let mut g = Gather::empty();
         g.extend(&mut head, [&prefix[..], &data[..], &prefix[..]]);
         assert_eq!(head.len, HEADER_LEN + 4);
@@ -163,7 +179,7 @@ mod tests {
     #[test]
     fn a_small_message_is_one_buffer() {
         let header = [1u8; HEADER_LEN];
-        let mut head = Head::new(&header);
+        let mut head = Head::new(&header, None);
         let a = 5u64.to_le_bytes();
         let b = [1u8; 20];
         let mut g = Gather::empty();
@@ -184,7 +200,7 @@ mod tests {
             &[&big],
         ];
         for segs in cases {
-            let mut head = Head::new(&[0; HEADER_LEN]);
+            let mut head = Head::new(&[0; HEADER_LEN], None);
             let mut g = Gather::empty();
             g.extend(&mut head, segs.iter().copied());
             assert_eq!(
@@ -196,9 +212,22 @@ mod tests {
     }
 
     #[test]
+    fn a_tag_follows_the_header_and_leaves_the_packing_room_as_it_was() {
+        let header = [1u8; HEADER_LEN];
+        let tag = [9u8; TAG_LEN];
+        let mut head = Head::new(&header, Some(&tag));
+        assert_eq!(&head.buf[HEADER_LEN..head.len], &tag);
+        let small = [2u8; 32];
+        let mut g = Gather::empty();
+        g.extend(&mut head, vec![&small[..]; 10]);
+        assert_eq!(head.len, HEADER_LEN + TAG_LEN + 96);
+        assert_eq!(g.rest.len(), 7);
+    }
+
+    #[test]
     fn packing_stops_when_the_head_is_full() {
         let header = [1u8; HEADER_LEN];
-        let mut head = Head::new(&header);
+        let mut head = Head::new(&header, None);
         let small = [2u8; 32];
         let segs = vec![&small[..]; 10];
         let mut g = Gather::empty();

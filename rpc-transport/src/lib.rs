@@ -4,18 +4,21 @@
 //!   each datagram with one gather `sendmsg` from the caller's own memory, and multiplexes the
 //!   calls of many threads over one session. The server runs short handlers to completion on
 //!   its receiving threads and blocking ones on a worker pool.
+//! - [`Node`]: one Lamport clock shared by the clients and servers of a process.
 //! - [`proxy`]: a fault-injecting UDP proxy (loss, duplication, reordering, delay) for tests and
 //!   demos, since this kernel has no netem.
 //!
 //! This crate is the only one with I/O, threads and clocks; the protocol lives in `rpc-core`.
 
 mod gather;
+mod node;
 pub mod poll;
 pub mod proxy;
 mod sock;
 mod sys;
 pub mod udp;
 
+pub use node::Node;
 pub use poll::PollStrategy;
 
 /// Pins the calling thread to one CPU (for latency measurements: the benchmarks pin the client

@@ -72,6 +72,7 @@ fn hello() -> Vec<u8> {
         HelloBody {
             max_datagram: 1472.into(),
             max_message: 65536.into(),
+            cookie: Default::default(),
         }
         .as_bytes(),
     )
@@ -85,6 +86,9 @@ fn welcome() -> Vec<u8> {
             server_node: 9.into(),
             max_datagram: 1472.into(),
             max_message: 65536.into(),
+            idle_timeout_ms: 120_000.into(),
+            reserved: 0.into(),
+            server_nonce: [0; 16],
         }
         .as_bytes(),
     )

@@ -603,6 +603,16 @@ impl<A: PeerAddr> Server<A> {
         &self.stats
     }
 
+    /// Sessions open now (what [`Server::memory`] says, without its scan).
+    pub fn session_count(&self) -> usize {
+        self.session_count
+    }
+
+    /// Bytes of cached replies now (what [`Server::memory`] says, without its scan).
+    pub fn cached_bytes(&self) -> usize {
+        self.cached_bytes
+    }
+
     /// What the server holds now.
     pub fn memory(&self) -> ServerMemory {
         let mut m = ServerMemory {

@@ -20,17 +20,18 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use arrayvec::ArrayVec;
 use crossbeam_utils::CachePadded;
 use rpc_core::client::{Body, CallId, CallRequest, Client, ClientStats, Event, Payload, Transmit};
+use rpc_core::config::deadline_after;
 use rpc_core::marshal::Encoder;
 use rpc_core::service::{CallOptions, MethodDesc, Reply, Transport};
-use rpc_core::wire::HEADER_LEN;
-use rpc_core::{CallError, ClientConfig, DecodeError, LamportStamp};
+use rpc_core::wire::RefuseReason;
+use rpc_core::{CallError, ClientConfig, ConfigError, DecodeError, LamportClock, LamportStamp};
 
 use crate::gather::{Gather, Head};
 use crate::poll::{PollStrategy, wait_readable};
@@ -78,6 +79,48 @@ impl UdpClientConfig {
     }
 }
 
+/// Why [`UdpClient::connect`] could not open a session.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The configuration is not valid.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// Nothing listens at the server's address: the kernel reported the port unreachable.
+    #[error("the server's port is unreachable: nothing listens at {0}")]
+    Unreachable(SocketAddr),
+    /// The server did not answer within the connect timeout (or, in authenticated mode, did
+    /// not answer with the right key: both sides need the same one).
+    #[error("no session: the server at {0} did not answer")]
+    TimedOut(SocketAddr),
+    /// The server refused a session until the connect timeout: it is full, or this host
+    /// holds as many sessions as it may.
+    #[error("the server refused a session: {0:?}")]
+    Refused(RefuseReason),
+    /// One side authenticates and the other does not: configure the same key on both.
+    #[error("authentication mismatch: the server and the client disagree on the use of a key")]
+    AuthMismatch,
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// A socket operation failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl From<ConnectError> for io::Error {
+    fn from(e: ConnectError) -> Self {
+        let kind = match &e {
+            ConnectError::Config(_) => io::ErrorKind::InvalidInput,
+            ConnectError::Unreachable(_) => io::ErrorKind::ConnectionRefused,
+            ConnectError::TimedOut(_) => io::ErrorKind::TimedOut,
+            ConnectError::Io(e) => e.kind(),
+            _ => io::ErrorKind::ConnectionRefused,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
 /// A client connected to one server. Clone it freely: clones share the session, and any
 /// number of threads may call through it at once.
 #[derive(Clone, Debug)]
@@ -98,7 +141,11 @@ struct Inner {
     /// Waiter and signal slots are `seq & slot_mask`: a power of two at least the window.
     slot_mask: u64,
     buffer_len: usize,
+    /// The deadline of a call that names none.
+    default_deadline: Duration,
     state: Mutex<State>,
+    /// Signalled when a call ends, for threads waiting for room in the window.
+    room: Condvar,
     leader: AtomicBool,
     signals: Box<[CachePadded<AtomicU64>]>,
     /// Earliest protocol timer, in nanoseconds since `epoch`; `u64::MAX` if none.
@@ -114,6 +161,8 @@ struct State {
     waiting: usize,
     buffers: Vec<Vec<u8>>,
     sessions_seen: u64,
+    /// Threads waiting for room in the window.
+    window_waiters: usize,
 }
 
 #[derive(Debug)]
@@ -149,8 +198,20 @@ const BATCH: usize = 32;
 
 impl UdpClient {
     /// Connects to `server`: opens a socket, and opens a session with the server (waiting up
-    /// to the configured connect timeout).
-    pub fn connect(server: SocketAddr, config: UdpClientConfig) -> io::Result<Self> {
+    /// to the configured connect timeout). The client has a Lamport clock of its own; clients
+    /// and servers of one process that should share one are made by a [`crate::Node`].
+    pub fn connect(server: SocketAddr, config: UdpClientConfig) -> Result<Self, ConnectError> {
+        let id = getrandom::u64().map_err(io::Error::other)?;
+        Self::connect_on(crate::node::new_clock(id), server, config)
+    }
+
+    /// Connects as [`UdpClient::connect`] does, stamping with `clock` (whose node id is the
+    /// client's id).
+    pub(crate) fn connect_on(
+        clock: Arc<LamportClock>,
+        server: SocketAddr,
+        config: UdpClientConfig,
+    ) -> Result<Self, ConnectError> {
         // A server on this host is reached from the loopback address itself; any other from
         // whichever address the routes choose.
         let local: SocketAddr = match server {
@@ -159,14 +220,15 @@ impl UdpClient {
             SocketAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
             SocketAddr::V6(_) => ([0u16; 8], 0).into(),
         };
+        config.protocol.validate()?;
         let socket = bind_udp(local, false, config.socket_buffer)?;
         socket.connect(server)?;
-        let client_id = getrandom::u64().map_err(io::Error::other)?;
+        let client_id = clock.node();
         let incarnation = getrandom::u32().map_err(io::Error::other)?;
         let window = config.protocol.window;
         let buffer_len = config.protocol.max_datagram;
-        let core = Client::new(config.protocol, client_id, incarnation)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let default_deadline = config.protocol.default_deadline;
+        let core = Client::new(config.protocol, client_id, incarnation, clock)?;
         let inner = Inner {
             socket,
             server,
@@ -174,13 +236,16 @@ impl UdpClient {
             window,
             slot_mask: window.next_power_of_two() as u64 - 1,
             buffer_len,
+            default_deadline,
             state: Mutex::new(State {
                 core,
                 waiters: (0..window.next_power_of_two()).map(|_| None).collect(),
                 waiting: 0,
                 buffers: Vec::new(),
                 sessions_seen: 0,
+                window_waiters: 0,
             }),
+            room: Condvar::new(),
             leader: AtomicBool::new(false),
             signals: (0..window.next_power_of_two())
                 .map(|_| CachePadded::new(AtomicU64::new(0)))
@@ -221,14 +286,28 @@ impl UdpClient {
     }
 }
 
-/// Sends one datagram: the header, then the payload's bytes, gathered by the kernel from
-/// where they are (one `send` when the datagram is small, one `sendmsg` otherwise).
+/// Sends one datagram: the header (and its tag, in authenticated mode, computed over the
+/// caller's memory where it lies), then the payload's bytes, gathered by the kernel from where
+/// they are (one `send` when the datagram is small, one `sendmsg` otherwise).
 fn send_transmit(
     socket: &UdpSocket,
     t: &Transmit,
     request: Option<&Encoder<'_>>,
 ) -> io::Result<()> {
-    let mut head = Head::new(&t.header);
+    let tag = t.seal.as_ref().map(|seal| {
+        let mut tagger = seal.begin(&t.header);
+        match t.payload {
+            Payload::None => {}
+            Payload::Inline => tagger.update(t.inline()),
+            Payload::Call { offset, len, .. } => {
+                if let Some(r) = request {
+                    r.for_each_in(offset..offset + len, |s| tagger.update(s));
+                }
+            }
+        }
+        tagger.finish()
+    });
+    let mut head = Head::new(&t.header, tag.as_ref());
     let mut gather = Gather::empty();
     match t.payload {
         Payload::None => {}
@@ -280,10 +359,11 @@ impl Inner {
         }
     }
 
-    fn handshake(&self, timeout: Duration) -> io::Result<()> {
+    fn handshake(&self, timeout: Duration) -> Result<(), ConnectError> {
         let start = Instant::now();
-        let deadline = start + timeout;
+        let deadline = deadline_after(start, timeout);
         let mut buf = vec![0u8; self.buffer_len];
+        let mut refused = None;
         {
             let mut st = self.lock();
             st.core.connect(start);
@@ -292,6 +372,18 @@ impl Inner {
             let now = Instant::now();
             {
                 let mut st = self.lock();
+                while let Some(ev) = st.core.poll_event() {
+                    if let Event::Refused { reason } = ev {
+                        match reason {
+                            RefuseReason::AuthRequired | RefuseReason::AuthUnsupported => {
+                                return Err(ConnectError::AuthMismatch);
+                            }
+                            RefuseReason::ShuttingDown => return Err(ConnectError::ShuttingDown),
+                            // No room now: the core tries again after a backoff.
+                            other => refused = Some(other),
+                        }
+                    }
+                }
                 if st.core.session().is_some() {
                     st.sessions_seen = st.core.stats().sessions_opened;
                     self.store_timer(&mut st.core);
@@ -305,10 +397,10 @@ impl Inner {
                 }
             }
             if now >= deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no session: the server did not answer",
-                ));
+                return Err(match refused {
+                    Some(reason) => ConnectError::Refused(reason),
+                    None => ConnectError::TimedOut(self.server),
+                });
             }
             let wake = self
                 .lock()
@@ -320,9 +412,12 @@ impl Inner {
                     Recv::Data(n) => {
                         let mut st = self.lock();
                         let _ = st.core.handle_datagram(Instant::now(), &buf[..n]);
-                        while st.core.poll_event().is_some() {}
                     }
-                    Recv::Failed(e) if !transient(&e) => return Err(e),
+                    // The kernel says nothing listens there: no point in waiting.
+                    Recv::Failed(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        return Err(ConnectError::Unreachable(self.server));
+                    }
+                    Recv::Failed(e) if !transient(&e) => return Err(e.into()),
                     _ => {}
                 }
             }
@@ -471,7 +566,8 @@ impl Inner {
         let mut st = self.lock();
         let got = st.core.handle_datagram(now, &buf[..n]).map(|r| {
             let result = r.result.map(|b| match b {
-                Body::Borrowed(_) => OwnBody::InBuffer(HEADER_LEN..n),
+                // The payload ends the datagram (it follows the header, and the tag if any).
+                Body::Borrowed(p) => OwnBody::InBuffer(n - p.len()..n),
                 Body::Owned(v) => OwnBody::Owned(v),
             });
             (r.call, result, r.request_stamp, r.reply_stamp)
@@ -658,10 +754,42 @@ impl Inner {
         }
     }
 
+    /// Waits (as the poll strategy says, and at most until `deadline`) until a call may have
+    /// ended and made room in the window.
+    fn wait_for_room<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        deadline: Instant,
+    ) -> MutexGuard<'a, State> {
+        st.window_waiters += 1;
+        if self.poll == PollStrategy::Spin {
+            drop(st);
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+            st = self.lock();
+        } else {
+            // Woken by `retire`; the timeout bounds the wait by the deadline and by a lost
+            // wake-up (a call ended before this thread registered).
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(5));
+            st = match self.room.wait_timeout(st, wait) {
+                Ok((st, _)) => st,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        st.window_waiters -= 1;
+        st
+    }
+
     /// Forgets the waiter of `me` and, if this thread leads, hands leadership on.
     fn retire(&self, st: &mut State, me: CallId, leading: bool) {
         let slot = self.slot(me.seq());
         st.core.cancel(me);
+        if st.window_waiters > 0 {
+            self.room.notify_all();
+        }
         if st.waiters[slot].as_ref().is_some_and(|w| w.seq == me.seq()) {
             st.waiters[slot] = None;
             st.waiting -= 1;
@@ -712,12 +840,13 @@ impl Transport for UdpClient {
     ) -> Result<Reply<R>, CallError> {
         let inner = &*self.inner;
         let mut now = Instant::now();
+        let deadline = deadline_after(now, options.timeout.unwrap_or(inner.default_deadline));
         let req = CallRequest {
             interface: method.interface,
             method: method.id,
             len: request.len(),
             idempotent: method.idempotent,
-            deadline: options.timeout.map(|t| now + t),
+            deadline: Some(deadline),
         };
         let mut buf = RECV_BUF.take();
         if buf.len() < inner.buffer_len {
@@ -741,9 +870,13 @@ impl Transport for UdpClient {
                 match started {
                     Ok(started) => break started,
                     Err(CallError::WindowFull) => {
-                        drop(st);
-                        thread::yield_now();
-                        st = inner.lock();
+                        // Wait for a call to end, as long as this call's deadline allows: it
+                        // has not been sent, so it fails with `WindowFull` (not executed).
+                        now = Instant::now();
+                        if now >= deadline {
+                            return Err(CallError::WindowFull);
+                        }
+                        st = inner.wait_for_room(st, deadline);
                         now = Instant::now();
                     }
                     Err(e) => return Err(e),

@@ -3,5 +3,5 @@
 mod client;
 mod server;
 
-pub use client::{UdpClient, UdpClientConfig};
+pub use client::{ConnectError, UdpClient, UdpClientConfig};
 pub use server::{ServerCounters, ServerHandle, UdpServer, UdpServerConfig};

@@ -26,11 +26,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver as JobReceiver, Sender as JobSender, TrySendError};
 use rand::SeedableRng;
-use rpc_core::ServerConfig;
 use rpc_core::marshal::Encoder;
 use rpc_core::server::{Body, CallContext, Server, Ticket};
 use rpc_core::service::{Dispatch, ReplySink};
-use rpc_core::wire::{BusyReason, ErrorCode, HEADER_LEN};
+use rpc_core::wire::{BusyReason, ErrorCode};
+use rpc_core::{LamportClock, ServerConfig};
+
+use rpc_core::config::deadline_after;
 
 use crate::gather::{self, Gather, Head};
 use crate::poll::{PollStrategy, wait_readable};
@@ -55,6 +57,13 @@ pub struct UdpServerConfig {
     pub socket_buffer: usize,
     /// CPUs to pin receive threads to (thread `i` to `cpus[i % len]`); empty: no pinning.
     pub cpus: Vec<usize>,
+    /// At shutdown, how long the server goes on receiving after it stopped taking new calls,
+    /// answering them `ShuttingDown` (not executed) so that callers learn at once. Default
+    /// 50 ms (skipped when no session is open).
+    pub drain: Duration,
+    /// At shutdown, how long to wait for the calls being executed to finish and their replies
+    /// to leave. Default 5 s.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for UdpServerConfig {
@@ -67,6 +76,8 @@ impl Default for UdpServerConfig {
             worker_queue: 1024,
             socket_buffer: 8 << 20,
             cpus: Vec::new(),
+            drain: Duration::from_millis(50),
+            shutdown_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -120,6 +131,78 @@ pub struct ServerCounters {
     pub handler_panics: u64,
     /// Socket errors survived.
     pub io_errors: u64,
+    /// Datagrams dropped for a missing, unexpected or wrong authentication tag.
+    pub bad_tag: u64,
+    /// Datagrams of a session from an address other than the session's.
+    pub wrong_address: u64,
+    /// Datagrams whose Lamport stamp was too far ahead to be honest.
+    pub bad_stamp: u64,
+    /// Hellos whose cookie was not valid.
+    pub bad_cookie: u64,
+    /// Hellos refused (sessions full, host limit, authentication, shutdown).
+    pub refused_hellos: u64,
+    /// Sessions evicted (only idle ones ever are).
+    pub sessions_evicted: u64,
+    /// Requests answered `ShuttingDown` during the drain.
+    pub shutting_down: u64,
+}
+
+/// The counters of one receive thread, published after every datagram so that
+/// [`ServerHandle::stats`] never waits for the state machine (and so for a handler).
+#[derive(Debug, Default)]
+struct Published {
+    values: [AtomicU64; PUBLISHED],
+}
+
+const PUBLISHED: usize = 17;
+
+impl Published {
+    fn store(&self, core: &Server<SocketAddr>) {
+        let s = core.stats();
+        let values = [
+            s.executed,
+            s.answered_from_cache,
+            s.dropped_executing,
+            s.dropped.malformed,
+            s.dropped.total(),
+            s.busy,
+            s.stale,
+            s.errors,
+            core.cached_bytes() as u64,
+            core.session_count() as u64,
+            s.dropped.bad_tag,
+            s.dropped.wrong_address,
+            s.dropped.bad_stamp,
+            s.dropped.bad_cookie,
+            s.refused_hellos,
+            s.sessions_evicted,
+            s.shutting_down,
+        ];
+        for (slot, v) in self.values.iter().zip(values) {
+            slot.store(v, Ordering::Relaxed);
+        }
+    }
+
+    fn add_to(&self, c: &mut ServerCounters) {
+        let v: [u64; PUBLISHED] = core::array::from_fn(|i| self.values[i].load(Ordering::Relaxed));
+        c.executed += v[0];
+        c.answered_from_cache += v[1];
+        c.dropped_executing += v[2];
+        c.malformed += v[3];
+        c.dropped += v[4];
+        c.busy += v[5];
+        c.stale += v[6];
+        c.errors += v[7];
+        c.cached_bytes += v[8];
+        c.sessions += v[9];
+        c.bad_tag += v[10];
+        c.wrong_address += v[11];
+        c.bad_stamp += v[12];
+        c.bad_cookie += v[13];
+        c.refused_hellos += v[14];
+        c.sessions_evicted += v[15];
+        c.shutting_down += v[16];
+    }
 }
 
 /// A server whose sockets are bound but which does not serve yet.
@@ -128,11 +211,24 @@ pub struct UdpServer {
     sockets: Vec<UdpSocket>,
     local_addr: SocketAddr,
     config: UdpServerConfig,
+    clock: Arc<LamportClock>,
 }
 
 impl UdpServer {
-    /// Binds the server's sockets to `addr` (port 0 picks a free port).
+    /// Binds the server's sockets to `addr` (port 0 picks a free port). The server has a
+    /// Lamport clock of its own; clients and servers of one process that should share one are
+    /// made by a [`crate::Node`].
     pub fn bind(addr: SocketAddr, config: UdpServerConfig) -> io::Result<Self> {
+        let id = getrandom::u64().map_err(io::Error::other)?;
+        Self::bind_on(crate::node::new_clock(id), addr, config)
+    }
+
+    /// Binds as [`UdpServer::bind`] does, stamping with `clock`.
+    pub(crate) fn bind_on(
+        clock: Arc<LamportClock>,
+        addr: SocketAddr,
+        config: UdpServerConfig,
+    ) -> io::Result<Self> {
         config
             .protocol
             .validate()
@@ -154,6 +250,7 @@ impl UdpServer {
             sockets,
             local_addr,
             config,
+            clock,
         })
     }
 
@@ -164,15 +261,24 @@ impl UdpServer {
 
     /// Starts the receive threads and the worker pool, serving `dispatch` (a generated
     /// `{Trait}Server`, or a `Router` of several).
+    ///
+    /// Refuses (`InvalidInput`) a service with blocking methods and no worker to run them.
     pub fn serve(self, dispatch: impl Dispatch + 'static) -> io::Result<ServerHandle> {
+        if self.config.workers == 0 && dispatch.has_blocking() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the service has blocking methods, which run on the worker pool, but workers = 0",
+            ));
+        }
         let dispatch: Arc<dyn Dispatch> = Arc::new(dispatch);
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            executing: AtomicU64::new(0),
             handler_panics: AtomicU64::new(0),
             io_errors: AtomicU64::new(0),
         });
         let incarnation_base = getrandom::u32().map_err(io::Error::other)?;
-        let node_id = getrandom::u64().map_err(io::Error::other)?;
         let (jobs, job_rx) = crossbeam_channel::bounded::<Job>(self.config.worker_queue.max(1));
         let mut receivers = Vec::new();
         for (i, socket) in self.sockets.into_iter().enumerate() {
@@ -183,7 +289,7 @@ impl UdpServer {
             let core = Server::new(
                 self.config.protocol.clone(),
                 incarnation,
-                node_id,
+                self.clock.clone(),
                 rand_chacha::ChaCha8Rng::seed_from_u64(seed),
             )
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -192,6 +298,7 @@ impl UdpServer {
                 core: Mutex::new(core),
                 next_timer: AtomicU64::new(u64::MAX),
                 epoch: Instant::now(),
+                published: Published::default(),
             }));
         }
         let mut threads = Vec::new();
@@ -229,6 +336,8 @@ impl UdpServer {
             threads,
             workers,
             jobs: Some(jobs),
+            drain: self.config.drain,
+            shutdown_timeout: self.config.shutdown_timeout,
         })
     }
 }
@@ -236,6 +345,10 @@ impl UdpServer {
 #[derive(Debug)]
 struct Shared {
     stop: AtomicBool,
+    /// Shutting down: new calls are answered `ShuttingDown`.
+    draining: AtomicBool,
+    /// Calls handed to the worker pool and not finished yet.
+    executing: AtomicU64,
     handler_panics: AtomicU64,
     io_errors: AtomicU64,
 }
@@ -246,6 +359,7 @@ struct Rx {
     /// Earliest protocol timer, nanoseconds since `epoch`; `u64::MAX` if none.
     next_timer: AtomicU64,
     epoch: Instant,
+    published: Published,
 }
 
 impl Rx {
@@ -265,10 +379,12 @@ impl Rx {
         (t != u64::MAX).then(|| self.epoch + Duration::from_nanos(t))
     }
 
-    /// Sends the control replies and cached replies the state machine has queued.
+    /// Sends the control replies and cached replies the state machine has queued, and
+    /// publishes the counters.
     fn flush(&self, core: &mut Server<SocketAddr>, shared: &Shared) {
         while let Some(t) = core.poll_transmit() {
-            let mut head = Head::new(&t.header);
+            let tag = t.tag();
+            let mut head = Head::new(&t.header, tag.as_ref());
             let mut gather = Gather::empty();
             gather.extend(&mut head, [t.body]);
             if gather.send_to(&head, &self.socket, t.dest).is_err() {
@@ -276,6 +392,7 @@ impl Rx {
             }
         }
         self.store_timer(core);
+        self.published.store(core);
     }
 }
 
@@ -326,7 +443,15 @@ fn send_reply(
         // Not kept after all (no room in the cache): it leaves from the reply's memory.
     }
     for i in 0..plan.count() {
-        let mut head = Head::new(&plan.header(i));
+        let header = plan.header(i);
+        let tag = plan.seal.as_ref().map(|seal| {
+            let mut tagger = seal.begin(&header);
+            if let Some(body) = body {
+                body.for_each_in(plan.range(i), |s| tagger.update(s));
+            }
+            tagger.finish()
+        });
+        let mut head = Head::new(&header, tag.as_ref());
         let mut gather = Gather::empty();
         if let Some(body) = body {
             body.for_each_in(plan.range(i), |s| gather.push(&mut head, s));
@@ -434,7 +559,14 @@ impl RxThread {
         // milliseconds and more, and reading the clock costs a call tens of nanoseconds.
         let mut clock = Some(idle_since);
         let mut since_clock = 0u32;
+        let mut draining = false;
         while !self.shared.stop.load(Ordering::Relaxed) {
+            if !draining && self.shared.draining.load(Ordering::Acquire) {
+                draining = true;
+                let mut core = self.rx.lock();
+                core.begin_drain();
+                self.rx.flush(&mut core, &self.shared);
+            }
             let (n, src) = match sys::recv_from(&self.rx.socket, &mut buf) {
                 Recv::Data(d) => d,
                 other => {
@@ -505,9 +637,11 @@ impl RxThread {
             ),
             Ok(m) if m.blocking => {
                 let (job_buf, body) = match call.body {
-                    Body::Borrowed(_) => {
+                    Body::Borrowed(p) => {
+                        // The payload ends the datagram (after the header, and the tag if any).
+                        let range = n - p.len()..n;
                         let spare = vec![0u8; self.buffer_len];
-                        (std::mem::replace(buf, spare), HEADER_LEN..n)
+                        (std::mem::replace(buf, spare), range)
                     }
                     Body::Owned(v) => {
                         let len = v.len();
@@ -521,9 +655,11 @@ impl RxThread {
                     buf: job_buf,
                     body,
                 };
+                self.shared.executing.fetch_add(1, Ordering::AcqRel);
                 if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) =
                     self.jobs.try_send(job)
                 {
+                    self.shared.executing.fetch_sub(1, Ordering::AcqRel);
                     core.refuse(&job.ticket, BusyReason::Overloaded);
                 }
             }
@@ -560,6 +696,7 @@ fn worker(jobs: JobReceiver<Job>, dispatch: Arc<dyn Dispatch>, shared: Arc<Share
             sent: false,
         };
         execute(sink, &*dispatch, &job.ctx, &job.buf[job.body.clone()]);
+        shared.executing.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -572,6 +709,8 @@ pub struct ServerHandle {
     threads: Vec<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     jobs: Option<JobSender<Job>>,
+    drain: Duration,
+    shutdown_timeout: Duration,
 }
 
 impl core::fmt::Debug for Rx {
@@ -588,7 +727,9 @@ impl ServerHandle {
         self.local_addr
     }
 
-    /// Counters, summed over the receive threads.
+    /// Counters, summed over the receive threads. Never waits: each thread publishes its
+    /// counters after every datagram, so a handler running (or a long one on a receive
+    /// thread) does not delay them.
     pub fn stats(&self) -> ServerCounters {
         let mut c = ServerCounters {
             handler_panics: self.shared.handler_panics.load(Ordering::Relaxed),
@@ -596,31 +737,37 @@ impl ServerHandle {
             ..Default::default()
         };
         for rx in &self.receivers {
-            let core = rx.lock();
-            let s = core.stats();
-            let m = core.memory();
-            c.executed += s.executed;
-            c.answered_from_cache += s.answered_from_cache;
-            c.dropped_executing += s.dropped_executing;
-            c.malformed += s.dropped.malformed;
-            c.dropped += s.dropped.total();
-            c.busy += s.busy;
-            c.stale += s.stale;
-            c.errors += s.errors;
-            c.cached_bytes += m.cached_bytes as u64;
-            c.sessions += m.sessions as u64;
+            rx.published.add_to(&mut c);
         }
         c
     }
 
-    /// Stops receiving, lets the workers finish the calls they hold, and joins every thread.
-    /// Returns the final counters.
+    /// Shuts down gracefully and joins every thread: new calls are answered `ShuttingDown`
+    /// (they do not execute) while the calls being executed finish and their replies leave,
+    /// for at least the configured drain (when sessions are open) and at most the shutdown
+    /// timeout. Returns the final counters.
     pub fn shutdown(mut self) -> ServerCounters {
         self.stop();
         self.stats()
     }
 
     fn stop(&mut self) {
+        if self.threads.is_empty() && self.workers.is_empty() {
+            return;
+        }
+        let start = Instant::now();
+        self.shared.draining.store(true, Ordering::Release);
+        let sessions = self.stats().sessions > 0;
+        let drain_until = if sessions { start + self.drain } else { start };
+        let give_up = deadline_after(start, self.shutdown_timeout);
+        loop {
+            let now = Instant::now();
+            let busy = self.shared.executing.load(Ordering::Acquire) > 0;
+            if now >= give_up || (!busy && now >= drain_until) {
+                break;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
         self.shared.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
             let _ = t.join();
