@@ -65,7 +65,7 @@ pub(crate) fn canonical_type(ty: &syn::Type, out: &mut String) {
     canonical_tokens(ty.into_token_stream(), out);
 }
 
-fn canonical_tokens(tokens: TokenStream, out: &mut String) {
+pub(crate) fn canonical_tokens(tokens: TokenStream, out: &mut String) {
     for tt in tokens {
         match tt {
             TokenTree::Group(g) => {
