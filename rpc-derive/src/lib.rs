@@ -90,14 +90,27 @@ mod types;
 ///
 /// # Method ids
 ///
-/// Each method has a 32-bit id, a hash (FNV-1a) of the interface name, the method name, the
-/// argument and return types as written (lifetimes aside) and its retry semantics. A client
-/// and a server built from different versions of a method disagree on its id, and the call
-/// fails with `CallError::InterfaceMismatch` instead of misreading bytes. Types are hashed as
-/// spelled: `Vec<u8>` and `std::vec::Vec<u8>` count as different. Changes inside a user type
-/// (a field added to a struct) are not covered by the id; the decoder refuses what no longer
-/// fits (truncated or trailing bytes), but keeping such a type compatible is up to its owner.
-/// The interface id is a hash of the trait's name, or of `#[rpc(name = "...")]`.
+/// Each method has a 32-bit id, a hash (FNV-1a, folded) of the interface name, the method
+/// name, the schema fingerprints (`rpc_core::marshal::Schema::FINGERPRINT`) of its argument
+/// types in order and of its return type (`()` if none), and its retry semantics. A
+/// fingerprint covers the whole shape of a type, recursively: for a derived struct, its name
+/// and its fields' names, order and types. So a client and a server built from different
+/// versions of a method *or of any type it carries* (two fields of an argument's struct
+/// swapped, a variant added to a returned enum) disagree on its id, and the call fails with
+/// `CallError::InterfaceMismatch` instead of misreading bytes.
+///
+/// Types count by their wire form, not their spelling: `Vec<u8>`, `std::vec::Vec<u8>`,
+/// `&[u8]`, `bytes::Bytes` and `PooledBytes` are the same bytes, `&str` and `String` the
+/// same string, `&T`, `Box<T>` and `T` the same value, so a client may pass `&[u8]` to a
+/// server that decodes `Vec<u8>` (`Schema` lists every equivalence). Lifetimes do not
+/// travel and do not count.
+///
+/// Since fingerprints are known only to the compiler, ids are constants computed at compile
+/// time (by `rpc_core::marshal::schema::method_id`), used in the method table and as the
+/// dispatcher's match patterns: nothing is hashed when a call is made. Two methods of one
+/// trait whose ids collide (about one chance in 2³² per pair) are a compile error naming both:
+/// rename one of them. The interface id is a hash of the trait's name, or of
+/// `#[rpc(name = "...")]`.
 ///
 /// # Arguments
 ///
@@ -122,7 +135,8 @@ mod types;
 /// and return types cannot be or contain `impl Trait`, `dyn Trait`, `&mut`, raw or function
 /// pointers or `Self`, and return types cannot borrow. Argument types must implement `Encode`
 /// and decode borrowing from the request (`Decode<'de>`); return types must implement
-/// `Encode` and `DecodeOwned`.
+/// `Encode` and `DecodeOwned`; both must implement `Schema` (which `#[derive(Marshal)]`
+/// does).
 #[proc_macro_attribute]
 pub fn rpc(args: TokenStream, item: TokenStream) -> TokenStream {
     rpc::expand(args.into(), item.into()).into()
