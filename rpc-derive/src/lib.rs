@@ -239,7 +239,8 @@ pub fn rpc(args: TokenStream, item: TokenStream) -> TokenStream {
 /// (`rpc_core::marshal::schema::Recursive`); a longer path to it (`crate::List`) is not
 /// recognised and makes the fingerprint depend on itself, a compile error ("cycle detected"):
 /// spell it `List` or `Self`. Mutually recursive types (`A` holds a `B` that holds an `A`)
-/// fail the same way; give one of them a fingerprint by name.
+/// fail the same way, used in an `#[rpc]` method or not: give one of them a fingerprint by
+/// name.
 ///
 /// # Arguments
 ///

@@ -68,8 +68,9 @@ const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 /// (`crate::Tree`) is not recognised: spell it `Tree` or `Self`.
 ///
 /// Mutual recursion (`A` contains `B`, which contains `A`) is not supported by the derived
-/// fingerprint: the compiler reports a cycle when evaluating `<A as Schema>::FINGERPRINT`.
-/// Break the cycle by giving one of the types a fingerprint of its own with
+/// fingerprint: each depends on the other's, and the crate fails to compile with a cycle
+/// error ("cycle detected when ... `<impl at ...>::FINGERPRINT`"), whether or not the types
+/// are used in an `#[rpc]` method. Break the cycle by giving one of the types a fingerprint of its own with
 /// `#[marshal(fingerprint = "...")]`: that type's fingerprint is then a hash of the string
 /// alone (its fields are not examined), and the other type's fingerprint covers it as usual.
 /// The string names that type's shape: change it whenever the shape changes. Two types given
