@@ -21,9 +21,10 @@ use crate::wire::ErrorCode;
 pub struct MethodDesc {
     /// Interface fingerprint.
     pub interface: u32,
-    /// Method fingerprint: a hash of the interface name, method name, argument and return
-    /// types, and retry semantics. Two builds disagree on it exactly when they disagree on
-    /// the method.
+    /// Method fingerprint: a hash of the interface name, method name, the schema
+    /// fingerprints of the argument and return types
+    /// ([`Schema`](crate::marshal::Schema)), and retry semantics. Two builds disagree on it
+    /// exactly when they disagree on the method or on the shape of a type it carries.
     pub id: u32,
     /// Name of the interface (the trait).
     pub interface_name: &'static str,

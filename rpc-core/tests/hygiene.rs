@@ -17,6 +17,10 @@ mod shadows {
     pub(crate) struct Decoder;
     pub(crate) trait Encode {}
     pub(crate) trait Decode {}
+    pub(crate) trait Schema {}
+    pub(crate) struct Recursive;
+    pub(crate) struct Fingerprinter;
+    pub(crate) struct __RpcMethodIds;
     pub(crate) trait Transport {}
     pub(crate) trait Service {}
     pub(crate) trait Clone {}
@@ -51,6 +55,18 @@ mod service {
     #[derive(::rpc_core::Marshal)]
     pub(crate) struct Unit;
 
+    /// Recursive, through its own name and `Self`.
+    #[derive(::rpc_core::Marshal, ::std::fmt::Debug, ::std::cmp::PartialEq)]
+    pub(crate) enum Nested {
+        Leaf(u8),
+        Node(::std::boxed::Box<Nested>, Vec<Self>),
+    }
+
+    /// A fingerprint by name.
+    #[derive(::rpc_core::Marshal, ::std::fmt::Debug, ::std::cmp::PartialEq)]
+    #[marshal(fingerprint = "hygiene.Named")]
+    pub(crate) struct Named<const N: usize>(pub(crate) [u8; N]);
+
     /// Parameters are named like the dispatcher's locals.
     #[::rpc_core::rpc]
     pub(crate) trait Hygienic {
@@ -64,6 +80,7 @@ mod service {
         ) -> Result<Shape<i64>, String>;
         fn point(&self, reply: Point<'_, u16>, body: Unit) -> u64;
         fn unit(&self);
+        fn nested(&self, nested: Nested, named: Named<2>) -> Nested;
     }
 
     /// Types named like the generated code's generic parameters.
@@ -112,6 +129,12 @@ mod service {
             reply.name.len() as u64 + reply.coords.len() as u64
         }
         fn unit(&self) {}
+        fn nested(&self, nested: Nested, named: Named<2>) -> Nested {
+            Nested::Node(
+                ::std::boxed::Box::new(nested),
+                ::std::vec![Nested::Leaf(named.0[0]), Nested::Leaf(named.0[1])],
+            )
+        }
     }
 }
 
@@ -124,7 +147,7 @@ fn generated_code_is_hygienic() {
     use ::std::string::ToString;
     use ::std::vec;
 
-    use service::{HygienicClient, HygienicServer, Impl, Point, Shape, Unit};
+    use service::{HygienicClient, HygienicServer, Impl, Named, Nested, Point, Shape, Unit};
 
     let net = SimNet::new(1, NetFaults::none(), HygienicServer::new(Impl));
     let client = HygienicClient::new(&net);
@@ -163,6 +186,13 @@ fn generated_code_is_hygienic() {
         Some(5)
     );
     assert_eq!(client.unit().ok(), Some(()));
+    assert_eq!(
+        client.nested(Nested::Leaf(1), Named([2, 3])).ok(),
+        Some(Nested::Node(
+            ::std::boxed::Box::new(Nested::Leaf(1)),
+            vec![Nested::Leaf(2), Nested::Leaf(3)]
+        ))
+    );
 
     let net = SimNet::new(2, NetFaults::none(), service::NamesServer::new(Impl));
     let client = service::NamesClient::new(&net);

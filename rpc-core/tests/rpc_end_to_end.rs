@@ -184,6 +184,184 @@ impl v1::Kv for Store {
     }
 }
 
+/// The shop of one build: `Item` is `{ price, stock }`.
+mod shop_v1 {
+    use rpc_core::{Marshal, rpc};
+
+    #[derive(Marshal, Clone, Copy, Debug, PartialEq, Eq)]
+    pub(crate) struct Item {
+        pub(crate) price: u32,
+        pub(crate) stock: u32,
+    }
+
+    #[rpc(name = "Shop")]
+    pub(crate) trait Shop {
+        /// Adds `n` to the stock, returning the item as it now is.
+        fn restock(&self, item: Item, n: u32) -> Item;
+        fn count(&self) -> u64;
+    }
+
+    pub(crate) struct Impl;
+
+    impl Shop for Impl {
+        fn restock(&self, item: Item, n: u32) -> Item {
+            Item {
+                stock: item.stock + n,
+                ..item
+            }
+        }
+        fn count(&self) -> u64 {
+            1
+        }
+    }
+}
+
+/// Another build of the same source.
+mod shop_v1_again {
+    use rpc_core::{Marshal, rpc};
+
+    #[derive(Marshal, Clone, Copy, Debug, PartialEq, Eq)]
+    pub(crate) struct Item {
+        pub(crate) price: u32,
+        pub(crate) stock: u32,
+    }
+
+    // Only its client is used.
+    #[allow(dead_code)]
+    #[rpc(name = "Shop")]
+    pub(crate) trait Shop {
+        fn restock(&self, item: Item, n: u32) -> Item;
+        fn count(&self) -> u64;
+    }
+}
+
+/// A later build, in which someone reordered `Item`'s fields: the same bytes, read the
+/// other way round.
+mod shop_v2 {
+    use rpc_core::{Marshal, rpc};
+
+    #[derive(Marshal, Clone, Copy, Debug, PartialEq, Eq)]
+    pub(crate) struct Item {
+        pub(crate) stock: u32,
+        pub(crate) price: u32,
+    }
+
+    #[rpc(name = "Shop")]
+    pub(crate) trait Shop {
+        fn restock(&self, item: Item, n: u32) -> Item;
+        fn count(&self) -> u64;
+    }
+
+    pub(crate) struct Impl;
+
+    impl Shop for Impl {
+        fn restock(&self, item: Item, n: u32) -> Item {
+            Item {
+                stock: item.stock + n,
+                ..item
+            }
+        }
+        fn count(&self) -> u64 {
+            2
+        }
+    }
+}
+
+#[test]
+fn a_reordered_struct_is_an_interface_mismatch() {
+    let v1 = shop_v1::ShopServer::new(shop_v1::Impl);
+    let v2 = shop_v2::ShopServer::new(shop_v2::Impl);
+    assert_eq!(v1.interface(), v2.interface(), "same interface");
+    let restock = |s: &dyn Service| s.methods().iter().find(|m| m.name == "restock").unwrap().id;
+    assert_ne!(restock(&v1), restock(&v2));
+
+    // An old client, a new server: refused before a byte of `Item` is decoded.
+    let net = SimNet::new(16, NetFaults::none(), v2);
+    let client = shop_v1::ShopClient::new(&net);
+    let item = shop_v1::Item {
+        price: 3,
+        stock: 1000,
+    };
+    let err = client.restock(item, 5).unwrap_err();
+    assert_eq!(
+        err,
+        CallError::InterfaceMismatch {
+            interface: v1.interface(),
+            method: restock(&v1),
+        }
+    );
+    assert_eq!(net.executions(), 0, "the mismatched call did not run");
+    // Methods whose types did not change still work.
+    assert_eq!(client.count().unwrap(), 2);
+
+    // And the other way round.
+    let net = SimNet::new(17, NetFaults::none(), v1);
+    let client = shop_v2::ShopClient::new(&net);
+    let item = shop_v2::Item {
+        stock: 1000,
+        price: 3,
+    };
+    assert!(matches!(
+        client.restock(item, 5),
+        Err(CallError::InterfaceMismatch { .. })
+    ));
+}
+
+#[test]
+fn the_same_struct_built_twice_is_the_same_interface() {
+    let net = SimNet::new(
+        18,
+        NetFaults::none(),
+        shop_v1::ShopServer::new(shop_v1::Impl),
+    );
+    let client = shop_v1_again::ShopClient::new(&net);
+    let item = shop_v1_again::Item {
+        price: 3,
+        stock: 1000,
+    };
+    assert_eq!(
+        client.restock(item, 5).unwrap(),
+        shop_v1_again::Item {
+            price: 3,
+            stock: 1005
+        }
+    );
+    assert_eq!(client.count().unwrap(), 1);
+}
+
+/// The same interface, spelled with other types of the same wire form: owned where the
+/// original borrows, `Bytes` and `PooledBytes` for `Vec<u8>`, `usize` for `u64`.
+mod kv_spelled_otherwise {
+    use rpc_core::marshal::PooledBytes;
+    use rpc_core::rpc;
+
+    #[derive(rpc_core::Marshal, Debug, PartialEq)]
+    pub(crate) struct Stats {
+        pub(crate) keys: usize,
+        pub(crate) puts: u64,
+        pub(crate) bytes: u64,
+    }
+
+    // Only its client is used.
+    #[allow(dead_code)]
+    #[rpc(name = "Kv")]
+    pub(crate) trait Kv {
+        fn get(&self, key: bytes::Bytes) -> Option<PooledBytes>;
+        fn put(&self, key: Vec<u8>, value: std::vec::Vec<u8>) -> bool;
+        fn stats(&self) -> Stats;
+    }
+}
+
+#[test]
+fn wire_identical_spellings_are_the_same_method() {
+    let net = SimNet::new(19, NetFaults::none(), KvServer::new(Store::default()));
+    let kv = kv_spelled_otherwise::KvClient::new(&net);
+    assert!(kv.put(b"k".to_vec(), b"v".to_vec()).unwrap());
+    let value = kv.get(bytes::Bytes::from_static(b"k")).unwrap();
+    assert_eq!(value.as_deref().map(|v| &v[..]), Some(&b"v"[..]));
+    assert_eq!(kv.stats().unwrap().keys, 1);
+}
+
 #[derive(Marshal, Clone, Debug, PartialEq, Eq)]
 enum MathError {
     DivideByZero,
@@ -551,9 +729,18 @@ mod reexport {
 #[marshal(crate = "crate::reexport::api")]
 struct Pair(u8, String);
 
+/// Recursive: the derive names its marker through the crate path too.
+#[derive(Marshal, Debug, PartialEq)]
+#[marshal(crate = "crate::reexport::api")]
+enum Chain {
+    End,
+    Link(u8, Box<Chain>),
+}
+
 #[rpc(crate = "crate::reexport::api")]
 trait Renamed {
     fn swap(&self, pair: Pair) -> Pair;
+    fn rev(&self, chain: Chain) -> Chain;
 }
 
 struct Swapper;
@@ -561,6 +748,14 @@ struct Swapper;
 impl Renamed for Swapper {
     fn swap(&self, Pair(n, s): Pair) -> Pair {
         Pair(n.wrapping_add(1), s.chars().rev().collect())
+    }
+    fn rev(&self, mut chain: Chain) -> Chain {
+        let mut out = Chain::End;
+        while let Chain::Link(v, next) = chain {
+            out = Chain::Link(v, Box::new(out));
+            chain = *next;
+        }
+        out
     }
 }
 
@@ -571,5 +766,10 @@ fn the_crate_path_can_be_named() {
     assert_eq!(
         client.swap(Pair(1, "abc".into())).unwrap(),
         Pair(2, "cba".into())
+    );
+    let chain = Chain::Link(1, Box::new(Chain::Link(2, Box::new(Chain::End))));
+    assert_eq!(
+        client.rev(chain).unwrap(),
+        Chain::Link(2, Box::new(Chain::Link(1, Box::new(Chain::End))))
     );
 }

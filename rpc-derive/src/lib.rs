@@ -90,14 +90,27 @@ mod types;
 ///
 /// # Method ids
 ///
-/// Each method has a 32-bit id, a hash (FNV-1a) of the interface name, the method name, the
-/// argument and return types as written (lifetimes aside) and its retry semantics. A client
-/// and a server built from different versions of a method disagree on its id, and the call
-/// fails with `CallError::InterfaceMismatch` instead of misreading bytes. Types are hashed as
-/// spelled: `Vec<u8>` and `std::vec::Vec<u8>` count as different. Changes inside a user type
-/// (a field added to a struct) are not covered by the id; the decoder refuses what no longer
-/// fits (truncated or trailing bytes), but keeping such a type compatible is up to its owner.
-/// The interface id is a hash of the trait's name, or of `#[rpc(name = "...")]`.
+/// Each method has a 32-bit id, a hash (FNV-1a, folded) of the interface name, the method
+/// name, the schema fingerprints (`rpc_core::marshal::Schema::FINGERPRINT`) of its argument
+/// types in order and of its return type (`()` if none), and its retry semantics. A
+/// fingerprint covers the whole shape of a type, recursively: for a derived struct, its name
+/// and its fields' names, order and types. So a client and a server built from different
+/// versions of a method *or of any type it carries* (two fields of an argument's struct
+/// swapped, a variant added to a returned enum) disagree on its id, and the call fails with
+/// `CallError::InterfaceMismatch` instead of misreading bytes.
+///
+/// Types count by their wire form, not their spelling: `Vec<u8>`, `std::vec::Vec<u8>`,
+/// `&[u8]`, `bytes::Bytes` and `PooledBytes` are the same bytes, `&str` and `String` the
+/// same string, `&T`, `Box<T>` and `T` the same value, so a client may pass `&[u8]` to a
+/// server that decodes `Vec<u8>` (`Schema` lists every equivalence). Lifetimes do not
+/// travel and do not count.
+///
+/// Since fingerprints are known only to the compiler, ids are constants computed at compile
+/// time (by `rpc_core::marshal::schema::method_id`), used in the method table and as the
+/// dispatcher's match patterns: nothing is hashed when a call is made. Two methods of one
+/// trait whose ids collide (about one chance in 2³² per pair) are a compile error naming both:
+/// rename one of them. The interface id is a hash of the trait's name, or of
+/// `#[rpc(name = "...")]`.
 ///
 /// # Arguments
 ///
@@ -122,20 +135,21 @@ mod types;
 /// and return types cannot be or contain `impl Trait`, `dyn Trait`, `&mut`, raw or function
 /// pointers or `Self`, and return types cannot borrow. Argument types must implement `Encode`
 /// and decode borrowing from the request (`Decode<'de>`); return types must implement
-/// `Encode` and `DecodeOwned`.
+/// `Encode` and `DecodeOwned`; both must implement `Schema` (which `#[derive(Marshal)]`
+/// does).
 #[proc_macro_attribute]
 pub fn rpc(args: TokenStream, item: TokenStream) -> TokenStream {
     rpc::expand(args.into(), item.into()).into()
 }
 
-/// Implements `Encode` and `Decode` for a struct or an enum.
+/// Implements `Encode`, `Decode` and `Schema` for a struct or an enum.
 ///
 /// Fields are marshalled in order; an enum is its variant's index as a `u32`, then the
-/// variant's fields. Type parameters must themselves be marshallable. Lifetime parameters
-/// are for borrowed fields: `Decode<'de>` is implemented for the type with every lifetime
-/// parameter set to `'de`, so that `&'a str` and `&'a [u8]` fields borrow from the input.
-/// Decoding a type that contains itself (through `Box`, `Vec` or `Option`) is bounded in
-/// depth.
+/// variant's fields. Type parameters must themselves be marshallable (`Encode`, `Decode`,
+/// `Schema`). Lifetime parameters are for borrowed fields: `Decode<'de>` is implemented for
+/// the type with every lifetime parameter set to `'de`, so that `&'a str` and `&'a [u8]`
+/// fields borrow from the input. Decoding a type that contains itself (through `Box`, `Vec`
+/// or `Option`) is bounded in depth.
 ///
 /// ```
 /// use rpc_core::Marshal;
@@ -185,7 +199,79 @@ pub fn rpc(args: TokenStream, item: TokenStream) -> TokenStream {
 /// assert_eq!(back.len.get(), 9);
 /// ```
 ///
-/// `#[marshal(crate = "path")]` names `rpc_core` if it is renamed or re-exported.
+/// # Schema fingerprint
+///
+/// `Schema::FINGERPRINT`, the constant `#[rpc]` folds into method ids, is a hash of the type's
+/// shape: its name (not its module path), then for a struct whether its fields are named,
+/// positional or absent and each field's name and type fingerprint in order, for an enum each
+/// variant's name in order and its fields likewise, and the fingerprints of its type
+/// arguments and the values of its const arguments. Renaming the type, a field or a variant,
+/// reordering, adding or removing fields or variants, or changing a field's type changes it;
+/// the same definition compiled twice (in another module, another build) gives the same. A
+/// `#[marshal(zerocopy)]` struct has the fingerprint of the ordinary struct with the same
+/// fields (its bytes are the same), counting zerocopy's little-endian `U32<LE>` as `u32`.
+///
+/// ```
+/// use rpc_core::Marshal;
+/// use rpc_core::marshal::Schema;
+///
+/// mod v1 {
+///     #[derive(rpc_core::Marshal)]
+///     pub struct Item { pub price: u32, pub stock: u32 }
+/// }
+/// mod v2 {
+///     #[derive(rpc_core::Marshal)]
+///     pub struct Item { pub stock: u32, pub price: u32 }
+/// }
+/// assert_ne!(v1::Item::FINGERPRINT, v2::Item::FINGERPRINT);
+///
+/// // A type may contain itself, by its own name or as `Self`.
+/// #[derive(Marshal)]
+/// enum List {
+///     Nil,
+///     Cons(u32, Box<List>),
+/// }
+/// # let _ = List::FINGERPRINT;
+/// ```
+///
+/// Inside the type's own fields, its bare name (`List`, `Tree<T>`, whatever the arguments)
+/// and `Self` stand for the type being defined and hash as a marker
+/// (`rpc_core::marshal::schema::Recursive`); a longer path to it (`crate::List`) is not
+/// recognised and makes the fingerprint depend on itself, a compile error ("cycle detected"):
+/// spell it `List` or `Self`. Mutually recursive types (`A` holds a `B` that holds an `A`)
+/// fail the same way, used in an `#[rpc]` method or not: give one of them a fingerprint by
+/// name.
+///
+/// # Arguments
+///
+/// - `zerocopy`: see above.
+/// - `crate = "path"`: names `rpc_core` if it is renamed or re-exported.
+/// - `fingerprint = "name"`: the schema fingerprint is a hash of `name` (and of the generic
+///   arguments, if any) instead of the type's shape; the fields are not examined. It breaks
+///   a cycle of mutually recursive types. The name stands for the shape: change it whenever
+///   the type changes on the wire (`"shop.Order/2"`); two types given the same name share a
+///   fingerprint.
+///
+/// ```
+/// use rpc_core::Marshal;
+/// use rpc_core::marshal::{Schema, schema};
+///
+/// #[derive(Marshal)]
+/// #[marshal(fingerprint = "example.Expr/1")]
+/// enum Expr {
+///     Lit(i64),
+///     Block(Vec<Stmt>),
+/// }
+///
+/// #[derive(Marshal)]
+/// enum Stmt {
+///     Eval(Expr),
+///     Print(Expr),
+/// }
+///
+/// assert_eq!(Expr::FINGERPRINT, schema::named("example.Expr/1"));
+/// # let _ = Stmt::FINGERPRINT;
+/// ```
 #[proc_macro_derive(Marshal, attributes(marshal))]
 pub fn derive_marshal(input: TokenStream) -> TokenStream {
     match syn::parse(input) {

@@ -1,7 +1,8 @@
-//! `#[derive(Marshal)]`: `Encode` and `Decode` for structs and enums.
+//! `#[derive(Marshal)]`: `Encode`, `Decode` and `Schema` for structs and enums.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
 
@@ -37,10 +38,17 @@ pub(crate) fn expand(input: &syn::DeriveInput) -> TokenStream {
     let krate = options
         .krate
         .unwrap_or_else(|| syn::parse_quote!(::rpc_core));
-    match options.zerocopy {
+    let marshal = match options.zerocopy {
         Some(span) => zerocopy(input, &krate, span),
         None => ordinary(input, &krate),
-    }
+    };
+    let schema = schema(
+        input,
+        &krate,
+        options.zerocopy.is_some(),
+        options.fingerprint.as_ref(),
+    );
+    quote!(#marshal #schema)
 }
 
 #[derive(Default)]
@@ -48,12 +56,15 @@ struct Options {
     /// Span of the `zerocopy` argument.
     zerocopy: Option<Span>,
     krate: Option<syn::Path>,
+    /// `fingerprint = "..."`: the schema fingerprint is a hash of this name.
+    fingerprint: Option<syn::LitStr>,
 }
 
 impl Options {
     fn parse(attrs: &[syn::Attribute], errors: &mut Errors) -> Self {
         let mut out = Self::default();
         let mut seen_crate = false;
+        let mut seen_fingerprint = false;
         for attr in attrs.iter().filter(|a| a.path().is_ident("marshal")) {
             let result = attr.parse_nested_meta(|meta| {
                 if meta.path.is_ident("zerocopy") {
@@ -68,10 +79,23 @@ impl Options {
                     }
                     out.krate = errors::crate_path(&meta, errors)?;
                     Ok(())
+                } else if meta.path.is_ident("fingerprint") {
+                    if std::mem::replace(&mut seen_fingerprint, true) {
+                        errors.at(&meta.path, "duplicate `fingerprint`");
+                    }
+                    if let Some(name) = errors::string_value(&meta, errors)? {
+                        if name.value().is_empty() {
+                            errors.at(&name, "the fingerprint name cannot be empty");
+                        } else {
+                            out.fingerprint = Some(name);
+                        }
+                    }
+                    Ok(())
                 } else {
                     errors.at(
                         &meta.path,
-                        "unknown #[marshal] argument: expected `zerocopy` or `crate = \"...\"`",
+                        "unknown #[marshal] argument: expected `zerocopy`, `crate = \"...\"` or \
+                         `fingerprint = \"...\"`",
                     );
                     errors::skip_value(meta.input)
                 }
@@ -298,4 +322,155 @@ fn zerocopy(input: &syn::DeriveInput, krate: &syn::Path, span: Span) -> TokenStr
         impl #impl_generics #zero_copy for #name_at #ty_generics #where_clause {}
         #krate::__zerocopy_marshal!({#(#params),*} #name #ty_generics where {#predicates});
     }
+}
+
+/// `Schema`: a constant fingerprint of the type's shape (see `rpc_core::marshal::Schema`).
+///
+/// A struct hashes its name, generic arguments and fields (names and the fingerprints of
+/// their types, in order); an enum its name, generic arguments and variants (names and
+/// fields, in order). A zero-copy struct's bytes are its fields' in order, as the ordinary
+/// encoding's are, so it hashes the same; a zero-copy enum is its own representation and
+/// hashes its discriminants too. Mentions of the type itself in its fields hash as
+/// `schema::Recursive`. `#[marshal(fingerprint = "...")]` replaces the fields by the name.
+fn schema(
+    input: &syn::DeriveInput,
+    krate: &syn::Path,
+    zerocopy: bool,
+    fingerprint: Option<&syn::LitStr>,
+) -> TokenStream {
+    let name = &input.ident;
+    let schema = quote!(#krate::marshal::Schema);
+    let hasher = quote!(#krate::marshal::schema::Fingerprinter);
+    let marker: syn::Type = syn::parse_quote!(#krate::marshal::schema::Recursive);
+
+    // The generic arguments: type parameters by fingerprint, const parameters by value.
+    let mut params = Vec::new();
+    for p in &input.generics.params {
+        match p {
+            syn::GenericParam::Type(t) => {
+                let ident = &t.ident;
+                params.push(quote!(.u64(<#ident as #schema>::FINGERPRINT)));
+            }
+            syn::GenericParam::Const(c) => {
+                let ident = &c.ident;
+                params.push(quote!(.u64(#ident as u64)));
+            }
+            syn::GenericParam::Lifetime(_) => {}
+        }
+    }
+    let generic_count = params.len() as u64;
+
+    let fields = |fields: &syn::Fields| {
+        let (kind, count) = match fields {
+            syn::Fields::Named(f) => (0u64, f.named.len() as u64),
+            syn::Fields::Unnamed(f) => (1, f.unnamed.len() as u64),
+            syn::Fields::Unit => (2, 0),
+        };
+        let each = fields.iter().map(|f| {
+            let mut ty = f.ty.clone();
+            SubstituteSelf {
+                name,
+                marker: &marker,
+            }
+            .visit_type_mut(&mut ty);
+            let field_name = f.ident.as_ref().map(|i| {
+                let i = i.unraw().to_string();
+                quote!(.str(#i))
+            });
+            let fp = quote_spanned!(f.ty.span()=> <#ty as #schema>::FINGERPRINT);
+            quote!(#field_name .u64(#fp))
+        });
+        quote!(.u64(#kind).u64(#count) #(#each)*)
+    };
+
+    let type_name = name.unraw().to_string();
+    let value = match (fingerprint, &input.data) {
+        (Some(lit), _) if params.is_empty() => quote!(#krate::marshal::schema::named(#lit)),
+        (Some(lit), _) => quote! {
+            #hasher::new("rpc-schema/named-generic")
+                .u64(#krate::marshal::schema::named(#lit))
+                .u64(#generic_count) #(#params)*
+                .finish()
+        },
+        (None, syn::Data::Struct(s)) => {
+            let body = fields(&s.fields);
+            quote! {
+                #hasher::new("rpc-schema/struct")
+                    .str(#type_name)
+                    .u64(#generic_count) #(#params)*
+                    #body
+                    .finish()
+            }
+        }
+        (None, syn::Data::Enum(e)) => {
+            let tag = if zerocopy {
+                "rpc-schema/zerocopy-enum"
+            } else {
+                "rpc-schema/enum"
+            };
+            let count = e.variants.len() as u64;
+            let variants = e.variants.iter().map(|v| {
+                let vname = v.ident.unraw().to_string();
+                let discriminant = zerocopy.then(|| {
+                    let mut text = String::new();
+                    if let Some((_, expr)) = &v.discriminant {
+                        crate::fingerprint::canonical_tokens(expr.to_token_stream(), &mut text);
+                    }
+                    quote!(.str(#text))
+                });
+                let body = fields(&v.fields);
+                quote!(.str(#vname) #discriminant #body)
+            });
+            quote! {
+                #hasher::new(#tag)
+                    .str(#type_name)
+                    .u64(#generic_count) #(#params)*
+                    .u64(#count) #(#variants)*
+                    .finish()
+            }
+        }
+        (None, syn::Data::Union(_)) => unreachable!("unions are refused before"),
+    };
+
+    let mut generics = input.generics.clone();
+    for p in input.generics.type_params() {
+        let ident = &p.ident;
+        generics
+            .make_where_clause()
+            .predicates
+            .push(syn::parse_quote!(#ident: #schema));
+    }
+    let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
+    quote! {
+        impl #impl_generics #schema for #name #ty_generics #where_clause {
+            const FINGERPRINT: u64 = #value;
+        }
+    }
+}
+
+/// Replaces the type being defined (its bare name, with any arguments, or `Self`) by the
+/// marker that stands for it, so that a recursive type's fingerprint does not depend on
+/// itself.
+struct SubstituteSelf<'a> {
+    name: &'a syn::Ident,
+    marker: &'a syn::Type,
+}
+
+impl VisitMut for SubstituteSelf<'_> {
+    fn visit_type_mut(&mut self, ty: &mut syn::Type) {
+        if let syn::Type::Path(p) = ty {
+            if p.qself.is_none()
+                && p.path.leading_colon.is_none()
+                && p.path.segments.len() == 1
+                && (p.path.segments[0].ident == *self.name || p.path.segments[0].ident == "Self")
+            {
+                *ty = self.marker.clone();
+                return;
+            }
+        }
+        syn::visit_mut::visit_type_mut(self, ty);
+    }
+
+    // Array lengths and other expressions are left alone.
+    fn visit_expr_mut(&mut self, _: &mut syn::Expr) {}
 }

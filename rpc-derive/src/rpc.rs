@@ -9,7 +9,7 @@ use syn::spanned::Spanned;
 use syn::visit::Visit;
 
 use crate::errors::{self, Errors};
-use crate::fingerprint::{self, MethodSig};
+use crate::fingerprint;
 use crate::types::{self, ContextParam, Position};
 
 /// Inherent methods of the generated client: a trait method may not be called like one.
@@ -113,7 +113,6 @@ struct Method {
     ret: Option<syn::Type>,
     idempotent: bool,
     blocking: bool,
-    id: u32,
 }
 
 struct Arg {
@@ -151,18 +150,9 @@ impl Interface {
                 continue;
             };
             IdentCollector(&mut taken).visit_signature(&f.sig);
-            let Some(mut method) = Method::parse(f, &name, errors) else {
+            let Some(mut method) = Method::parse(f, errors) else {
                 continue;
             };
-            if let Some(other) = methods.iter().find(|m| m.id == method.id) {
-                errors.at(
-                    &method.ident,
-                    format_args!(
-                        "the id of `{}` collides with the id of `{}` ({:#010x}): rename one of them",
-                        method.ident, other.ident, method.id
-                    ),
-                );
-            }
             if method.docs.is_empty() {
                 // The client's methods are documented even where the trait's are not.
                 let doc = format!(
@@ -214,10 +204,37 @@ impl Interface {
         let s = syn::Ident::new(&self.fresh("S"), Span::call_site());
         let c = syn::Lifetime::new(&format!("'{}", self.fresh("c")), Span::call_site());
         let table = syn::Ident::new("__RPC_METHODS", Span::mixed_site());
+        let ids = syn::Ident::new("__RpcMethodIds", Span::mixed_site());
         let count = self.methods.len();
 
-        let descs = self.methods.iter().map(|m| {
-            let method_id = hex(m.id);
+        // Method ids depend on the schema fingerprints of the types, which only the compiler
+        // knows: constants, evaluated at compile time.
+        let id_consts = self.methods.iter().enumerate().map(|(i, m)| {
+            let konst = method_const(i);
+            let id = m.id_expr(krate, name);
+            quote!(const #konst: u32 = #id;)
+        });
+        let collisions = self.methods.iter().enumerate().flat_map(|(j, b)| {
+            let ids = &ids;
+            self.methods[..j].iter().enumerate().map(move |(i, a)| {
+                let (ka, kb) = (method_const(i), method_const(j));
+                let message = format!(
+                    "the ids of `{}` and `{}` in the #[rpc] trait `{}` collide: rename one of them",
+                    a.ident.unraw(),
+                    b.ident.unraw(),
+                    trait_ident.unraw(),
+                );
+                quote_spanned! {b.ident.span()=>
+                    const _: () = if #ids::#ka == #ids::#kb {
+                        ::core::panic!(#message)
+                    };
+                }
+            })
+        });
+
+        let descs = self.methods.iter().enumerate().map(|(i, m)| {
+            let konst = method_const(i);
+            let method_id = quote!(#ids::#konst);
             let method_name = m.ident.unraw().to_string();
             let (idempotent, blocking) = (m.idempotent, m.blocking);
             quote! {
@@ -259,10 +276,18 @@ impl Interface {
         let ctx = syn::Ident::new("ctx", Span::mixed_site());
         let request = syn::Ident::new("request", Span::mixed_site());
         let sink = syn::Ident::new("sink", Span::mixed_site());
-        let arms = self
-            .methods
-            .iter()
-            .map(|m| m.server_arm(krate, trait_ident, &s, &ctx, &request, &sink));
+        let arms = self.methods.iter().enumerate().map(|(i, m)| {
+            let konst = method_const(i);
+            m.server_arm(
+                krate,
+                trait_ident,
+                &s,
+                &ctx,
+                &request,
+                &sink,
+                quote!(#ids::#konst),
+            )
+        });
         let unused = self
             .methods
             .is_empty()
@@ -288,6 +313,14 @@ impl Interface {
             }
 
             const _: () = {
+                struct #ids;
+
+                impl #ids {
+                    #(#id_consts)*
+                }
+
+                #(#collisions)*
+
                 static #table: [#krate::service::MethodDesc; #count] = [#(#descs),*];
 
                 impl<#t> #client<#t> {
@@ -383,7 +416,7 @@ impl Interface {
 }
 
 impl Method {
-    fn parse(f: &mut syn::TraitItemFn, interface: &str, errors: &mut Errors) -> Option<Self> {
+    fn parse(f: &mut syn::TraitItemFn, errors: &mut Errors) -> Option<Self> {
         // This method's own errors: any of them means no code is generated for it.
         let mut local = Errors::default();
         let mut idempotent = false;
@@ -512,14 +545,6 @@ impl Method {
             errors.push_all(local);
             return None;
         }
-        let arg_types: Vec<&syn::Type> = args.iter().map(|a| &a.ty).collect();
-        let id = fingerprint::method_id(&MethodSig {
-            interface,
-            method: &name,
-            args: &arg_types,
-            ret: ret.as_ref(),
-            idempotent,
-        });
         Some(Self {
             ident: sig.ident.clone(),
             docs,
@@ -529,8 +554,34 @@ impl Method {
             ret,
             idempotent,
             blocking,
-            id,
         })
+    }
+
+    /// The method's id, as a constant expression: a hash of the interface name, the method
+    /// name, the schema fingerprints of the argument and return types (lifetimes set to
+    /// `'static`: they do not travel) and the retry semantics.
+    fn id_expr(&self, krate: &syn::Path, interface: &str) -> TokenStream {
+        let static_ = syn::Lifetime::new("'static", Span::call_site());
+        let fingerprint = |ty: &syn::Type| {
+            let ty = types::replace_lifetimes(ty, &static_, None);
+            quote_spanned!(ty.span()=> <#ty as #krate::marshal::Schema>::FINGERPRINT)
+        };
+        let args = self.args.iter().map(|a| fingerprint(&a.ty));
+        let ret = match &self.ret {
+            Some(ty) => fingerprint(ty),
+            None => quote!(<() as #krate::marshal::Schema>::FINGERPRINT),
+        };
+        let method = self.ident.unraw().to_string();
+        let idempotent = self.idempotent;
+        quote! {
+            #krate::marshal::schema::method_id(
+                #interface,
+                #method,
+                &[#(#args),*],
+                #ret,
+                #idempotent,
+            )
+        }
     }
 
     fn ret(&self) -> TokenStream {
@@ -606,6 +657,7 @@ impl Method {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn server_arm(
         &self,
         krate: &syn::Path,
@@ -614,8 +666,8 @@ impl Method {
         ctx: &syn::Ident,
         request: &syn::Ident,
         sink: &syn::Ident,
+        id: TokenStream,
     ) -> TokenStream {
-        let id = hex(self.id);
         let ident = &self.ident;
         let dec = syn::Ident::new("dec", Span::mixed_site());
         let enc = syn::Ident::new("enc", Span::mixed_site());
@@ -710,6 +762,11 @@ impl Visit<'_> for IdentCollector<'_> {
     fn visit_ident(&mut self, i: &proc_macro2::Ident) {
         self.0.insert(i.to_string());
     }
+}
+
+/// The name of the constant holding the id of the `index`th method.
+fn method_const(index: usize) -> syn::Ident {
+    format_ident!("M{}", index, span = Span::mixed_site())
 }
 
 /// A `u32` literal in hexadecimal, as ids read best.

@@ -24,14 +24,29 @@
 //! left in the input, and collections grow as elements actually decode. Types that contain
 //! themselves decode through [`Decoder::nested`], which bounds the depth of recursion (and so
 //! the stack a hostile message can make a decoder use) to [`MAX_DEPTH`].
+//!
+//! # Schema fingerprints
+//!
+//! The encoding carries no field names or types, so a peer built with a different version of
+//! a type would misread its bytes. Every marshallable type therefore also implements
+//! [`Schema`]: a 64-bit fingerprint of its wire form (a derived type's name, its fields' or
+//! variants' names and order, their types' fingerprints, its generic arguments), computed by
+//! `const fn`s at compile time ([`schema`]). `#[rpc]` folds the fingerprints of a method's
+//! argument and return types into the method's id, so two builds that disagree on any type a
+//! method carries disagree on its id, and the call fails with `CallError::InterfaceMismatch`
+//! before any byte is decoded. [`Schema`] lists which spellings share a fingerprint
+//! (`Vec<u8>`, `&[u8]`, `Bytes` and `PooledBytes` are all bytes) and how recursive types are
+//! handled.
 
 mod impls;
 mod pooled;
+pub mod schema;
 
 #[doc(hidden)]
 pub use impls::ZeroCopyVec;
 pub use impls::{ZeroCopy, decode_zerocopy_vec};
 pub use pooled::PooledBytes;
+pub use schema::Schema;
 
 use core::ops::Range;
 use std::io::IoSlice;

@@ -19,6 +19,14 @@ enum FieldAttr {
     B,
 }
 
+#[derive(Marshal)]
+#[marshal(fingerprint = 5)]
+struct NotAString;
+
+#[derive(Marshal)]
+#[marshal(fingerprint = "", fingerprint)]
+struct EmptyAndDuplicate;
+
 struct Plain;
 
 #[derive(Marshal)]

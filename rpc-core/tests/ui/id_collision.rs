@@ -1,11 +1,11 @@
 // Two method names whose ids collide in this interface (found by search, and pinned by
-// rpc-derive's fingerprint tests).
+// the tests of rpc_core::marshal::schema).
 use rpc_core::rpc;
 
 #[rpc]
 trait Collide {
-    fn m23268(&self);
-    fn m32351(&self);
+    fn m2595(&self);
+    fn m148830(&self);
 }
 
 fn main() {}
