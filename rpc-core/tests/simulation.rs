@@ -50,6 +50,27 @@ fn simulation_over_many_seeds() {
         );
         assert!(total.outcome_unknown > 0, "{total}");
         assert!(total.mismatched > 0, "{total}");
+        // The adversary attacked, in both modes, and the server turned it away.
+        assert!(
+            total.adversary_seeds > 0 && total.authenticated_seeds > 0,
+            "{total}"
+        );
+        let a = &total.attacks;
+        assert!(
+            a.replayed > 0
+                && a.mutated > 0
+                && a.forged_requests > 0
+                && a.forged_acks > 0
+                && a.huge_stamps > 0
+                && a.hellos > 0,
+            "{total}"
+        );
+        assert!(
+            total.bad_tag > 0 && total.wrong_address > 0 && total.bad_stamp > 0,
+            "{total}"
+        );
+        // Every client's last call, after the run, got its answer.
+        assert!(total.final_calls >= total.seeds * 2, "{total}");
     }
 }
 

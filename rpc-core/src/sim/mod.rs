@@ -10,7 +10,15 @@
 //!   by an interface mismatch never executed; a successful call executed exactly once;
 //! - the server's memory stays within its configured bounds;
 //! - a reply's Lamport stamp exceeds its request's, and so does the server's stamp of the
-//!   request's receipt.
+//!   request's receipt;
+//! - every honest node keeps answering: once the run is over, with faults and attacks
+//!   stopped, every client's last call succeeds.
+//!
+//! In most seeds an adversary ([`adversary`]) shares the network: it sees every datagram and
+//! injects forged, replayed and mutated ones, huge stamps, forged acknowledgements and Hello
+//! floods; some seeds run in authenticated mode, where it also forges source addresses. The
+//! same invariants hold: in particular no honest call executes twice or returns a value its
+//! own execution did not produce.
 //!
 //! A failure names its seed; [`SimConfig::for_seed`] rebuilds the same run, so a failing seed
 //! replays exactly.
@@ -21,13 +29,16 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod adversary;
 mod net;
 
+pub use adversary::Attacks;
 pub use net::{NetFaults, SimNet};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::auth::AuthKey;
 use crate::client::{CallRequest, Client, Event, Payload};
 use crate::clock::LamportClock;
 use crate::config::{ClientConfig, ServerConfig};
@@ -87,7 +98,10 @@ pub struct SimConfig {
     pub large: (f64, usize),
     /// Deadline of each call.
     pub deadline: Duration,
-    /// Client configuration.
+    /// An adversary shares the network, attacking at intervals drawn from this range.
+    pub adversary: Option<(Duration, Duration)>,
+    /// Client configuration (a key in it means authenticated mode, and the server has the
+    /// same).
     pub client: ClientConfig,
     /// Server configuration.
     pub server: ServerConfig,
@@ -129,12 +143,24 @@ impl SimConfig {
             reassembly_timeout: Duration::from_millis(500),
             session_idle_timeout: Duration::from_secs(if tight { 1 } else { 30 }),
             max_queued_transmits: if tight { 64 } else { 4096 },
-            max_sessions_per_host: 256,
+            // The adversary is one host: it may not hold more than this.
+            max_sessions_per_host: 2,
             evictable_after: Duration::from_millis(if tight { 100 } else { 2000 }),
             cookie_lifetime: Duration::from_secs(10),
             auth: None,
         };
         let base = Duration::from_micros(r.random_range(10..200));
+        let mut client = client;
+        let mut server = server;
+        if r.random_bool(0.4) {
+            let key = AuthKey::from_bytes(r.random());
+            client.auth = Some(key.clone());
+            server.auth = Some(key);
+        }
+        let adversary = r.random_bool(0.7).then(|| {
+            let mean = Duration::from_micros(r.random_range(50..800));
+            (mean / 2, mean * 2)
+        });
         Self {
             seed,
             clients: r.random_range(2..=5),
@@ -157,6 +183,7 @@ impl SimConfig {
             missing_method: 0.02,
             large: (0.05, [4_000usize, 40_000, 300_000][r.random_range(0..3)]),
             deadline: Duration::from_millis(r.random_range(500..3000)),
+            adversary,
             client,
             server,
         }
@@ -184,6 +211,32 @@ pub struct SimReport {
     pub other_errors: u64,
     /// Calls abandoned by a client crash.
     pub abandoned: u64,
+    /// Calls the server said it never executed and never would (`NotExecuted`).
+    pub not_executed: u64,
+    /// Calls sent again in a new session after a lost one, the server having said they never
+    /// started there.
+    pub resent_after_stale: u64,
+    /// Final calls (one per client, after the run, faults and attacks stopped) that
+    /// succeeded: every honest node still answers.
+    pub final_calls: u64,
+    /// Seeds run in authenticated mode.
+    pub authenticated_seeds: u64,
+    /// Seeds with an adversary.
+    pub adversary_seeds: u64,
+    /// What the adversary injected.
+    pub attacks: Attacks,
+    /// Datagrams the server dropped for a missing or wrong tag.
+    pub bad_tag: u64,
+    /// Datagrams of a session the server dropped as coming from another address.
+    pub wrong_address: u64,
+    /// Datagrams the server dropped for a Lamport stamp too far ahead.
+    pub bad_stamp: u64,
+    /// Hellos the server answered with a fresh cookie, theirs being invalid.
+    pub bad_cookie: u64,
+    /// Hellos the server refused (sessions full, host limit).
+    pub refused_hellos: u64,
+    /// Datagrams the server dropped, all causes.
+    pub server_dropped: u64,
     /// Handler executions.
     pub executions: u64,
     /// Calls sent again after a timeout or busy reply.
@@ -222,6 +275,18 @@ impl SimReport {
         self.busy += o.busy;
         self.other_errors += o.other_errors;
         self.abandoned += o.abandoned;
+        self.not_executed += o.not_executed;
+        self.resent_after_stale += o.resent_after_stale;
+        self.final_calls += o.final_calls;
+        self.authenticated_seeds += o.authenticated_seeds;
+        self.adversary_seeds += o.adversary_seeds;
+        self.attacks.merge(&o.attacks);
+        self.bad_tag += o.bad_tag;
+        self.wrong_address += o.wrong_address;
+        self.bad_stamp += o.bad_stamp;
+        self.bad_cookie += o.bad_cookie;
+        self.refused_hellos += o.refused_hellos;
+        self.server_dropped += o.server_dropped;
         self.executions += o.executions;
         self.retransmissions += o.retransmissions;
         self.answered_from_cache += o.answered_from_cache;
@@ -268,6 +333,17 @@ impl fmt::Display for SimReport {
         writeln!(f, "  server busy              {:>10}", self.busy)?;
         writeln!(f, "  other error replies      {:>10}", self.other_errors)?;
         writeln!(f, "  abandoned by a crash     {:>10}", self.abandoned)?;
+        writeln!(f, "  not executed (skipped)   {:>10}", self.not_executed)?;
+        writeln!(
+            f,
+            "resent after a Stale       {:>10}  (provably never started in the lost session)",
+            self.resent_after_stale
+        )?;
+        writeln!(
+            f,
+            "final calls, all answered  {:>10}  (one per client after the run)",
+            self.final_calls
+        )?;
         writeln!(f, "handler executions         {:>10}", self.executions)?;
         writeln!(f, "retransmissions            {:>10}", self.retransmissions)?;
         writeln!(
@@ -300,6 +376,26 @@ impl fmt::Display for SimReport {
             self.reordered,
             pct(self.reordered, self.datagrams)
         )?;
+        writeln!(
+            f,
+            "seeds authenticated        {:>10}",
+            self.authenticated_seeds
+        )?;
+        writeln!(f, "seeds with an adversary    {:>10}", self.adversary_seeds)?;
+        let a = &self.attacks;
+        writeln!(f, "adversary datagrams        {:>10}", a.total())?;
+        writeln!(f, "  replayed                 {:>10}", a.replayed)?;
+        writeln!(f, "  mutated                  {:>10}", a.mutated)?;
+        writeln!(f, "  forged (others' sessions){:>10}", a.forged_requests)?;
+        writeln!(f, "  forged acks              {:>10}", a.forged_acks)?;
+        writeln!(f, "  huge stamps              {:>10}", a.huge_stamps)?;
+        writeln!(f, "  flooding hellos          {:>10}", a.hellos)?;
+        writeln!(f, "server drops, all causes   {:>10}", self.server_dropped)?;
+        writeln!(f, "  bad tag                  {:>10}", self.bad_tag)?;
+        writeln!(f, "  wrong address            {:>10}", self.wrong_address)?;
+        writeln!(f, "  stamp too far ahead      {:>10}", self.bad_stamp)?;
+        writeln!(f, "  bad cookie               {:>10}", self.bad_cookie)?;
+        writeln!(f, "hellos refused             {:>10}", self.refused_hellos)?;
         writeln!(f, "server restarts            {:>10}", self.server_restarts)?;
         writeln!(f, "client restarts            {:>10}", self.client_restarts)?;
         write!(
@@ -364,6 +460,7 @@ enum Happening {
     ClientCrash {
         index: usize,
     },
+    Attack,
 }
 
 #[derive(Debug)]
@@ -406,6 +503,8 @@ struct SimClient {
     calls: BTreeMap<u64, SimCall>,
     started: usize,
     next_start: Option<Instant>,
+    /// Calls of the final round that failed.
+    final_failures: u32,
 }
 
 /// Key of an execution record: client id, incarnation, sequence number.
@@ -428,6 +527,9 @@ struct Sim {
     report: SimReport,
     /// Server counters of crashed incarnations.
     server_stats: crate::server::ServerStats,
+    adversary: Option<adversary::Adversary>,
+    /// The run is over; each client makes one more call, faults and attacks stopped.
+    final_round: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -465,8 +567,17 @@ impl Sim {
         )
     }
 
-    /// Puts a datagram on the network: maybe lost, maybe duplicated, maybe held back.
+    /// Puts a datagram on the network: maybe lost, maybe duplicated, maybe held back. The
+    /// adversary sees it.
     fn send(&mut self, from: u32, to: u32, bytes: Vec<u8>) {
+        if let Some(adv) = self.adversary.as_mut() {
+            adv.observe(from, to, &bytes);
+        }
+        self.inject(from, to, bytes);
+    }
+
+    /// Puts a datagram on the network without the adversary seeing it (its own).
+    fn inject(&mut self, from: u32, to: u32, bytes: Vec<u8>) {
         self.report.datagrams += 1;
         if self.rng.random_bool(self.cfg.loss) {
             self.report.lost += 1;
@@ -628,6 +739,20 @@ impl Sim {
             )));
         }
         let key = Self::key(&self.clients[index], seq);
+        if self.final_round && result.is_err() {
+            // A call may still fail once for a reason of the run (say, the first call in a
+            // session the server lost in a restart ends in doubt); the next must succeed.
+            let c = &mut self.clients[index];
+            c.final_failures += 1;
+            if c.final_failures > 2 {
+                return Err(self.fail(format!(
+                    "an honest node stopped answering: client {index}'s last calls failed, the last with {:?}",
+                    result.err()
+                )));
+            }
+            c.started -= 1;
+            c.next_start = Some(self.now);
+        }
         let outcome = match result {
             Ok(body) => {
                 if call.method == METHOD_MISSING {
@@ -655,6 +780,10 @@ impl Sim {
                 self.report.busy += 1;
                 Outcome::NotExecuted
             }
+            Err(CallError::NotExecuted) => {
+                self.report.not_executed += 1;
+                Outcome::NotExecuted
+            }
             Err(CallError::Remote(r)) if r.code == ErrorCode::ReplyUnavailable => {
                 self.report.other_errors += 1;
                 Outcome::Unknown
@@ -679,13 +808,19 @@ impl Sim {
             return Ok(());
         };
         let ctx = call.context;
-        if ctx.received_stamp.time <= ctx.request_stamp.time {
+        // (The adversary's own requests carry stamps past the clock's ceiling on purpose: the
+        // clock stops there.)
+        if ctx.received_stamp.time <= ctx.request_stamp.time && from != adversary::ADDR {
             return Err(self.fail("server's receipt stamp does not exceed the request's"));
         }
         let reply = if ctx.interface != INTERFACE {
             Err(ErrorCode::UnknownInterface)
         } else if ctx.method == METHOD_MISSING {
             Err(ErrorCode::UnknownMethod)
+        } else if from == adversary::ADDR {
+            // A call in one of the adversary's own sessions (perhaps with an honest client's
+            // ids, but its own address: a session of its own, which no honest call is in).
+            Ok(expected_reply(&call.body))
         } else {
             let key = (ctx.client_id, ctx.client_incarnation, ctx.seq);
             let entry = self.executions.entry(key).or_insert((0, ctx.idempotent));
@@ -744,7 +879,11 @@ impl Sim {
     }
 
     fn deliver_to_client(&mut self, to: u32, bytes: &[u8]) -> Result<(), SimFailure> {
-        let index = (to - 1) as usize;
+        let index = (to as usize).wrapping_sub(1);
+        if index >= self.clients.len() {
+            // A made-up address: nobody lives there.
+            return Ok(());
+        }
         let now = self.now;
         let response = self.clients[index].core.handle_datagram(now, bytes);
         let Some(resp) = response else {
@@ -853,6 +992,7 @@ impl Sim {
                 calls: BTreeMap::new(),
                 started: 0,
                 next_start: Some(self.now),
+                final_failures: 0,
             });
         }
         // Crashes happen somewhere in the first part of the run.
@@ -866,6 +1006,49 @@ impl Sim {
             let index = self.rng.random_range(0..self.clients.len());
             self.schedule(at, Happening::ClientCrash { index });
         }
+        if let Some(range) = self.cfg.adversary {
+            self.adversary = Some(adversary::Adversary::new(self.cfg.client.auth.is_some()));
+            let at = self.now + self.uniform(range);
+            self.schedule(at, Happening::Attack);
+        }
+        self.run_until_done()?;
+        // Every honest node still answers: one more call per client, with faults and attacks
+        // over, must succeed.
+        self.final_round = true;
+        self.cfg.loss = 0.0;
+        self.cfg.duplicate = 0.0;
+        self.cfg.reorder = 0.0;
+        self.cfg.missing_method = 0.0;
+        self.cfg.deadline = Duration::from_secs(10);
+        self.cfg.calls_per_client += 1;
+        for c in &mut self.clients {
+            c.next_start = Some(self.now);
+        }
+        let before = self.report.succeeded;
+        self.run_until_done()?;
+        self.report.final_calls = self.report.succeeded - before;
+        if let Some(s) = self.server.take() {
+            self.absorb_server_stats(&s);
+        }
+        self.check_executions()?;
+        for c in &self.clients {
+            self.report.retransmissions += c.core.stats().retransmissions;
+            self.report.resent_after_stale += c.core.stats().resent_after_stale;
+        }
+        if let Some(adv) = &self.adversary {
+            self.report.attacks = adv.attacks;
+            self.report.adversary_seeds = 1;
+        }
+        self.report.authenticated_seeds = u64::from(self.cfg.client.auth.is_some());
+        self.report.answered_from_cache = self.server_stats.answered_from_cache;
+        self.report.dropped_executing = self.server_stats.dropped_executing;
+        self.report.busy_replies = self.server_stats.busy;
+        self.report.virtual_time = self.now - self.base;
+        self.report.seeds = 1;
+        Ok(self.report)
+    }
+
+    fn run_until_done(&mut self) -> Result<(), SimFailure> {
         let mut steps: u64 = 0;
         loop {
             steps += 1;
@@ -875,7 +1058,7 @@ impl Sim {
             self.start_calls()?;
             self.flush();
             if self.done() {
-                break;
+                return Ok(());
             }
             let Some(next) = self.next_time() else {
                 let state: Vec<String> = self
@@ -913,9 +1096,20 @@ impl Sim {
                         } => {
                             self.deliver_to_server(from, &bytes)?;
                         }
+                        Happening::Deliver {
+                            to: adversary::ADDR,
+                            bytes,
+                            ..
+                        } => {
+                            let answer = self.adversary.as_mut().and_then(|a| a.receive(&bytes));
+                            if let Some((from, to, bytes)) = answer {
+                                self.inject(from, to, bytes);
+                            }
+                        }
                         Happening::Deliver { to, bytes, .. } => {
                             self.deliver_to_client(to, &bytes)?
                         }
+                        Happening::Attack => self.attack(),
                         Happening::HandlerDone {
                             incarnation,
                             ticket,
@@ -953,19 +1147,28 @@ impl Sim {
             }
             self.check_memory()?;
         }
-        if let Some(s) = self.server.take() {
-            self.absorb_server_stats(&s);
+    }
+
+    /// The adversary's turn, and the next one scheduled (until the run is over).
+    fn attack(&mut self) {
+        let Some(range) = self.cfg.adversary else {
+            return;
+        };
+        if self.final_round {
+            return;
         }
-        self.check_executions()?;
-        for c in &self.clients {
-            self.report.retransmissions += c.core.stats().retransmissions;
+        let wall = SIM_WALL_CLOCK + (self.now - self.base).as_nanos() as u64;
+        let ceiling = wall + crate::clock::ADOPT_AHEAD;
+        let now = self.now;
+        let injections = match self.adversary.as_mut() {
+            Some(adv) => adv.attack(&mut self.rng, now, ceiling),
+            None => Vec::new(),
+        };
+        for (from, to, bytes) in injections {
+            self.inject(from, to, bytes);
         }
-        self.report.answered_from_cache = self.server_stats.answered_from_cache;
-        self.report.dropped_executing = self.server_stats.dropped_executing;
-        self.report.busy_replies = self.server_stats.busy;
-        self.report.virtual_time = self.now - self.base;
-        self.report.seeds = 1;
-        Ok(self.report)
+        let at = self.now + self.uniform(range);
+        self.schedule(at, Happening::Attack);
     }
 
     fn absorb_server_stats(&mut self, s: &Server<u32>) {
@@ -973,6 +1176,12 @@ impl Sim {
         self.server_stats.answered_from_cache += st.answered_from_cache;
         self.server_stats.dropped_executing += st.dropped_executing;
         self.server_stats.busy += st.busy;
+        self.report.bad_tag += st.dropped.bad_tag;
+        self.report.wrong_address += st.dropped.wrong_address;
+        self.report.bad_stamp += st.dropped.bad_stamp;
+        self.report.bad_cookie += st.dropped.bad_cookie;
+        self.report.refused_hellos += st.refused_hellos;
+        self.report.server_dropped += st.dropped.total();
     }
 
     fn check_executions(&self) -> Result<(), SimFailure> {
@@ -1012,6 +1221,8 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, SimFailure> {
         ended: Vec::new(),
         report: SimReport::default(),
         server_stats: Default::default(),
+        adversary: None,
+        final_round: false,
     };
     sim.run()
 }
