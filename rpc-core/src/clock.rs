@@ -138,7 +138,9 @@ impl LamportClock {
                     self.refused.fetch_add(1, Ordering::Relaxed);
                     return Err(StampRefused { stamp, limit });
                 }
-                stamp.min(c)
+                // Never below the clock itself: the ceiling read from an older instant (another
+                // thread's, or one read a little earlier) may lie below what it already shows.
+                stamp.min(c).max(cur)
             } else {
                 cur
             };
@@ -263,6 +265,10 @@ mod tests {
         let behind = LamportClock::new(8, WALL - day, at);
         let sent = c.tick();
         assert!(behind.observe(sent, at).is_ok());
+        // A ceiling read from an earlier instant never moves the clock back.
+        let before = c.now();
+        let earlier = at.checked_sub(Duration::from_secs(1)).unwrap_or(at);
+        assert!(c.observe(ceiling + 2_000, earlier).unwrap() > before);
         // The ceiling moves on with time, one per nanosecond.
         let later = at + Duration::from_secs(1);
         assert_eq!(c.ceiling(later), ceiling + 1_000_000_000);

@@ -6,7 +6,7 @@
 //! direction passes the seeded fault model. [`Flood`] sprays a port with hostile datagrams.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -69,6 +69,20 @@ pub struct ProxyCounters {
     pub reordered: u64,
 }
 
+/// A datagram the proxy forwarded, as a test playing an eavesdropper sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tapped {
+    /// Whether it went to the server (else to a client).
+    pub to_server: bool,
+    /// The address the server knows the client by (the proxy's socket for that client).
+    pub client: SocketAddr,
+    /// The datagram.
+    pub bytes: Vec<u8>,
+}
+
+/// Datagrams kept for [`FaultProxy::tapped`].
+const TAPPED: usize = 512;
+
 #[derive(Debug, Default)]
 struct Counters {
     received: AtomicU64,
@@ -84,6 +98,7 @@ pub struct FaultProxy {
     addr: SocketAddr,
     faults: Arc<Mutex<Faults>>,
     counters: Arc<Counters>,
+    tap: Arc<Mutex<VecDeque<Tapped>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -97,8 +112,10 @@ impl FaultProxy {
         let addr = front.local_addr()?;
         let faults = Arc::new(Mutex::new(faults));
         let counters = Arc::new(Counters::default());
+        let tap = Arc::new(Mutex::new(VecDeque::with_capacity(TAPPED)));
         let stop = Arc::new(AtomicBool::new(false));
         let mut state = ProxyState {
+            tap: tap.clone(),
             front,
             upstream,
             backs: Vec::new(),
@@ -117,6 +134,7 @@ impl FaultProxy {
             addr,
             faults,
             counters,
+            tap,
             stop,
             thread: Some(thread),
         })
@@ -130,6 +148,17 @@ impl FaultProxy {
     /// Changes the fault model from now on.
     pub fn set_faults(&self, faults: Faults) {
         *self.faults.lock().unwrap_or_else(|p| p.into_inner()) = faults;
+    }
+
+    /// The last datagrams the proxy forwarded (hundreds), oldest first: what an eavesdropper
+    /// on the path would have seen.
+    pub fn tapped(&self) -> Vec<Tapped> {
+        self.tap
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Counters so far.
@@ -165,6 +194,7 @@ enum Dest {
 type Held = (Instant, u64, Dest, Vec<u8>);
 
 struct ProxyState {
+    tap: Arc<Mutex<VecDeque<Tapped>>>,
     front: UdpSocket,
     upstream: SocketAddr,
     /// One socket per client, connected to the upstream: (socket, client address).
@@ -237,6 +267,21 @@ impl ProxyState {
     }
 
     fn admit(&mut self, dest: Dest, bytes: &[u8]) {
+        let (to_server, back) = match dest {
+            Dest::Upstream(i) => (true, i),
+            Dest::Client(addr) => (false, self.by_client.get(&addr).copied().unwrap_or(0)),
+        };
+        if let Some(client) = self.backs.get(back).and_then(|(s, _)| s.local_addr().ok()) {
+            let mut tap = self.tap.lock().unwrap_or_else(|p| p.into_inner());
+            if tap.len() == TAPPED {
+                tap.pop_front();
+            }
+            tap.push_back(Tapped {
+                to_server,
+                client,
+                bytes: bytes.to_vec(),
+            });
+        }
         let f = *self.faults.lock().unwrap_or_else(|p| p.into_inner());
         self.counters.received.fetch_add(1, Ordering::Relaxed);
         if self.rng.random_bool(f.loss.clamp(0.0, 1.0)) {
@@ -279,6 +324,38 @@ impl ProxyState {
             };
         }
     }
+}
+
+/// Sends one UDP datagram to `to` with the source address `from` forged, through a raw socket
+/// (which needs `CAP_NET_RAW`: the error is `PermissionDenied` without it). IPv4 only; the
+/// kernel fills in the IP header's checksum, and the UDP checksum is left out (zero), as IPv4
+/// allows.
+pub fn spoof(from: SocketAddr, to: SocketAddr, payload: &[u8]) -> io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (from, to) else {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "spoofing is IPv4 only",
+        ));
+    };
+    const IPPROTO_RAW: i32 = 255;
+    let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(IPPROTO_RAW)))?;
+    let udp_len = 8 + payload.len();
+    let total = 20 + udp_len;
+    let mut packet = Vec::with_capacity(total);
+    packet.extend_from_slice(&[0x45, 0]); // IPv4, 5-word header; no TOS
+    packet.extend_from_slice(&(total as u16).to_be_bytes());
+    packet.extend_from_slice(&[0, 0, 0x40, 0]); // id (filled in), don't fragment
+    packet.extend_from_slice(&[64, 17, 0, 0]); // TTL, UDP, checksum (filled in)
+    packet.extend_from_slice(&src.ip().octets());
+    packet.extend_from_slice(&dst.ip().octets());
+    packet.extend_from_slice(&src.port().to_be_bytes());
+    packet.extend_from_slice(&dst.port().to_be_bytes());
+    packet.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    packet.extend_from_slice(&[0, 0]); // no UDP checksum
+    packet.extend_from_slice(payload);
+    socket.send_to(&packet, &to.into())?;
+    Ok(())
 }
 
 /// A thread that sprays hostile datagrams at a port until dropped: random bytes, truncated

@@ -65,6 +65,14 @@ use crate::wire::{
     WelcomeBody, read_body,
 };
 
+/// Closed sessions remembered per slot, for precise `Stale` answers.
+const TOMBSTONES: usize = 4;
+
+/// Where a closed session's record lives among its slot's.
+fn tombstone(id: u64) -> usize {
+    (id as usize) % TOMBSTONES
+}
+
 /// What the server needs of a peer's address: to compare and hash it (sessions and cookies
 /// are bound to it) and to name its host (sessions per host are bounded).
 pub trait PeerAddr: Copy + Eq + Hash + core::fmt::Debug {
@@ -472,9 +480,10 @@ pub struct Server<A> {
     sessions: Vec<Option<Session<A>>>,
     /// Per slot: the low 16 bits of the id of the slot's latest session.
     generations: Vec<u16>,
-    /// Per slot: the id of the last session the slot closed and the highest call that
-    /// started executing in it, for the `Stale` answers to its late requests.
-    closed: Vec<Option<(u64, u64)>>,
+    /// Per slot: the ids of the last [`TOMBSTONES`] sessions the slot closed and the highest
+    /// call that started executing in each, for the `Stale` answers to their late requests
+    /// (indexed by generation).
+    closed: Vec<[(u64, u64); TOMBSTONES]>,
     session_count: usize,
     rng: ChaCha8Rng,
     cookies: CookieKey,
@@ -531,7 +540,7 @@ impl<A: PeerAddr> Server<A> {
         rng.fill_bytes(&mut secret);
         Ok(Self {
             generations,
-            closed: vec![None; config.max_sessions],
+            closed: vec![[(0, 0); TOMBSTONES]; config.max_sessions],
             incarnation,
             node_id: clock.node(),
             clock,
@@ -750,7 +759,7 @@ impl<A: PeerAddr> Server<A> {
             return u64::MAX;
         }
         let slot = ((id >> 16) & 0xffff) as usize;
-        match self.closed.get(slot).copied().flatten() {
+        match self.closed.get(slot).map(|t| t[tombstone(id)]) {
             Some((closed, max_started)) if closed == id => max_started,
             _ => u64::MAX,
         }
@@ -1155,7 +1164,7 @@ impl<A: PeerAddr> Server<A> {
         let Some(mut s) = self.sessions[slot].take() else {
             return;
         };
-        self.closed[slot] = Some((s.id, s.max_started));
+        self.closed[slot][tombstone(s.id)] = (s.id, s.max_started);
         self.session_count -= 1;
         for e in s.entries.drain(..) {
             if let Entry::Done(c) = e {
