@@ -43,3 +43,8 @@ fn reassembly_corpus() {
 fn decode_corpus() {
     replay("decode", rpc_core::fuzzing::decode);
 }
+
+#[test]
+fn adversary_corpus() {
+    replay("adversary", rpc_core::fuzzing::adversary);
+}

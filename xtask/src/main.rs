@@ -36,7 +36,14 @@ fn cargo() -> Command {
     c
 }
 
-const FUZZ_TARGETS: [&str; 5] = ["packet", "server", "client", "reassembly", "decode"];
+const FUZZ_TARGETS: [&str; 6] = [
+    "packet",
+    "server",
+    "client",
+    "reassembly",
+    "decode",
+    "adversary",
+];
 
 fn fuzz(seconds: u64) -> anyhow::Result<()> {
     let have_nightly = Command::new("rustup")

@@ -79,13 +79,17 @@ fn hello() -> Vec<u8> {
 }
 
 fn welcome() -> Vec<u8> {
+    welcome_with(65536)
+}
+
+fn welcome_with(max_message: u32) -> Vec<u8> {
     let h = header(PacketKind::Welcome, 1, WELCOME_BODY_LEN);
     packet(
         &h,
         WelcomeBody {
             server_node: 9.into(),
             max_datagram: 1472.into(),
-            max_message: 65536.into(),
+            max_message: max_message.into(),
             idle_timeout_ms: 120_000.into(),
             reserved: 0.into(),
             server_nonce: [0; 16],
@@ -152,12 +156,12 @@ pub(crate) fn write(dir: &Path) -> anyhow::Result<()> {
         (
             "server",
             "hello-then-requests",
-            stream(&[hello(), request.clone(), hello(), request]),
+            stream(&[hello(), request.clone(), hello(), request.clone()]),
         ),
         (
             "client",
             "welcome-then-replies",
-            stream(&[welcome(), reply.clone(), reply, busy, error]),
+            stream(&[welcome(), reply.clone(), reply.clone(), busy, error]),
         ),
         (
             "client",
@@ -172,6 +176,13 @@ pub(crate) fn write(dir: &Path) -> anyhow::Result<()> {
             ]),
         ),
         ("client", "stale", stream(&[welcome(), stale])),
+        // Found by fuzzing: a Welcome advertising a zero message size once made the client
+        // harness loop.
+        (
+            "client",
+            "welcome-with-zero-message-size",
+            stream(&[welcome_with(0), reply.clone()]),
+        ),
         ("reassembly", "in-order", stream(&request_frags)),
         (
             "reassembly",
@@ -203,6 +214,34 @@ pub(crate) fn write(dir: &Path) -> anyhow::Result<()> {
     ];
     for (name, bytes) in values {
         corpus.push(("decode", name, bytes));
+    }
+    // The adversary target's input is a mode byte (odd: authenticated) and operations: 0/1
+    // start a call (next byte: length / 23), 2/3 deliver the oldest datagram, 4 inject
+    // bytes, 5 replay and 6 mutate a seen datagram, 7 let time pass.
+    let deliver = |n: usize| vec![0x22u8; n];
+    let mut honest = vec![0u8];
+    honest.extend([0x00, 3, 0x07]);
+    honest.extend(deliver(12));
+    honest.extend([0x10, 60, 0x07]);
+    honest.extend(deliver(30));
+    let mut replays = honest.clone();
+    for k in 0..8u8 {
+        replays.extend([0x05, k, 0x22, 0x06, k, 40, 0x80, 0x22]);
+    }
+    let mut injected = honest.clone();
+    injected.extend([0x04, request.len() as u8]);
+    injected.extend(&request);
+    injected.extend([0x22, 0x22, 0x07, 0x22]);
+    let mut authenticated = honest.clone();
+    authenticated[0] = 1;
+    authenticated.extend(&replays[honest.len()..]);
+    for (name, bytes) in [
+        ("honest", honest),
+        ("replays-and-mutations", replays),
+        ("injected-request", injected),
+        ("authenticated", authenticated),
+    ] {
+        corpus.push(("adversary", name, bytes));
     }
     for (target, name, bytes) in corpus {
         let d = dir.join(target);

@@ -15,7 +15,7 @@ use examples::{
     Case, CountingAlloc, NullResponder, RawEcho, RawPing, RawStyle, measure, plot, print_table,
 };
 use rpc_core::marshal::PooledBytes;
-use rpc_core::rpc;
+use rpc_core::{AuthKey, rpc};
 use rpc_transport::PollStrategy;
 use rpc_transport::udp::{UdpClient, UdpClientConfig, UdpServer, UdpServerConfig};
 
@@ -85,6 +85,9 @@ enum Kind {
     /// Our client against a stateless responder: the client's share of a null call.
     ClientOnly,
     Echo,
+    /// Authenticated mode (a tag on every datagram): compared with the plain call.
+    AuthNull,
+    AuthEcho,
 }
 
 /// Adds a round's measurements to a case.
@@ -212,6 +215,25 @@ fn main() -> anyhow::Result<()> {
             poll,
             floor: Some(floor_name(floor_poll, args.echo_bytes)),
         });
+        if poll == PollStrategy::Spin {
+            // Authenticated mode, against the same call without it.
+            plan.push(Planned {
+                name: format!("rpc {} null call, authenticated", label(poll)),
+                kind: Kind::AuthNull,
+                poll,
+                floor: Some(format!("rpc {} null call", label(poll))),
+            });
+            plan.push(Planned {
+                name: format!(
+                    "rpc {} echo {} B, authenticated",
+                    label(poll),
+                    args.echo_bytes
+                ),
+                kind: Kind::AuthEcho,
+                poll,
+                floor: Some(format!("rpc {} echo {} B", label(poll), args.echo_bytes)),
+            });
+        }
     }
     let rounds = args.rounds.max(1);
     let mut measured: Vec<Option<Case>> = plan.iter().map(|_| None).collect();
@@ -243,17 +265,20 @@ fn main() -> anyhow::Result<()> {
                     )?);
                     measure(&label, w, n, || null_call(&client))
                 }
-                Kind::Null | Kind::Echo => {
-                    let config = UdpServerConfig::loopback()
+                Kind::Null | Kind::Echo | Kind::AuthNull | Kind::AuthEcho => {
+                    let key = matches!(p.kind, Kind::AuthNull | Kind::AuthEcho)
+                        .then(|| AuthKey::from_bytes([0x42; 32]));
+                    let mut config = UdpServerConfig::loopback()
                         .poll(p.poll)
                         .pin(server_cpu.into_iter().collect());
+                    config.protocol.auth = key.clone();
                     let server = UdpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)?
                         .serve(BenchServer::new(Handlers))?;
-                    let client = BenchClient::new(UdpClient::connect(
-                        server.local_addr(),
-                        UdpClientConfig::loopback().poll(p.poll),
-                    )?);
-                    let case = if p.kind == Kind::Null {
+                    let mut client_config = UdpClientConfig::loopback().poll(p.poll);
+                    client_config.protocol.auth = key;
+                    let client =
+                        BenchClient::new(UdpClient::connect(server.local_addr(), client_config)?);
+                    let case = if matches!(p.kind, Kind::Null | Kind::AuthNull) {
                         measure(&label, w, n, || null_call(&client))
                     } else {
                         measure(&label, w, n, || echo_call(&client, &echo))

@@ -1017,9 +1017,13 @@ impl Client {
         }
         if packet.tag().is_some() != self.handshake_key.is_some() {
             self.stats.dropped.bad_tag += 1;
-            // A refusal that says why the two sides disagree is believed all the same: it can
-            // only stop a handshake that could not succeed.
-            if h.kind == PacketKind::Refused {
+            // A refusal that says the two sides disagree on the key is believed without a tag
+            // (they share no key to tag it with): it can only end a handshake.
+            let disagree = matches!(
+                RefuseReason::from_u16(h.status),
+                RefuseReason::AuthRequired | RefuseReason::AuthUnsupported
+            );
+            if h.kind == PacketKind::Refused && disagree {
                 self.on_refused(now, &h);
             }
             return None;

@@ -411,6 +411,6 @@ mod tests {
         assert_eq!(WELCOME_BODY_LEN, 40);
         assert_eq!(COOKIE_LEN, 24);
         // A Retry is never larger than the Hello it answers.
-        assert!(COOKIE_LEN <= HELLO_BODY_LEN);
+        const { assert!(COOKIE_LEN <= HELLO_BODY_LEN) };
     }
 }
