@@ -8,7 +8,10 @@
 //!   The dispatcher decodes the arguments from the request body (borrowing from it), calls the
 //!   handler, marshals the return value and hands the descriptor to a [`ReplySink`].
 
+use core::future::Future;
+use core::pin::Pin;
 use core::time::Duration;
+use std::sync::Arc;
 
 use crate::clock::LamportStamp;
 use crate::error::{CallError, DecodeError};
@@ -34,6 +37,9 @@ pub struct MethodDesc {
     pub idempotent: bool,
     /// The handler may block: transports run it on a worker pool, not on a receive thread.
     pub blocking: bool,
+    /// The handler is an `async fn`: transports poll it on their event loop, which goes on
+    /// receiving (and running other calls) while it awaits.
+    pub asynchronous: bool,
 }
 
 /// Options of one call.
@@ -82,6 +88,65 @@ pub trait Transport {
     ) -> Result<Reply<R>, CallError>;
 }
 
+/// The client side of a transport that keeps many calls in flight from one thread: a call is
+/// a future, which owns the request's descriptor (and so borrows the caller's arguments until
+/// the call ends, which is what lets every retransmission gather from them). Dropping the
+/// future cancels the call: nothing is sent for it any more, and a reply that comes later is
+/// dropped.
+pub trait AsyncTransport {
+    /// The future of one call.
+    type Call<'a, R>: Future<Output = Result<Reply<R>, CallError>> + 'a
+    where
+        Self: 'a,
+        R: 'a;
+
+    /// Starts the call described by `request` when first polled, and ends with its decoded
+    /// reply.
+    fn call_async<'a, R: 'a>(
+        &'a self,
+        method: &'static MethodDesc,
+        options: CallOptions,
+        request: Encoder<'a>,
+        decode: fn(&[u8]) -> Result<R, DecodeError>,
+    ) -> Self::Call<'a, R>;
+}
+
+impl<T: AsyncTransport + ?Sized> AsyncTransport for &T {
+    type Call<'a, R>
+        = T::Call<'a, R>
+    where
+        Self: 'a,
+        R: 'a;
+
+    fn call_async<'a, R: 'a>(
+        &'a self,
+        method: &'static MethodDesc,
+        options: CallOptions,
+        request: Encoder<'a>,
+        decode: fn(&[u8]) -> Result<R, DecodeError>,
+    ) -> Self::Call<'a, R> {
+        (**self).call_async(method, options, request, decode)
+    }
+}
+
+impl<T: AsyncTransport + ?Sized> AsyncTransport for std::sync::Arc<T> {
+    type Call<'a, R>
+        = T::Call<'a, R>
+    where
+        Self: 'a,
+        R: 'a;
+
+    fn call_async<'a, R: 'a>(
+        &'a self,
+        method: &'static MethodDesc,
+        options: CallOptions,
+        request: Encoder<'a>,
+        decode: fn(&[u8]) -> Result<R, DecodeError>,
+    ) -> Self::Call<'a, R> {
+        (**self).call_async(method, options, request, decode)
+    }
+}
+
 impl<T: Transport + ?Sized> Transport for &T {
     fn call<R>(
         &self,
@@ -113,6 +178,29 @@ pub trait ReplySink {
     fn send(&mut self, body: &Encoder<'_>);
 }
 
+/// A request body handed to an asynchronous handler: the buffer it arrived in (moved out of
+/// the transport's receive batch, or reassembled), and where the body lies in it. The
+/// handler's future owns it, and decodes its arguments from it in place.
+#[derive(Debug)]
+pub struct RequestBuf {
+    /// The buffer.
+    pub buf: Vec<u8>,
+    /// The body's bytes in `buf`.
+    pub body: core::ops::Range<usize>,
+}
+
+impl RequestBuf {
+    /// The body.
+    pub fn body(&self) -> &[u8] {
+        self.buf.get(self.body.clone()).unwrap_or_default()
+    }
+}
+
+/// The future of an asynchronous handler's call: its reply body, encoded, or why the call
+/// could not be dispatched. Polled on the transport's event loop thread, so it need not be
+/// `Send`.
+pub type AsyncCall = Pin<Box<dyn Future<Output = Result<Vec<u8>, DispatchError>> + 'static>>;
+
 /// Why a call could not be dispatched. It did not execute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -126,6 +214,10 @@ pub enum DispatchError {
     /// The request body did not decode as the method's arguments.
     #[error("bad request: {0}")]
     BadRequest(DecodeError),
+    /// The method's handler is `async`: its call is started with [`Dispatch::dispatch_async`],
+    /// by a transport that polls it.
+    #[error("the method is asynchronous")]
+    Asynchronous,
 }
 
 impl DispatchError {
@@ -135,6 +227,7 @@ impl DispatchError {
             Self::UnknownInterface => ErrorCode::UnknownInterface,
             Self::UnknownMethod => ErrorCode::UnknownMethod,
             Self::BadRequest(_) => ErrorCode::BadRequest,
+            Self::Asynchronous => ErrorCode::Other(u16::MAX),
         }
     }
 }
@@ -154,13 +247,21 @@ pub trait Service: Send + Sync {
     fn methods(&self) -> &'static [MethodDesc];
 
     /// Decodes the arguments of `ctx.method` from `request`, runs the handler and sends the
-    /// reply to `sink`.
+    /// reply to `sink`. (For an `async fn` handler, [`Service::call_async`] is called instead.)
     fn call(
         &self,
         ctx: &CallContext,
         request: &[u8],
         sink: &mut dyn ReplySink,
     ) -> Result<(), DispatchError>;
+
+    /// For a method whose handler is an `async fn`: the future that decodes the arguments
+    /// from `request`, awaits the handler and encodes its return value. `None` for other
+    /// methods.
+    fn call_async(self: Arc<Self>, ctx: CallContext, request: RequestBuf) -> Option<AsyncCall> {
+        let _ = (ctx, request);
+        None
+    }
 }
 
 /// What a transport needs of the code it serves.
@@ -178,6 +279,13 @@ pub trait Dispatch: Send + Sync {
         request: &[u8],
         sink: &mut dyn ReplySink,
     ) -> Result<(), DispatchError>;
+
+    /// Starts a call of an asynchronous method ([`MethodDesc::asynchronous`]): its future.
+    fn dispatch_async(
+        self: Arc<Self>,
+        ctx: CallContext,
+        request: RequestBuf,
+    ) -> Result<AsyncCall, DispatchError>;
 }
 
 fn find(methods: &'static [MethodDesc], method: u32) -> Option<&'static MethodDesc> {
@@ -204,12 +312,24 @@ impl<S: Service> Dispatch for S {
     ) -> Result<(), DispatchError> {
         self.call(ctx, request, sink)
     }
+
+    fn dispatch_async(
+        self: Arc<Self>,
+        ctx: CallContext,
+        request: RequestBuf,
+    ) -> Result<AsyncCall, DispatchError> {
+        if ctx.interface != self.interface() {
+            return Err(DispatchError::UnknownInterface);
+        }
+        self.call_async(ctx, request)
+            .ok_or(DispatchError::UnknownMethod)
+    }
 }
 
 /// Several services behind one address, routed by interface fingerprint.
 #[derive(Default)]
 pub struct Router {
-    services: Vec<Box<dyn Service>>,
+    services: Vec<Arc<dyn Service>>,
 }
 
 impl core::fmt::Debug for Router {
@@ -229,15 +349,12 @@ impl Router {
     pub fn with(mut self, service: impl Service + 'static) -> Self {
         self.services
             .retain(|s| s.interface() != service.interface());
-        self.services.push(Box::new(service));
+        self.services.push(Arc::new(service));
         self
     }
 
-    fn service(&self, interface: u32) -> Option<&dyn Service> {
-        self.services
-            .iter()
-            .find(|s| s.interface() == interface)
-            .map(|s| &**s)
+    fn service(&self, interface: u32) -> Option<&Arc<dyn Service>> {
+        self.services.iter().find(|s| s.interface() == interface)
     }
 }
 
@@ -263,5 +380,18 @@ impl Dispatch for Router {
             .service(ctx.interface)
             .ok_or(DispatchError::UnknownInterface)?;
         s.call(ctx, request, sink)
+    }
+
+    fn dispatch_async(
+        self: Arc<Self>,
+        ctx: CallContext,
+        request: RequestBuf,
+    ) -> Result<AsyncCall, DispatchError> {
+        let s = self
+            .service(ctx.interface)
+            .ok_or(DispatchError::UnknownInterface)?
+            .clone();
+        s.call_async(ctx, request)
+            .ok_or(DispatchError::UnknownMethod)
     }
 }

@@ -81,6 +81,8 @@ mod service {
         fn point(&self, reply: Point<'_, u16>, body: Unit) -> u64;
         fn unit(&self);
         fn nested(&self, nested: Nested, named: Named<2>) -> Nested;
+        /// An async handler, with arguments named like the generated code's locals.
+        async fn later(&self, ctx: &CallContext, request: &[u8], call: u32, enc: u8) -> u64;
     }
 
     /// Types named like the generated code's generic parameters.
@@ -129,6 +131,9 @@ mod service {
             reply.name.len() as u64 + reply.coords.len() as u64
         }
         fn unit(&self) {}
+        async fn later(&self, ctx: &CallContext, request: &[u8], call: u32, enc: u8) -> u64 {
+            ::std::cmp::Ord::min(ctx.seq, 1) + request.len() as u64 + call as u64 + enc as u64
+        }
         fn nested(&self, nested: Nested, named: Named<2>) -> Nested {
             Nested::Node(
                 ::std::boxed::Box::new(nested),
@@ -173,6 +178,13 @@ fn generated_code_is_hygienic() {
     );
     let shape = client.shapes(Shape::Empty, Some(0)).ok();
     assert_eq!(shape, Some(Err("Empty".to_string())));
+    assert_eq!(client.later(b"ab", 3, 4).ok(), Some(10));
+    let mut later = ::std::pin::pin!(client.later_async(b"ab", 3, 4));
+    let mut cx = ::std::task::Context::from_waker(::std::task::Waker::noop());
+    assert_eq!(
+        ::std::future::Future::poll(later.as_mut(), &mut cx).map(|r| r.ok()),
+        ::std::task::Poll::Ready(Some(10))
+    );
     assert_eq!(
         client
             .point(

@@ -14,6 +14,7 @@ const ECHO: MethodDesc = MethodDesc {
     name: "echo",
     idempotent: false,
     blocking: false,
+    asynchronous: false,
 };
 const MISSING: MethodDesc = MethodDesc {
     id: 2,

@@ -35,6 +35,11 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         let errors = errors.into_compile_errors();
         return quote!(#item #errors);
     }
+    if interface.methods.iter().any(|m| m.asynchronous) {
+        // Its futures run on the transport's event loop thread: they need not be `Send`.
+        item.attrs
+            .push(syn::parse_quote!(#[allow(async_fn_in_trait)]));
+    }
     let generated = interface.generate();
     quote!(#item #generated)
 }
@@ -113,6 +118,8 @@ struct Method {
     ret: Option<syn::Type>,
     idempotent: bool,
     blocking: bool,
+    /// The handler is an `async fn`.
+    asynchronous: bool,
 }
 
 struct Arg {
@@ -236,7 +243,7 @@ impl Interface {
             let konst = method_const(i);
             let method_id = quote!(#ids::#konst);
             let method_name = m.ident.unraw().to_string();
-            let (idempotent, blocking) = (m.idempotent, m.blocking);
+            let (idempotent, blocking, asynchronous) = (m.idempotent, m.blocking, m.asynchronous);
             quote! {
                 #krate::service::MethodDesc {
                     interface: #interface_id,
@@ -245,6 +252,7 @@ impl Interface {
                     name: #method_name,
                     idempotent: #idempotent,
                     blocking: #blocking,
+                    asynchronous: #asynchronous,
                 }
             }
         });
@@ -273,6 +281,48 @@ impl Interface {
             .iter()
             .enumerate()
             .map(|(i, m)| m.call_method(krate, vis, &t, &table, i));
+        let f = syn::Lifetime::new(&format!("'{}", self.fresh("f")), Span::call_site());
+        let async_client_methods = self
+            .methods
+            .iter()
+            .enumerate()
+            .map(|(i, m)| m.async_client_method(krate, vis, &t, &table, i, &f));
+        let async_call_methods = self
+            .methods
+            .iter()
+            .enumerate()
+            .map(|(i, m)| m.async_call_method(krate, vis, &t, &c, &table, i, &f));
+        let async_arms = self
+            .methods
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.asynchronous)
+            .map(|(i, m)| {
+                let konst = method_const(i);
+                m.async_arm(
+                    krate,
+                    trait_ident,
+                    &s,
+                    &ctx_async(),
+                    &request_async(),
+                    quote!(#ids::#konst),
+                )
+            });
+        let call_async = self.methods.iter().any(|m| m.asynchronous).then(|| {
+            let (ctx, request) = (ctx_async(), request_async());
+            quote! {
+                fn call_async(
+                    self: ::std::sync::Arc<Self>,
+                    #ctx: #krate::service::CallContext,
+                    #request: #krate::service::RequestBuf,
+                ) -> ::core::option::Option<#krate::service::AsyncCall> {
+                    match #ctx.method {
+                        #(#async_arms)*
+                        _ => ::core::option::Option::None,
+                    }
+                }
+            }
+        });
         let ctx = syn::Ident::new("ctx", Span::mixed_site());
         let request = syn::Ident::new("request", Span::mixed_site());
         let sink = syn::Ident::new("sink", Span::mixed_site());
@@ -349,6 +399,14 @@ impl Interface {
                     #(#call_methods)*
                 }
 
+                impl<#t: #krate::service::AsyncTransport> #client<#t> {
+                    #(#async_client_methods)*
+                }
+
+                impl<#c, #t: #krate::service::AsyncTransport> #call<#c, #t> {
+                    #(#async_call_methods)*
+                }
+
                 impl<#t> ::core::clone::Clone for #call<'_, #t> {
                     fn clone(&self) -> Self {
                         *self
@@ -382,7 +440,7 @@ impl Interface {
 
                 impl<#s> #krate::service::Service for #server<#s>
                 where
-                    #s: #trait_ident + ::core::marker::Send + ::core::marker::Sync,
+                    #s: #trait_ident + ::core::marker::Send + ::core::marker::Sync + 'static,
                 {
                     fn interface(&self) -> u32 {
                         #interface_id
@@ -409,10 +467,20 @@ impl Interface {
                             _ => ::core::result::Result::Err(#krate::service::DispatchError::UnknownMethod),
                         }
                     }
+
+                    #call_async
                 }
             };
         }
     }
+}
+
+fn ctx_async() -> syn::Ident {
+    syn::Ident::new("ctx", Span::mixed_site())
+}
+
+fn request_async() -> syn::Ident {
+    syn::Ident::new("request", Span::mixed_site())
 }
 
 impl Method {
@@ -443,11 +511,11 @@ impl Method {
         if let Some(t) = &sig.constness {
             local.at(t, "an #[rpc] method cannot be const");
         }
-        if let Some(t) = &sig.asyncness {
+        if let (Some(t), true) = (&sig.asyncness, blocking) {
             local.at(
                 t,
-                "an #[rpc] method cannot be async: the handler runs to completion on the \
-                 transport's thread; mark it #[rpc(blocking)] if it may block",
+                "an async #[rpc] method runs on the transport's event loop, which goes on \
+                 while it awaits: it cannot be #[rpc(blocking)] as well",
             );
         }
         if let Some(t) = &sig.unsafety {
@@ -546,6 +614,7 @@ impl Method {
             return None;
         }
         Some(Self {
+            asynchronous: sig.asyncness.is_some(),
             ident: sig.ident.clone(),
             docs,
             generics: sig.generics.clone(),
@@ -709,6 +778,15 @@ impl Method {
                 let #enc = #krate::marshal::Encoder::new();
             },
         };
+        if self.asynchronous {
+            // Transports poll async handlers on their event loop (`call_async`).
+            return quote! {
+                #id => {
+                    let _ = (#request, #sink);
+                    ::core::result::Result::Err(#krate::service::DispatchError::Asynchronous)
+                }
+            };
+        }
         quote! {
             #id => {
                 #decode
@@ -716,6 +794,215 @@ impl Method {
                 #krate::service::ReplySink::send(#sink, &#enc);
                 ::core::result::Result::Ok(())
             }
+        }
+    }
+
+    /// The signature of the async client form: every argument borrowed for `'f`, as long as
+    /// the call's future, which keeps the descriptor over them until the reply.
+    fn async_signature(
+        &self,
+        vis: &syn::Visibility,
+        f: &syn::Lifetime,
+        receiver: TokenStream,
+    ) -> TokenStream {
+        let ident = format_ident!("{}_async", self.ident.unraw(), span = self.ident.span());
+        let params = self.args.iter().map(|Arg { ident, ty }| {
+            let ty = types::replace_lifetimes(ty, f, None);
+            quote!(#ident: #ty)
+        });
+        quote!(#vis fn #ident<#f>(#receiver, #(#params),*))
+    }
+
+    fn encode_args(&self, krate: &syn::Path, enc: &syn::Ident) -> TokenStream {
+        let encode = self.args.iter().map(|Arg { ident, ty }| {
+            quote_spanned!(ty.span()=> #krate::marshal::Encode::encode(&#ident, &mut #enc);)
+        });
+        quote!(#(#encode)*)
+    }
+
+    fn decode_fn(&self, krate: &syn::Path) -> TokenStream {
+        let body = syn::Ident::new("body", Span::mixed_site());
+        let ret = self.ret();
+        let decode = match &self.ret {
+            Some(ty) => quote_spanned!(ty.span()=> #krate::marshal::decode::<#ty>(#body)),
+            None => quote!(#krate::marshal::decode::<()>(#body)),
+        };
+        quote!(|#body: &[u8]| -> ::core::result::Result<#ret, #krate::error::DecodeError> { #decode })
+    }
+
+    /// The body of an async client form: a future that owns the arguments (so that the
+    /// descriptor built over them lives inside it, as long as the call), builds the
+    /// descriptor when first polled and awaits the transport's call.
+    fn async_body(
+        &self,
+        krate: &syn::Path,
+        t: &syn::Ident,
+        transport: TokenStream,
+        options: TokenStream,
+        table: &syn::Ident,
+        index: usize,
+        value_only: bool,
+    ) -> TokenStream {
+        let enc = syn::Ident::new("enc", Span::mixed_site());
+        let reply = syn::Ident::new("reply", Span::mixed_site());
+        let encode = self.encode_args(krate, &enc);
+        let decode = self.decode_fn(krate);
+        let mut_ = (!self.args.is_empty()).then(|| quote!(mut));
+        let call = quote! {
+            <#t as #krate::service::AsyncTransport>::call_async(
+                #transport,
+                &#table[#index],
+                #options,
+                #enc,
+                #decode,
+            )
+            .await
+        };
+        let result = if value_only {
+            quote!(::core::result::Result::map(#call, |#reply| #reply.value))
+        } else {
+            call
+        };
+        quote! {
+            async move {
+                let #mut_ #enc = #krate::marshal::Encoder::new();
+                #encode
+                #result
+            }
+        }
+    }
+
+    fn async_client_method(
+        &self,
+        krate: &syn::Path,
+        vis: &syn::Visibility,
+        t: &syn::Ident,
+        table: &syn::Ident,
+        index: usize,
+        f: &syn::Lifetime,
+    ) -> TokenStream {
+        let sig = self.async_signature(vis, f, quote!(&#f self));
+        let ret = self.ret();
+        let body = self.async_body(
+            krate,
+            t,
+            quote!(&self.transport),
+            quote!(#krate::service::CallOptions::new()),
+            table,
+            index,
+            true,
+        );
+        let doc = format!(
+            " As [`Self::{}`], as a future that holds no thread: many calls can be in flight \
+             at once from one thread (join them, or await them under any executor). The \
+             arguments stay borrowed until the call ends; dropping the future cancels the call.",
+            self.ident.unraw()
+        );
+        quote! {
+            #[doc = #doc]
+            #sig -> impl ::core::future::Future<
+                Output = ::core::result::Result<#ret, #krate::error::CallError>,
+            > + #f {
+                #body
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn async_call_method(
+        &self,
+        krate: &syn::Path,
+        vis: &syn::Visibility,
+        t: &syn::Ident,
+        c: &syn::Lifetime,
+        table: &syn::Ident,
+        index: usize,
+        f: &syn::Lifetime,
+    ) -> TokenStream {
+        let sig = self.async_signature(vis, f, quote!(&self));
+        let ret = self.ret();
+        let transport = syn::Ident::new("transport", Span::mixed_site());
+        let options = syn::Ident::new("options", Span::mixed_site());
+        let body = self.async_body(
+            krate,
+            t,
+            quote!(#transport),
+            quote!(#options),
+            table,
+            index,
+            false,
+        );
+        let doc = format!(
+            " As [`Self::{}`], as a future that holds no thread.",
+            self.ident.unraw()
+        );
+        quote! {
+            #[doc = #doc]
+            #sig -> impl ::core::future::Future<
+                Output = ::core::result::Result<#krate::service::Reply<#ret>, #krate::error::CallError>,
+            > + #f
+            where
+                #c: #f,
+            {
+                let #transport: &#f #t = self.transport;
+                let #options = self.options;
+                #body
+            }
+        }
+    }
+
+    /// The arm of `call_async` for an async handler: a future that owns the request buffer,
+    /// decodes the arguments from it in place, awaits the handler and encodes what it returns.
+    fn async_arm(
+        &self,
+        krate: &syn::Path,
+        trait_ident: &syn::Ident,
+        s: &syn::Ident,
+        ctx: &syn::Ident,
+        request: &syn::Ident,
+        id: TokenStream,
+    ) -> TokenStream {
+        let ident = &self.ident;
+        let dec = syn::Ident::new("dec", Span::mixed_site());
+        let enc = syn::Ident::new("enc", Span::mixed_site());
+        let ret = syn::Ident::new("ret", Span::mixed_site());
+        let elided = syn::Lifetime::new("'_", Span::call_site());
+        let vars: Vec<syn::Ident> = (0..self.args.len())
+            .map(|i| format_ident!("arg{}", i, span = Span::mixed_site()))
+            .collect();
+        let lets = self.args.iter().zip(&vars).map(|(arg, var)| {
+            let ty = types::replace_lifetimes(&arg.ty, &elided, None);
+            quote_spanned! {arg.ty.span()=>
+                let #var: #ty = #krate::marshal::Decoder::get(&mut #dec)?;
+            }
+        });
+        let context = self.context.then(|| quote!(&#ctx,));
+        let call = quote!(<#s as #trait_ident>::#ident(&self.service, #context #(#vars),*).await);
+        let encode = match &self.ret {
+            Some(ty) => {
+                let value = syn::Ident::new("ret", Span::mixed_site().located_at(ty.span()));
+                let encode = quote_spanned!(ty.span()=> #krate::marshal::Encode::encode(&#value, &mut #enc););
+                quote! {
+                    let #ret = #call;
+                    let mut #enc = #krate::marshal::Encoder::new();
+                    #encode
+                }
+            }
+            None => quote! {
+                #call;
+                let #enc = #krate::marshal::Encoder::new();
+            },
+        };
+        quote! {
+            #id => ::core::option::Option::Some(::std::boxed::Box::pin(async move {
+                let #request = #request;
+                #[allow(unused_mut)]
+                let mut #dec = #krate::marshal::Decoder::new(#request.body());
+                #(#lets)*
+                #krate::marshal::Decoder::finish(#dec)?;
+                #encode
+                ::core::result::Result::Ok(#krate::marshal::Encoder::to_vec(&#enc))
+            })),
         }
     }
 }

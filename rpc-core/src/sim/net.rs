@@ -20,7 +20,9 @@ use crate::config::{ClientConfig, ServerConfig};
 use crate::error::{CallError, DecodeError};
 use crate::marshal::Encoder;
 use crate::server::{Server, ServerStats, Ticket};
-use crate::service::{CallOptions, Dispatch, MethodDesc, Reply, ReplySink, Transport};
+use crate::service::{
+    AsyncTransport, CallOptions, Dispatch, MethodDesc, Reply, ReplySink, RequestBuf, Transport,
+};
 use crate::wire::ErrorCode;
 
 /// Faults of a [`SimNet`].
@@ -72,7 +74,7 @@ struct Net<D> {
     queue: BinaryHeap<Reverse<InFlight>>,
     client: Client,
     server: Server<u32>,
-    dispatch: D,
+    dispatch: Arc<D>,
     executions: u64,
 }
 
@@ -124,7 +126,7 @@ impl<D: Dispatch> SimNet<D> {
                 queue: BinaryHeap::new(),
                 client,
                 server,
-                dispatch,
+                dispatch: Arc::new(dispatch),
                 executions: 0,
             }),
         }
@@ -206,6 +208,39 @@ impl<D: Dispatch> Net<D> {
                 ErrorCode::NotIdempotent,
                 &mut out,
             ),
+            Ok(m) if m.asynchronous => {
+                self.executions += 1;
+                // Polled to the end here: whatever it awaits (a call through another
+                // `SimNet`, say) runs to its end within one poll.
+                let request = RequestBuf {
+                    buf: call.body.to_vec(),
+                    body: 0..call.body.len(),
+                };
+                let result =
+                    D::dispatch_async(self.dispatch.clone(), ctx, request).and_then(|mut f| {
+                        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                        loop {
+                            if let std::task::Poll::Ready(r) = f.as_mut().poll(&mut cx) {
+                                return r;
+                            }
+                        }
+                    });
+                match result {
+                    Ok(reply) => {
+                        let mut enc = Encoder::new();
+                        enc.put_bytes(&reply);
+                        let mut sink = Sink {
+                            server: &mut self.server,
+                            now,
+                            ticket,
+                            out: &mut out,
+                            sent: false,
+                        };
+                        sink.send(&enc);
+                    }
+                    Err(e) => reply_error(&mut self.server, now, &ticket, e.code(), &mut out),
+                }
+            }
             Ok(_) => {
                 self.executions += 1;
                 let mut sink = Sink {
@@ -351,5 +386,24 @@ impl<D: Dispatch> Transport for SimNet<D> {
                 }
             }
         }
+    }
+}
+
+impl<D: Dispatch> AsyncTransport for SimNet<D> {
+    type Call<'a, R>
+        = core::future::Ready<Result<Reply<R>, CallError>>
+    where
+        Self: 'a,
+        R: 'a;
+
+    /// The call runs to its end at once (the simulated network is single-threaded).
+    fn call_async<'a, R: 'a>(
+        &'a self,
+        method: &'static MethodDesc,
+        options: CallOptions,
+        request: Encoder<'a>,
+        decode: fn(&[u8]) -> Result<R, DecodeError>,
+    ) -> Self::Call<'a, R> {
+        core::future::ready(self.call(method, &options, &request, decode))
     }
 }

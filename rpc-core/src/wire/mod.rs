@@ -2,10 +2,12 @@
 //!
 //! Nothing here allocates, panics on any input, or reads outside the buffer it is given.
 
+mod bundle;
 mod frag;
 mod header;
 mod packet;
 
+pub use bundle::{Packets, packet_len, packets};
 pub use frag::{FragmentPlan, Reassembly, ReassemblyError};
 pub use header::{
     BusyReason, COOKIE_LEN, CookieBody, ErrorCode, Flags, HEADER_LEN, HELLO_BODY_LEN, Header,
