@@ -8,14 +8,11 @@
 //! buffer (a plain `send`) and a byte-slice argument is two (header and prefix, then the
 //! caller's bytes), not three: every entry in a gather list costs the kernel something.
 
-use std::io::{self, IoSlice};
-use std::net::{SocketAddr, UdpSocket};
+use std::io::IoSlice;
 
 use arrayvec::ArrayVec;
 use rpc_core::marshal::MAX_SEGMENTS;
 use rpc_core::wire::{HEADER_LEN, TAG_LEN};
-
-use crate::sys;
 
 /// Bytes after the header that may be packed into the header's buffer: the scalars and
 /// length prefixes of a small call.
@@ -113,31 +110,12 @@ impl<'a> Gather<'a> {
         self.rest.is_empty()
     }
 
-    /// Sends the datagram on a connected socket.
-    pub(crate) fn send(&self, head: &Head, socket: &UdpSocket) -> io::Result<()> {
+    /// Hands the datagram's gather list (head, then the segments by reference) to `f`.
+    pub(crate) fn with_iov<R>(&self, head: &Head, f: impl FnOnce(&[IoSlice<'_>]) -> R) -> R {
         let head = &head.buf[..head.len];
-        if self.rest.is_empty() {
-            return sys::send(socket, head);
-        }
         let mut iov = ArrayVec::<IoSlice<'_>, { MAX_SEGMENTS + 1 }>::new();
         self.fill(head, &mut iov);
-        sys::send_vectored(socket, &iov)
-    }
-
-    /// Sends the datagram to `dest`.
-    pub(crate) fn send_to(
-        &self,
-        head: &Head,
-        socket: &UdpSocket,
-        dest: SocketAddr,
-    ) -> io::Result<()> {
-        let head = &head.buf[..head.len];
-        if self.rest.is_empty() {
-            return sys::send_to(socket, head, &dest);
-        }
-        let mut iov = ArrayVec::<IoSlice<'_>, { MAX_SEGMENTS + 1 }>::new();
-        self.fill(head, &mut iov);
-        sys::send_vectored_to(socket, &iov, &dest)
+        f(&iov)
     }
 
     /// The gather list, built in place (it is a kilobyte: returning it would copy it).

@@ -10,14 +10,20 @@
 //!
 //! This crate is the only one with I/O, threads and clocks; the protocol lives in `rpc-core`.
 
+pub mod client;
+pub mod exec;
 mod gather;
+pub mod link;
 mod node;
 pub mod poll;
 pub mod proxy;
+pub mod server;
 mod sock;
 mod sys;
 pub mod udp;
 
+pub use exec::{Completions, block_on, join_all};
+pub use link::Link;
 pub use node::Node;
 pub use poll::PollStrategy;
 

@@ -642,7 +642,7 @@ fn shutdown_finishes_running_calls_and_refuses_new_ones() {
     let mut config = client_config(park());
     config.connect_timeout = Duration::from_secs(3600);
     match UdpClient::connect(nobody, config) {
-        Err(ConnectError::Unreachable(a)) => assert_eq!(a, nobody),
+        Err(ConnectError::Unreachable(a)) => assert_eq!(a, nobody.to_string()),
         other => panic!("{other:?}"),
     }
 }

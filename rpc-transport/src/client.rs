@@ -1,0 +1,1256 @@
+//! The client driver: one session with one server over any [`Link`], shared by every thread
+//! and every future that holds a clone.
+//!
+//! # Calls
+//!
+//! A call is started by the thread (or the future) that makes it, which sends the call's
+//! datagrams itself, gathered from the caller's own memory (the shared descriptor): nothing is
+//! copied, on the first transmission or any retransmission. Small requests started by futures
+//! in one pass of an executor leave together, packed into one datagram (they are copied: a
+//! few scalars each, as the first segment of any datagram is). The session's state machine
+//! (`rpc_core::client::Client`) sits behind a mutex; a waiter table holds each call's outcome
+//! until its owner takes it.
+//!
+//! # Who receives
+//!
+//! One party at a time receives for everyone, the *leader*: a thread blocked in a call, or a
+//! future being polled (which drives the link once per executor pass, however many of its
+//! client's calls the pass polls), or, under tokio, a task woken by the reactor. It feeds the
+//! state machine, runs its timers, and hands each reply to its waiter by moving the receive
+//! buffer (no copy; replies that shared a datagram with others are copied, being small) and
+//! waking it. Threads that are not leading park, so that adding threads never takes the core
+//! the leader needs; a future that is not leading returns `Pending`.
+//!
+//! # Allocation
+//!
+//! None per call in steady state: receive buffers are pooled, the call table and waiter slots
+//! are allocated when the client connects, and a call future owns its descriptor inline.
+
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+use arrayvec::ArrayVec;
+use crossbeam_utils::CachePadded;
+use rpc_core::client::{
+    Body, CallId, CallRequest, Client as Core, ClientStats, Event, Payload, Transmit,
+};
+use rpc_core::config::deadline_after;
+use rpc_core::marshal::Encoder;
+use rpc_core::service::{AsyncTransport, CallOptions, MethodDesc, Reply, Transport};
+use rpc_core::wire::{HEADER_LEN, RefuseReason, TAG_LEN, packets};
+use rpc_core::{CallError, DecodeError, LamportStamp};
+
+use crate::gather::{Gather, Head};
+use crate::link::{Link, RecvBatch};
+use crate::poll::PollStrategy;
+use crate::sock::transient;
+
+/// Datagrams received at once.
+const RECV_BATCH: usize = 32;
+
+/// Datagrams sent per lock acquisition when a call has many fragments.
+const BATCH: usize = 32;
+
+/// A slot's signal: `seq << 2 | flags`, written under the state lock, read without it.
+const DONE: u64 = 1;
+const TRANSMIT: u64 = 2;
+
+/// Why a client could not open its session.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The configuration is not valid.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] rpc_core::ConfigError),
+    /// Nothing listens at the server's address: the kernel reported the port unreachable.
+    #[error("the server's port is unreachable: nothing listens at {0}")]
+    Unreachable(String),
+    /// The server did not answer within the connect timeout (or, in authenticated mode, did
+    /// not answer with the right key: both sides need the same one).
+    #[error("no session: the server at {0} did not answer")]
+    TimedOut(String),
+    /// The server refused a session until the connect timeout: it is full, or this host
+    /// holds as many sessions as it may.
+    #[error("the server refused a session: {0:?}")]
+    Refused(RefuseReason),
+    /// One side authenticates and the other does not: configure the same key on both.
+    #[error("authentication mismatch: the server and the client disagree on the use of a key")]
+    AuthMismatch,
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// A socket operation failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl From<ConnectError> for io::Error {
+    fn from(e: ConnectError) -> Self {
+        let kind = match &e {
+            ConnectError::Config(_) => io::ErrorKind::InvalidInput,
+            ConnectError::Unreachable(_) => io::ErrorKind::ConnectionRefused,
+            ConnectError::TimedOut(_) => io::ErrorKind::TimedOut,
+            ConnectError::Io(e) => e.kind(),
+            _ => io::ErrorKind::ConnectionRefused,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+/// What a client needs to run, besides its link: the protocol state machine and how its
+/// waiters wait.
+#[derive(Debug)]
+pub struct ClientParts {
+    /// The session's state machine, configured.
+    pub core: Core,
+    /// How waiting threads wait.
+    pub poll: PollStrategy,
+}
+
+/// A client of one server over a link. Clone it freely: clones share the session, and any
+/// number of threads and futures may call through it at once.
+pub struct Client<L: Link> {
+    pub(crate) inner: Arc<Inner<L>>,
+}
+
+impl<L: Link> Clone for Client<L> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<L: Link> std::fmt::Debug for Client<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("server", &self.inner.server)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner<L: Link> {
+    pub(crate) link: L,
+    pub(crate) server: L::Addr,
+    poll: PollStrategy,
+    window: usize,
+    /// Waiter and signal slots are `seq & slot_mask`: a power of two at least the window.
+    slot_mask: u64,
+    buffer_len: usize,
+    /// The deadline of a call that names none.
+    default_deadline: Duration,
+    state: Mutex<State>,
+    /// Signalled when a call ends, for threads waiting for room in the window.
+    room: Condvar,
+    leader: AtomicBool,
+    signals: Box<[CachePadded<AtomicU64>]>,
+    /// Earliest protocol timer, in nanoseconds since `epoch`; `u64::MAX` if none.
+    next_timer: AtomicU64,
+    epoch: Instant,
+    io_errors: AtomicU64,
+    /// The receive buffers, for whoever leads.
+    recv: Mutex<RecvBatch<L::Addr>>,
+    /// Small requests started by futures, waiting to leave together in one datagram.
+    coalesced: Mutex<Vec<u8>>,
+    /// The executor pass in which a future last drove the link (see `exec::pass`).
+    last_pump: AtomicU64,
+    /// A task drives the link (under tokio): futures only wait to be woken.
+    pub(crate) driven: AtomicBool,
+}
+
+struct State {
+    core: Core,
+    waiters: Vec<Option<Waiter>>,
+    waiting: usize,
+    /// Of the waiters, threads (which can lead).
+    threads: usize,
+    buffers: Vec<Vec<u8>>,
+    sessions_seen: u64,
+    /// Threads waiting for room in the window.
+    window_waiters: usize,
+    /// Futures waiting for room in the window.
+    window_tasks: Vec<Waker>,
+}
+
+struct Waiter {
+    seq: u64,
+    wake: Wake,
+    outcome: Option<Outcome>,
+}
+
+/// How a waiter is told its call ended.
+enum Wake {
+    /// A thread: unparked.
+    Thread(Thread),
+    /// A future: woken.
+    Task(Waker),
+}
+
+impl Waiter {
+    fn wake(&self) {
+        match &self.wake {
+            Wake::Thread(t) => t.unpark(),
+            Wake::Task(w) => w.wake_by_ref(),
+        }
+    }
+}
+
+enum Outcome {
+    Reply {
+        buf: Vec<u8>,
+        body: Range<usize>,
+        request_stamp: LamportStamp,
+        reply_stamp: LamportStamp,
+    },
+    Failed(CallError),
+}
+
+/// The end of a call as its owner takes it.
+enum Own {
+    Reply {
+        buf: Vec<u8>,
+        body: Range<usize>,
+        request_stamp: LamportStamp,
+        reply_stamp: LamportStamp,
+    },
+    Failed(CallError),
+}
+
+impl From<Outcome> for Own {
+    fn from(o: Outcome) -> Self {
+        match o {
+            Outcome::Reply {
+                buf,
+                body,
+                request_stamp,
+                reply_stamp,
+            } => Own::Reply {
+                buf,
+                body,
+                request_stamp,
+                reply_stamp,
+            },
+            Outcome::Failed(e) => Own::Failed(e),
+        }
+    }
+}
+
+/// Builds the datagram of a transmit (header, tag if authenticated, payload segments) and
+/// hands its gather list to `f`.
+fn with_datagram<R>(
+    t: &Transmit,
+    request: Option<&Encoder<'_>>,
+    f: impl FnOnce(&[IoSlice<'_>]) -> R,
+) -> R {
+    let tag = t.seal.as_ref().map(|seal| {
+        let mut tagger = seal.begin(&t.header);
+        match t.payload {
+            Payload::None => {}
+            Payload::Inline => tagger.update(t.inline()),
+            Payload::Call { offset, len, .. } => {
+                if let Some(r) = request {
+                    r.for_each_in(offset..offset + len, |s| tagger.update(s));
+                }
+            }
+        }
+        tagger.finish()
+    });
+    let mut head = Head::new(&t.header, tag.as_ref());
+    let mut g = Gather::empty();
+    match t.payload {
+        Payload::None => {}
+        Payload::Inline => g.push(&mut head, t.inline()),
+        Payload::Call { offset, len, .. } => {
+            if let Some(r) = request {
+                r.for_each_in(offset..offset + len, |s| g.push(&mut head, s));
+            }
+        }
+    }
+    g.with_iov(&head, f)
+}
+
+impl<L: Link> Client<L> {
+    /// A client over `link`, talking to `server`: opens its session (waiting up to
+    /// `connect_timeout`).
+    pub fn open(
+        link: L,
+        server: L::Addr,
+        parts: ClientParts,
+        connect_timeout: Duration,
+    ) -> Result<Self, ConnectError> {
+        let ClientParts { core, poll } = parts;
+        let config = core.config().clone();
+        let window = config.window;
+        let buffer_len = config
+            .max_datagram
+            .max(link.max_datagram().min(config.max_datagram));
+        let inner = Inner {
+            server,
+            poll,
+            window,
+            slot_mask: window.next_power_of_two() as u64 - 1,
+            buffer_len,
+            default_deadline: config.default_deadline,
+            state: Mutex::new(State {
+                core,
+                waiters: (0..window.next_power_of_two()).map(|_| None).collect(),
+                waiting: 0,
+                threads: 0,
+                buffers: Vec::new(),
+                sessions_seen: 0,
+                window_waiters: 0,
+                window_tasks: Vec::new(),
+            }),
+            room: Condvar::new(),
+            leader: AtomicBool::new(false),
+            signals: (0..window.next_power_of_two())
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
+            next_timer: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
+            io_errors: AtomicU64::new(0),
+            recv: Mutex::new(RecvBatch::new(RECV_BATCH, buffer_len)),
+            coalesced: Mutex::new(Vec::with_capacity(buffer_len)),
+            last_pump: AtomicU64::new(u64::MAX),
+            driven: AtomicBool::new(false),
+            link,
+        };
+        inner.handshake(connect_timeout)?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The server's address.
+    pub fn server(&self) -> L::Addr {
+        self.inner.server
+    }
+
+    /// The link.
+    pub fn link(&self) -> &L {
+        &self.inner.link
+    }
+
+    /// Protocol counters.
+    pub fn stats(&self) -> ClientStats {
+        *self.inner.lock().core.stats()
+    }
+
+    /// The smoothed round-trip time, once measured.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.inner.lock().core.rtt().srtt()
+    }
+
+    /// Link errors seen (and survived) so far.
+    pub fn io_errors(&self) -> u64 {
+        self.inner.io_errors.load(Ordering::Relaxed)
+    }
+}
+
+impl<L: Link> Inner<L> {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the state machine consistent (every method
+        // of `Client` is transactional on its own); keep going.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn slot(&self, seq: u64) -> usize {
+        (seq & self.slot_mask) as usize
+    }
+
+    fn store_timer(&self, core: &mut Core) {
+        let t = core.poll_timeout().map_or(u64::MAX, |t| {
+            t.saturating_duration_since(self.epoch).as_nanos() as u64
+        });
+        self.next_timer.store(t, Ordering::Release);
+    }
+
+    fn timer_due(&self, now: Instant) -> bool {
+        let t = self.next_timer.load(Ordering::Acquire);
+        t != u64::MAX && now.saturating_duration_since(self.epoch).as_nanos() as u64 >= t
+    }
+
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let t = self.next_timer.load(Ordering::Acquire);
+        (t != u64::MAX).then(|| self.epoch + Duration::from_nanos(t))
+    }
+
+    fn report(&self, sent: io::Result<()>) {
+        if let Err(e) = sent {
+            // A lost datagram: the protocol's retransmission recovers it.
+            if !transient(&e) {
+                tracing::warn!(error = %e, "client send failed");
+            }
+            self.io_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn send(&self, t: &Transmit, request: Option<&Encoder<'_>>) {
+        let sent = with_datagram(t, request, |iov| self.link.send(&self.server, iov));
+        self.report(sent);
+    }
+
+    fn handshake(&self, timeout: Duration) -> Result<(), ConnectError> {
+        let start = Instant::now();
+        let deadline = deadline_after(start, timeout);
+        let mut refused = None;
+        let mut batch = RecvBatch::new(1, self.buffer_len);
+        self.lock().core.connect(start);
+        loop {
+            let now = Instant::now();
+            {
+                let mut st = self.lock();
+                while let Some(ev) = st.core.poll_event() {
+                    if let Event::Refused { reason } = ev {
+                        match reason {
+                            RefuseReason::AuthRequired | RefuseReason::AuthUnsupported => {
+                                return Err(ConnectError::AuthMismatch);
+                            }
+                            RefuseReason::ShuttingDown => return Err(ConnectError::ShuttingDown),
+                            // No room now: the core tries again after a backoff.
+                            other => refused = Some(other),
+                        }
+                    }
+                }
+                if st.core.session().is_some() {
+                    st.sessions_seen = st.core.stats().sessions_opened;
+                    self.store_timer(&mut st.core);
+                    return Ok(());
+                }
+                if st.core.poll_timeout().is_some_and(|t| t <= now) {
+                    st.core.handle_timeout(now);
+                }
+                while let Some(t) = st.core.poll_transmit(now) {
+                    self.send(&t, None);
+                }
+            }
+            if now >= deadline {
+                return Err(match refused {
+                    Some(reason) => ConnectError::Refused(reason),
+                    None => ConnectError::TimedOut(format!("{:?}", self.server)),
+                });
+            }
+            let wake = self
+                .lock()
+                .core
+                .poll_timeout()
+                .map_or(deadline, |t| t.min(deadline));
+            self.link.wait(Some(wake), Duration::from_millis(50))?;
+            match self.link.recv(&mut batch) {
+                Ok(_) => {
+                    let mut st = self.lock();
+                    if let Some((d, _)) = batch.get(0) {
+                        for p in packets(d) {
+                            let _ = st.core.handle_datagram(Instant::now(), p);
+                        }
+                    }
+                }
+                // The kernel says nothing listens there: no point in waiting.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    return Err(ConnectError::Unreachable(format!("{:?}", self.server)));
+                }
+                Err(e) if !transient(&e) => return Err(e.into()),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Takes up to [`BATCH`] datagrams `call` has waiting (and a handshake, if one is due).
+    fn take_own(
+        &self,
+        st: &mut State,
+        now: Instant,
+        call: CallId,
+        batch: &mut ArrayVec<Transmit, BATCH>,
+    ) {
+        while !batch.is_full() {
+            match st.core.poll_transmit_for(now, call) {
+                Some(t) => batch.push(t),
+                None => break,
+            }
+        }
+        self.store_timer(&mut st.core);
+    }
+
+    /// Sends the batch, then everything else `call` has waiting.
+    fn send_own(&self, call: CallId, request: &Encoder<'_>, batch: &mut ArrayVec<Transmit, BATCH>) {
+        loop {
+            for t in batch.iter() {
+                self.send(t, Some(request));
+            }
+            if !batch.is_full() {
+                return;
+            }
+            batch.clear();
+            let mut st = self.lock();
+            self.take_own(&mut st, Instant::now(), call, batch);
+        }
+    }
+
+    /// Sends every datagram `call` has waiting.
+    fn flush_own(&self, call: CallId, request: &Encoder<'_>) {
+        let mut batch = ArrayVec::new();
+        {
+            let mut st = self.lock();
+            self.take_own(&mut st, Instant::now(), call, &mut batch);
+        }
+        self.send_own(call, request, &mut batch);
+    }
+
+    /// Sends the small requests waiting to leave together.
+    fn flush_coalesced(&self) {
+        let mut c = self.coalesced.lock().unwrap_or_else(|p| p.into_inner());
+        if c.is_empty() {
+            return;
+        }
+        let sent = self.link.send(&self.server, &[IoSlice::new(&c)]);
+        c.clear();
+        drop(c);
+        self.report(sent);
+    }
+
+    /// Queues a call's one datagram (whose payload packs whole: a few small segments) to
+    /// leave with others; returns false if it must be sent on its own.
+    fn coalesce(&self, t: &Transmit, request: &Encoder<'_>) -> bool {
+        let Payload::Call { offset, len, .. } = t.payload else {
+            return false;
+        };
+        let mut segments_fit = true;
+        let mut n = 0;
+        request.for_each_in(offset..offset + len, |s| {
+            n += 1;
+            segments_fit &= s.len() <= rpc_core::marshal::COPY_THRESHOLD;
+        });
+        if !segments_fit || n > 8 {
+            return false;
+        }
+        let tag = t.seal.as_ref().map(|seal| {
+            let mut tagger = seal.begin(&t.header);
+            request.for_each_in(offset..offset + len, |s| tagger.update(s));
+            tagger.finish()
+        });
+        let size = HEADER_LEN + tag.map_or(0, |_| TAG_LEN) + len;
+        let mut c = self.coalesced.lock().unwrap_or_else(|p| p.into_inner());
+        if c.len() + size > self.link.max_datagram() {
+            let sent = self.link.send(&self.server, &[IoSlice::new(&c)]);
+            c.clear();
+            self.report(sent);
+        }
+        c.extend_from_slice(&t.header);
+        if let Some(tag) = tag {
+            c.extend_from_slice(&tag);
+        }
+        request.for_each_in(offset..offset + len, |s| c.extend_from_slice(s));
+        true
+    }
+
+    /// Gives `outcome` to the waiter of `seq` (if it still waits) and wakes it.
+    fn deliver(&self, st: &mut State, seq: u64, outcome: Outcome) {
+        let slot = self.slot(seq);
+        match st.waiters[slot].as_mut() {
+            Some(w) if w.seq == seq => {
+                w.outcome = Some(outcome);
+                self.signals[slot].store(seq << 2 | DONE, Ordering::Release);
+                w.wake();
+            }
+            _ => {
+                if let Outcome::Reply { buf, .. } = outcome {
+                    st.buffers.push(buf);
+                }
+            }
+        }
+    }
+
+    /// Routes failures to their waiters; returns `me`'s own failure, if any.
+    fn route_events(&self, st: &mut State, me: Option<CallId>) -> Option<CallError> {
+        let mut mine = None;
+        while let Some(ev) = st.core.poll_event() {
+            if let Event::CallFailed { call, error } = ev {
+                if Some(call) == me {
+                    mine = Some(error);
+                } else {
+                    self.deliver(st, call.seq(), Outcome::Failed(error));
+                }
+            }
+        }
+        mine
+    }
+
+    /// Tells the waiters whose calls have datagrams to send (after timers fired or a session
+    /// opened) to send them.
+    fn notify_transmits(&self, st: &mut State, me: Option<CallId>) {
+        for (slot, w) in st.waiters.iter().enumerate() {
+            let Some(w) = w else { continue };
+            if Some(w.seq) == me.map(CallId::seq) {
+                continue;
+            }
+            if let Some(id) = st.core.call_id(w.seq) {
+                if st.core.wants_transmit(id) {
+                    let sig = &self.signals[slot];
+                    sig.store(sig.load(Ordering::Relaxed) | TRANSMIT, Ordering::Release);
+                    w.wake();
+                }
+            }
+        }
+    }
+
+    /// After the state machine ran: route what it produced. Returns `me`'s failure.
+    fn after_core(
+        &self,
+        st: &mut State,
+        me: Option<CallId>,
+        force_scan: bool,
+    ) -> Option<CallError> {
+        let mine = self.route_events(st, me);
+        let opened = st.core.stats().sessions_opened;
+        if force_scan || opened != st.sessions_seen {
+            st.sessions_seen = opened;
+            if st.waiting > usize::from(me.is_some()) {
+                self.notify_transmits(st, me);
+            }
+        }
+        self.store_timer(&mut st.core);
+        mine
+    }
+
+    /// Feeds a received batch to the state machine and hands each reply to its waiter.
+    /// Returns `me`'s own outcome, if the batch ended its call.
+    fn on_batch(
+        &self,
+        now: Instant,
+        me: Option<CallId>,
+        batch: &mut RecvBatch<L::Addr>,
+    ) -> Option<Own> {
+        let mut st = self.lock();
+        let mut own = None;
+        for i in 0..batch.len() {
+            let Some((d, _)) = batch.get(i) else { continue };
+            let base = d.as_ptr() as usize;
+            if rpc_core::wire::packet_len(d) == Some(d.len()) {
+                // One packet: its reply keeps the whole buffer, moved to the waiter.
+                let got = st.core.handle_datagram(now, d).map(|r| {
+                    let result = r.result.map(|b| match b {
+                        Body::Borrowed(x) => {
+                            let start = x.as_ptr() as usize - base;
+                            Ok(start..start + x.len())
+                        }
+                        Body::Owned(v) => Err(v),
+                    });
+                    (r.call, result, r.request_stamp, r.reply_stamp)
+                });
+                let Some((call, result, request_stamp, reply_stamp)) = got else {
+                    continue;
+                };
+                let outcome = match result {
+                    Ok(Ok(body)) => Outcome::Reply {
+                        buf: batch.take(i),
+                        body,
+                        request_stamp,
+                        reply_stamp,
+                    },
+                    Ok(Err(v)) => {
+                        let len = v.len();
+                        Outcome::Reply {
+                            buf: v,
+                            body: 0..len,
+                            request_stamp,
+                            reply_stamp,
+                        }
+                    }
+                    Err(e) => Outcome::Failed(e),
+                };
+                if Some(call) == me {
+                    own = Some(Own::from(outcome));
+                } else {
+                    self.deliver(&mut st, call.seq(), outcome);
+                }
+                continue;
+            }
+            // Several packets: each reply is copied out (they are small).
+            for p in packets(d) {
+                let Some(r) = st.core.handle_datagram(now, p) else {
+                    continue;
+                };
+                let (call, request_stamp, reply_stamp) = (r.call, r.request_stamp, r.reply_stamp);
+                let outcome = match r.result {
+                    Ok(body) => {
+                        let mut buf = st.buffers.pop().unwrap_or_default();
+                        buf.clear();
+                        buf.extend_from_slice(&body);
+                        if let Some(v) = body.into_owned_buffer() {
+                            st.core.recycle(v);
+                        }
+                        let len = buf.len();
+                        Outcome::Reply {
+                            buf,
+                            body: 0..len,
+                            request_stamp,
+                            reply_stamp,
+                        }
+                    }
+                    Err(e) => Outcome::Failed(e),
+                };
+                if Some(call) == me {
+                    own = Some(Own::from(outcome));
+                } else {
+                    self.deliver(&mut st, call.seq(), outcome);
+                }
+            }
+        }
+        if let Some(e) = self.after_core(&mut st, me, false) {
+            own.get_or_insert(Own::Failed(e));
+        }
+        own
+    }
+
+    /// Runs due timers as the leader. Returns `me`'s failure, if any.
+    fn on_timers(&self, me: Option<CallId>) -> Option<Own> {
+        let mut st = self.lock();
+        let now = Instant::now();
+        if st.core.poll_timeout().is_some_and(|t| t <= now) {
+            st.core.handle_timeout(now);
+        }
+        self.after_core(&mut st, me, true).map(Own::Failed)
+    }
+
+    /// Takes the outcome delivered to `me`'s slot.
+    fn take_delivered(&self, me: CallId) -> Option<Own> {
+        let slot = self.slot(me.seq());
+        let mut st = self.lock();
+        let w = st.waiters[slot].as_mut().filter(|w| w.seq == me.seq())?;
+        Some(Own::from(w.outcome.take()?))
+    }
+
+    /// Receives what has arrived, as the leader, and hands it out. Returns `me`'s outcome if
+    /// it came, and whether anything arrived.
+    fn receive(&self, me: Option<CallId>, batch: &mut RecvBatch<L::Addr>) -> (Option<Own>, bool) {
+        match self.link.recv(batch) {
+            Ok(0) => (None, false),
+            Ok(_) => {
+                let now = Instant::now();
+                let own = self.on_batch(now, me, batch);
+                (own, true)
+            }
+            Err(e) => {
+                if !transient(&e) {
+                    tracing::error!(error = %e, "client receive failed");
+                    self.io_errors.fetch_add(1, Ordering::Relaxed);
+                    return (Some(Own::Failed(CallError::Io(e.kind()))), false);
+                }
+                // An ICMP error, say, from a server restarting: a lost datagram.
+                self.io_errors.fetch_add(1, Ordering::Relaxed);
+                (None, false)
+            }
+        }
+    }
+
+    /// Drives the link once for futures: sends what waits to leave together, receives and
+    /// hands out what arrived, runs due timers. At most once per executor pass, and only if no
+    /// one else leads.
+    fn pump(&self) {
+        let pass = crate::exec::pass();
+        if self.last_pump.swap(pass, Ordering::AcqRel) == pass {
+            return;
+        }
+        self.flush_coalesced();
+        if self
+            .leader
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        // Everything that has arrived, batch after batch.
+        {
+            let mut batch = self.recv.lock().unwrap_or_else(|p| p.into_inner());
+            batch.set_limit(RECV_BATCH);
+            loop {
+                let (_, got) = self.receive(None, &mut batch);
+                if !got {
+                    break;
+                }
+            }
+        }
+        if self.timer_due(Instant::now()) {
+            let _ = self.on_timers(None);
+        }
+        self.leader.store(false, Ordering::Release);
+        // A thread waiting for its call may lead now that the futures do not.
+        let st = self.lock();
+        if st.threads > 0 {
+            if let Some(w) = st
+                .waiters
+                .iter()
+                .flatten()
+                .find(|w| matches!(w.wake, Wake::Thread(_)))
+            {
+                w.wake();
+            }
+        }
+    }
+
+    /// Waits (as the poll strategy says, and at most until `deadline`) until a call may have
+    /// ended and made room in the window.
+    fn wait_for_room<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        deadline: Instant,
+    ) -> MutexGuard<'a, State> {
+        st.window_waiters += 1;
+        if self.poll == PollStrategy::Spin {
+            drop(st);
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+            st = self.lock();
+        } else {
+            // Woken by `retire`; the timeout bounds the wait by the deadline and by a lost
+            // wake-up (a call ended before this thread registered).
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(5));
+            st = match self.room.wait_timeout(st, wait) {
+                Ok((st, _)) => st,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        st.window_waiters -= 1;
+        st
+    }
+
+    /// Forgets the waiter of `me` and, if it leads, hands leadership on.
+    fn retire(&self, st: &mut State, me: CallId, leading: bool) {
+        let slot = self.slot(me.seq());
+        st.core.cancel(me);
+        if st.window_waiters > 0 {
+            self.room.notify_all();
+        }
+        for w in st.window_tasks.drain(..) {
+            w.wake();
+        }
+        if let Some(w) = st.waiters[slot].as_ref() {
+            if w.seq == me.seq() {
+                if matches!(w.wake, Wake::Thread(_)) {
+                    st.threads -= 1;
+                }
+                st.waiters[slot] = None;
+                st.waiting -= 1;
+                self.signals[slot].store(0, Ordering::Release);
+            }
+        }
+        if leading {
+            self.leader.store(false, Ordering::Release);
+            // Someone must receive for the calls still waiting.
+            if st.waiting > 0 {
+                if let Some(w) = st.waiters.iter().flatten().next() {
+                    w.wake();
+                }
+            }
+        }
+    }
+
+    /// Ends a call: retires it if that was not done yet, and recycles its buffer.
+    fn finish(&self, me: CallId, buf: Option<Vec<u8>>, leading: bool) {
+        let slot = self.slot(me.seq());
+        let registered = self.signals[slot].load(Ordering::Acquire) >> 2 == me.seq();
+        if !leading && buf.is_none() && !registered {
+            return;
+        }
+        let mut st = self.lock();
+        self.retire(&mut st, me, leading);
+        if let Some(v) = buf {
+            if v.capacity() >= self.buffer_len && st.buffers.len() < 2 * self.window {
+                drop(st);
+                self.recv.lock().unwrap_or_else(|p| p.into_inner()).give(v);
+            } else if v.capacity() >= 64 && st.buffers.len() < 2 * self.window {
+                st.buffers.push(v);
+            } else {
+                st.core.recycle(v);
+            }
+        }
+    }
+
+    /// Starts a call: assigns its sequence number and registers its waiter (waiting for room
+    /// in the window as long as `deadline` allows; a future registers its waker and returns
+    /// `None` instead). Returns the call and its first datagram, if it is one.
+    fn start(
+        &self,
+        method: &'static MethodDesc,
+        len: usize,
+        deadline: Instant,
+        wake: &mut Option<Wake>,
+        cx: Option<&mut Context<'_>>,
+    ) -> Result<Option<(CallId, Option<Transmit>, ArrayVec<Transmit, BATCH>)>, CallError> {
+        let mut now = Instant::now();
+        let req = CallRequest {
+            interface: method.interface,
+            method: method.id,
+            len,
+            idempotent: method.idempotent,
+            deadline: Some(deadline),
+        };
+        let mut st = self.lock();
+        let (me, first) = loop {
+            // The protocol frees a call's slot when the call ends, but its waiter holds the
+            // slot of the waiter table until it has collected the outcome: a new call whose
+            // sequence number maps there must wait for that, or it would take the outcome
+            // away from under the old waiter.
+            let free = st.waiters[self.slot(st.core.next_seq())].is_none();
+            let started = if free {
+                st.core.start_call_sending(now, req)
+            } else {
+                Err(CallError::WindowFull)
+            };
+            match started {
+                Ok(started) => break started,
+                Err(CallError::WindowFull) => {
+                    // Not sent: it fails with `WindowFull` (not executed) at its deadline.
+                    now = Instant::now();
+                    if now >= deadline {
+                        return Err(CallError::WindowFull);
+                    }
+                    if let Some(cx) = cx {
+                        st.window_tasks.push(cx.waker().clone());
+                        return Ok(None);
+                    }
+                    st = self.wait_for_room(st, deadline);
+                    now = Instant::now();
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let slot = self.slot(me.seq());
+        let wake = wake
+            .take()
+            .unwrap_or_else(|| Wake::Thread(thread::current()));
+        if matches!(wake, Wake::Thread(_)) {
+            st.threads += 1;
+        }
+        st.waiters[slot] = Some(Waiter {
+            seq: me.seq(),
+            wake,
+            outcome: None,
+        });
+        st.waiting += 1;
+        self.signals[slot].store(me.seq() << 2, Ordering::Release);
+        let mut batch = ArrayVec::new();
+        if first.is_none() {
+            self.take_own(&mut st, now, me, &mut batch);
+        }
+        Ok(Some((me, first, batch)))
+    }
+
+    /// Waits for the end of `me`, as leader or follower. Sets `leading` when this thread
+    /// became the leader (it must hand leadership on when the call ends).
+    fn wait(&self, started: Instant, me: CallId, request: &Encoder<'_>, leading: &mut bool) -> Own {
+        let slot = self.slot(me.seq());
+        let mut idle_since = started;
+        let (mut empty_polls, clock_every) = (0u32, self.poll.clock_every());
+        // The receive buffers, held while this thread leads.
+        let mut recv: Option<MutexGuard<'_, RecvBatch<L::Addr>>> = None;
+        loop {
+            let sig = self.signals[slot].load(Ordering::Acquire);
+            if sig >> 2 == me.seq() {
+                if sig & DONE != 0 {
+                    if let Some(own) = self.take_delivered(me) {
+                        return own;
+                    }
+                }
+                if sig & TRANSMIT != 0 {
+                    self.signals[slot].store(me.seq() << 2 | (sig & DONE), Ordering::Release);
+                    self.flush_own(me, request);
+                }
+            }
+            if !*leading && !self.driven.load(Ordering::Relaxed) {
+                *leading = !self.leader.load(Ordering::Relaxed)
+                    && self
+                        .leader
+                        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok();
+            }
+            if !*leading {
+                // Follower: the leader hands the outcome over and unparks this thread, which
+                // meanwhile leaves the core to it.
+                thread::park_timeout(Duration::from_millis(1));
+                continue;
+            }
+            let batch = recv.get_or_insert_with(|| {
+                let mut b = self.recv.lock().unwrap_or_else(|p| p.into_inner());
+                // A thread waits for its own reply: one datagram at a time, with the plain
+                // receive, which costs less.
+                b.set_limit(1);
+                b
+            });
+            match self.receive(Some(me), batch) {
+                (Some(own), _) => {
+                    drop(recv);
+                    let mut st = self.lock();
+                    self.retire(&mut st, me, *leading);
+                    *leading = false;
+                    return own;
+                }
+                (None, true) => {
+                    idle_since = Instant::now();
+                    let mut st = self.lock();
+                    if st.core.wants_transmit(me) {
+                        let mut batch = ArrayVec::new();
+                        self.take_own(&mut st, idle_since, me, &mut batch);
+                        drop(st);
+                        self.send_own(me, request, &mut batch);
+                    }
+                    continue;
+                }
+                (None, false) => {}
+            }
+            empty_polls = empty_polls.wrapping_add(1);
+            if empty_polls & (clock_every - 1) != 0 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let now = Instant::now();
+            if self.timer_due(now) {
+                if let Some(own) = self.on_timers(Some(me)) {
+                    return own;
+                }
+                let mut st = self.lock();
+                if st.core.wants_transmit(me) {
+                    let mut batch = ArrayVec::new();
+                    self.take_own(&mut st, now, me, &mut batch);
+                    drop(st);
+                    self.send_own(me, request, &mut batch);
+                }
+            }
+            if self.poll.should_block(idle_since, now) {
+                let woke = self
+                    .link
+                    .wait(self.next_deadline(), Duration::from_millis(50));
+                if woke.is_ok() {
+                    idle_since = Instant::now();
+                }
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+/// Decodes a call's reply.
+fn decoded<R>(
+    own: Own,
+    decode: impl FnOnce(&[u8]) -> Result<R, DecodeError>,
+) -> (Result<Reply<R>, CallError>, Option<Vec<u8>>) {
+    match own {
+        Own::Failed(e) => (Err(e), None),
+        Own::Reply {
+            buf,
+            body,
+            request_stamp,
+            reply_stamp,
+        } => {
+            let value = decode(buf.get(body).unwrap_or_default()).map_err(CallError::BadReply);
+            (
+                value.map(|value| Reply {
+                    value,
+                    request_stamp,
+                    reply_stamp,
+                }),
+                Some(buf),
+            )
+        }
+    }
+}
+
+impl<L: Link> Transport for Client<L> {
+    fn call<R>(
+        &self,
+        method: &'static MethodDesc,
+        options: &CallOptions,
+        request: &Encoder<'_>,
+        decode: impl FnOnce(&[u8]) -> Result<R, DecodeError>,
+    ) -> Result<Reply<R>, CallError> {
+        let inner = &*self.inner;
+        let now = Instant::now();
+        let deadline = deadline_after(now, options.timeout.unwrap_or(inner.default_deadline));
+        let Some((me, first, mut batch)) =
+            inner.start(method, request.len(), deadline, &mut None, None)?
+        else {
+            return Err(CallError::WindowFull);
+        };
+        match first {
+            Some(t) => {
+                // The common call: one datagram, sent straight away. Its timers are published
+                // after it left, off the path its reply waits on.
+                inner.send(&t, Some(request));
+                inner.store_timer(&mut inner.lock().core);
+            }
+            None => inner.send_own(me, request, &mut batch),
+        }
+        let mut leading = false;
+        let own = inner.wait(now, me, request, &mut leading);
+        let (result, buf) = decoded(own, decode);
+        // The waiter is forgotten (and its signal slot reused) only under the lock, so a
+        // registered signal still naming this call means it has not been retired yet.
+        inner.finish(me, buf, leading);
+        result
+    }
+}
+
+/// The future of one call ([`AsyncTransport::call_async`]). It owns the call's descriptor,
+/// which borrows the caller's arguments, so every (re)transmission gathers from them; dropping
+/// it cancels the call.
+pub struct CallFuture<'a, L: Link, R> {
+    inner: &'a Inner<L>,
+    method: &'static MethodDesc,
+    options: CallOptions,
+    request: Encoder<'a>,
+    decode: fn(&[u8]) -> Result<R, DecodeError>,
+    state: CallState,
+}
+
+enum CallState {
+    Init,
+    Running { id: CallId, waker: Waker },
+    Done,
+}
+
+impl<L: Link, R> std::fmt::Debug for CallFuture<'_, L, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallFuture")
+            .field("method", &self.method.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<L: Link, R> Unpin for CallFuture<'_, L, R> {}
+
+impl<L: Link, R> Future for CallFuture<'_, L, R> {
+    type Output = Result<Reply<R>, CallError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let inner = this.inner;
+        loop {
+            match &mut this.state {
+                CallState::Done => return Poll::Ready(Err(CallError::Disconnected)),
+                CallState::Init => {
+                    let now = Instant::now();
+                    let deadline =
+                        deadline_after(now, this.options.timeout.unwrap_or(inner.default_deadline));
+                    let mut wake = Some(Wake::Task(cx.waker().clone()));
+                    let started = inner.start(
+                        this.method,
+                        this.request.len(),
+                        deadline,
+                        &mut wake,
+                        Some(cx),
+                    );
+                    let (id, first, mut batch) = match started {
+                        Ok(Some(s)) => s,
+                        // No room in the window: woken when a call ends.
+                        Ok(None) => return Poll::Pending,
+                        Err(e) => {
+                            this.state = CallState::Done;
+                            return Poll::Ready(Err(e));
+                        }
+                    };
+                    this.state = CallState::Running {
+                        id,
+                        waker: cx.waker().clone(),
+                    };
+                    match first {
+                        // A small request leaves with the others started in this pass: the
+                        // next pass sends them all.
+                        Some(t) if inner.coalesce(&t, &this.request) => {
+                            inner.store_timer(&mut inner.lock().core);
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                        Some(t) => {
+                            inner.flush_coalesced();
+                            inner.send(&t, Some(&this.request));
+                            inner.store_timer(&mut inner.lock().core);
+                        }
+                        None => inner.send_own(id, &this.request, &mut batch),
+                    }
+                }
+                CallState::Running { id, waker } => {
+                    let id = *id;
+                    let slot = inner.slot(id.seq());
+                    let sig = inner.signals[slot].load(Ordering::Acquire);
+                    if sig >> 2 == id.seq() && sig & DONE != 0 {
+                        if let Some(own) = inner.take_delivered(id) {
+                            this.state = CallState::Done;
+                            let (result, buf) = decoded(own, this.decode);
+                            inner.finish(id, buf, false);
+                            return Poll::Ready(result);
+                        }
+                    }
+                    if sig >> 2 == id.seq() && sig & TRANSMIT != 0 {
+                        inner.signals[slot].store(id.seq() << 2 | (sig & DONE), Ordering::Release);
+                        inner.flush_own(id, &this.request);
+                    }
+                    if !waker.will_wake(cx.waker()) {
+                        *waker = cx.waker().clone();
+                        let mut st = inner.lock();
+                        if let Some(w) = st.waiters[slot].as_mut().filter(|w| w.seq == id.seq()) {
+                            w.wake = Wake::Task(cx.waker().clone());
+                        }
+                    }
+                    if inner.driven.load(Ordering::Relaxed) {
+                        return Poll::Pending;
+                    }
+                    // Drive the link (once per pass), then look again.
+                    inner.pump();
+                    let after = inner.signals[slot].load(Ordering::Acquire);
+                    if after >> 2 != id.seq() || after & DONE == 0 {
+                        // Polled again soon: by this crate's executors every pass, by any
+                        // other because it is woken now (it then spins, as a caller does).
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<L: Link, R> Drop for CallFuture<'_, L, R> {
+    fn drop(&mut self) {
+        if let CallState::Running { id, .. } = self.state {
+            // Cancelled: nothing more is sent, a later reply is dropped.
+            self.inner.finish(id, None, false);
+        }
+    }
+}
+
+impl<L: Link> AsyncTransport for Client<L> {
+    type Call<'a, R>
+        = CallFuture<'a, L, R>
+    where
+        Self: 'a,
+        R: 'a;
+
+    fn call_async<'a, R: 'a>(
+        &'a self,
+        method: &'static MethodDesc,
+        options: CallOptions,
+        request: Encoder<'a>,
+        decode: fn(&[u8]) -> Result<R, DecodeError>,
+    ) -> CallFuture<'a, L, R> {
+        CallFuture {
+            inner: &self.inner,
+            method,
+            options,
+            request,
+            decode,
+            state: CallState::Init,
+        }
+    }
+}

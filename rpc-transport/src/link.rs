@@ -1,0 +1,161 @@
+//! The one thing a transport must provide: a datagram link.
+//!
+//! The client driver ([`crate::client`]) and the server loop ([`crate::server`]) are written
+//! once, over this trait; kernel UDP is one link ([`crate::udp::UdpLink`]), and io_uring and
+//! shared memory are others. A link moves datagrams and nothing else: it sends a gather list
+//! (the header, and the caller's memory by reference), receives a batch into buffers it is
+//! lent, and waits for readiness. Sessions, retransmission, batching of messages into
+//! datagrams, handlers and timers are the driver's.
+
+use std::io::{self, IoSlice};
+use std::time::Instant;
+
+use rpc_core::server::PeerAddr;
+
+/// A datagram transport between this endpoint and its peers.
+pub trait Link: Send + Sync + 'static {
+    /// A peer's address.
+    type Addr: PeerAddr + Send + Sync + 'static;
+
+    /// The largest datagram the link carries.
+    fn max_datagram(&self) -> usize;
+
+    /// Sends one datagram, gathered from `iov`, to `to` (a link with one peer ignores it).
+    /// A datagram the link cannot take now is lost, as on a network: the protocol recovers it.
+    fn send(&self, to: &Self::Addr, iov: &[IoSlice<'_>]) -> io::Result<()>;
+
+    /// Sends several datagrams, each a gather list and its destination, in as few system
+    /// calls as the link can; returns how many it took.
+    fn send_many(&self, datagrams: &[(Self::Addr, &[IoSlice<'_>])]) -> io::Result<usize> {
+        for (i, (to, iov)) in datagrams.iter().enumerate() {
+            if let Err(e) = self.send(to, iov) {
+                return if i == 0 { Err(e) } else { Ok(i) };
+            }
+        }
+        Ok(datagrams.len())
+    }
+
+    /// Receives what has arrived, up to `batch.limit()` datagrams, without waiting: `Ok(0)`
+    /// when nothing has. Errors that only report a lost datagram (an ICMP error, say) are
+    /// returned too; the caller counts them and goes on.
+    fn recv(&self, batch: &mut RecvBatch<Self::Addr>) -> io::Result<usize>;
+
+    /// Blocks until a datagram may have arrived, or `deadline` (at most `cap` from now).
+    fn wait(&self, deadline: Option<Instant>, cap: std::time::Duration) -> io::Result<()>;
+}
+
+/// Buffers a link receives into: a fixed number, each as large as the largest datagram, so a
+/// receive allocates nothing. A buffer can be taken out (handed to a worker, or to the waiter of
+/// a call) and is replaced by a spare.
+#[derive(Debug)]
+pub struct RecvBatch<A> {
+    bufs: Vec<Vec<u8>>,
+    lens: Vec<usize>,
+    from: Vec<Option<A>>,
+    count: usize,
+    limit: usize,
+    buffer_len: usize,
+    spares: Vec<Vec<u8>>,
+}
+
+impl<A: Copy> RecvBatch<A> {
+    /// `capacity` buffers of `buffer_len` bytes.
+    pub fn new(capacity: usize, buffer_len: usize) -> Self {
+        let capacity = capacity.max(1);
+        Self {
+            bufs: (0..capacity).map(|_| vec![0u8; buffer_len]).collect(),
+            lens: vec![0; capacity],
+            from: vec![None; capacity],
+            count: 0,
+            limit: capacity,
+            buffer_len,
+            spares: Vec::new(),
+        }
+    }
+
+    /// How many datagrams the next receive may take (at least 1).
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Limits the next receives to `n` datagrams (a driver expecting one datagram receives
+    /// one, which costs the kernel less).
+    pub fn set_limit(&mut self, n: usize) {
+        self.limit = n.clamp(1, self.bufs.len());
+    }
+
+    /// Datagrams received by the last receive.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether the last receive got nothing.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Datagram `i` of the last receive, and who sent it.
+    pub fn get(&self, i: usize) -> Option<(&[u8], A)> {
+        if i >= self.count {
+            return None;
+        }
+        let from = self.from[i]?;
+        Some((&self.bufs[i][..self.lens[i]], from))
+    }
+
+    /// Moves datagram `i`'s buffer out (its length is `len(i)`), putting a spare in its place.
+    pub fn take(&mut self, i: usize) -> Vec<u8> {
+        let spare = self
+            .spares
+            .pop()
+            .unwrap_or_else(|| vec![0u8; self.buffer_len]);
+        std::mem::replace(&mut self.bufs[i], spare)
+    }
+
+    /// Gives a buffer back for reuse (one taken out before, or any large enough).
+    pub fn give(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() >= self.buffer_len && self.spares.len() < self.bufs.len() {
+            buf.resize(self.buffer_len, 0);
+            self.spares.push(buf);
+        }
+    }
+
+    /// For links: the buffers to fill, up to the limit.
+    pub fn slots(&mut self) -> impl Iterator<Item = &mut Vec<u8>> {
+        let limit = self.limit;
+        self.bufs.iter_mut().take(limit)
+    }
+
+    /// For links: records what the last receive put in the buffers, in order.
+    pub fn filled(&mut self, received: impl IntoIterator<Item = (usize, A)>) {
+        self.count = 0;
+        for (len, from) in received.into_iter().take(self.limit) {
+            self.lens[self.count] = len;
+            self.from[self.count] = Some(from);
+            self.count += 1;
+        }
+    }
+
+    /// For links: a buffer to fill at `i`, with room for the largest datagram.
+    pub fn slot(&mut self, i: usize) -> &mut [u8] {
+        let len = self.buffer_len;
+        let b = &mut self.bufs[i];
+        if b.len() < len {
+            b.resize(len, 0);
+        }
+        &mut b[..]
+    }
+
+    /// For links that fill one buffer at a time: records buffer `i` (all below it being
+    /// recorded already).
+    pub fn set(&mut self, i: usize, len: usize, from: A) {
+        self.lens[i] = len;
+        self.from[i] = Some(from);
+        self.count = i + 1;
+    }
+
+    /// For links: forgets what the last receive got.
+    pub fn clear(&mut self) {
+        self.count = 0;
+    }
+}
