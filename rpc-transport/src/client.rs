@@ -348,6 +348,13 @@ impl<L: Link> Client<L> {
         self.inner.lock().core.rtt().srtt()
     }
 
+    /// Calls in flight now (started, not ended), and calls whose owner has not collected
+    /// the outcome yet.
+    pub fn in_flight(&self) -> (usize, usize) {
+        let st = self.inner.lock();
+        (st.core.in_flight(), st.waiting)
+    }
+
     /// Link errors seen (and survived) so far.
     pub fn io_errors(&self) -> u64 {
         self.inner.io_errors.load(Ordering::Relaxed)
@@ -887,7 +894,8 @@ impl<L: Link> Inner<L> {
         deadline: Instant,
         wake: &mut Option<Wake>,
         cx: Option<&mut Context<'_>>,
-    ) -> Result<Option<(CallId, Option<Transmit>, ArrayVec<Transmit, BATCH>)>, CallError> {
+        batch: &mut ArrayVec<Transmit, BATCH>,
+    ) -> Result<Option<(CallId, Option<Transmit>)>, CallError> {
         let mut now = Instant::now();
         let req = CallRequest {
             interface: method.interface,
@@ -940,11 +948,10 @@ impl<L: Link> Inner<L> {
         });
         st.waiting += 1;
         self.signals[slot].store(me.seq() << 2, Ordering::Release);
-        let mut batch = ArrayVec::new();
         if first.is_none() {
-            self.take_own(&mut st, now, me, &mut batch);
+            self.take_own(&mut st, now, me, batch);
         }
-        Ok(Some((me, first, batch)))
+        Ok(Some((me, first)))
     }
 
     /// Waits for the end of `me`, as leader or follower. Sets `leading` when this thread
@@ -1078,8 +1085,10 @@ impl<L: Link> Transport for Client<L> {
         let inner = &*self.inner;
         let now = Instant::now();
         let deadline = deadline_after(now, options.timeout.unwrap_or(inner.default_deadline));
-        let Some((me, first, mut batch)) =
-            inner.start(method, request.len(), deadline, &mut None, None)?
+        // Built in place and passed by reference: a batch is a few kilobytes.
+        let mut batch = ArrayVec::new();
+        let Some((me, first)) =
+            inner.start(method, request.len(), deadline, &mut None, None, &mut batch)?
         else {
             return Err(CallError::WindowFull);
         };
@@ -1144,14 +1153,16 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
                     let deadline =
                         deadline_after(now, this.options.timeout.unwrap_or(inner.default_deadline));
                     let mut wake = Some(Wake::Task(cx.waker().clone()));
+                    let mut batch = ArrayVec::new();
                     let started = inner.start(
                         this.method,
                         this.request.len(),
                         deadline,
                         &mut wake,
                         Some(cx),
+                        &mut batch,
                     );
-                    let (id, first, mut batch) = match started {
+                    let (id, first) = match started {
                         Ok(Some(s)) => s,
                         // No room in the window: woken when a call ends.
                         Ok(None) => return Poll::Pending,

@@ -655,6 +655,7 @@ impl<L: Link> Loop<L> {
         let mut clock = Some(idle_since);
         let mut since_clock = 0u32;
         let mut draining = false;
+        let mut last_got = 0;
         while !self.shared.stop.load(Ordering::Relaxed) {
             crate::exec::next_pass();
             if !draining && self.shared.draining.load(Ordering::Acquire) {
@@ -667,6 +668,9 @@ impl<L: Link> Loop<L> {
             if !tasks.is_empty() {
                 self.poll_tasks(&mut tasks, &mut outbox);
             }
+            // One datagram at a time while they come one at a time (the plain receive costs
+            // the kernel less); batches once they come several at a time.
+            batch.set_limit(if last_got > 1 { RECV_BATCH } else { 1 });
             let got = match self.rx.link.recv(&mut batch) {
                 Ok(n) => n,
                 Err(e) => {
@@ -677,6 +681,7 @@ impl<L: Link> Loop<L> {
                     0
                 }
             };
+            last_got = got;
             if got == 0 {
                 empty_polls = empty_polls.wrapping_add(1);
                 if empty_polls & (clock_every - 1) != 0 {
