@@ -508,3 +508,92 @@ mod tests {
         assert!(matches!(client.number(), Err(CallError::BadReply(_))));
     }
 }
+
+/// CPU time of the whole process (every thread, user and system) so far.
+pub fn cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Datagrams in one batch of the raw window at most.
+pub const RAW_BATCH: usize = 64;
+
+thread_local! {
+    static MMSG_HEADERS: std::cell::RefCell<Option<nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Receives up to `bufs.len()` datagrams at once (`recvmmsg`, non-blocking): their lengths
+/// and senders.
+pub fn recv_batch(
+    socket: &UdpSocket,
+    bufs: &mut [Vec<u8>],
+) -> arrayvec::ArrayVec<(usize, SocketAddr), RAW_BATCH> {
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{MsgFlags, MultiHeaders, recvmmsg};
+    let fd = socket.as_raw_fd();
+    MMSG_HEADERS.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        let headers = guard.get_or_insert_with(|| MultiHeaders::preallocate(RAW_BATCH, None));
+        let mut iovs: [[std::io::IoSliceMut<'_>; 1]; RAW_BATCH] =
+            std::array::from_fn(|_| [std::io::IoSliceMut::new(&mut [])]);
+        let mut n = 0;
+        for (slot, buf) in iovs.iter_mut().zip(bufs.iter_mut()) {
+            *slot = [std::io::IoSliceMut::new(&mut buf[..])];
+            n += 1;
+        }
+        let out = match recvmmsg(
+            fd,
+            headers,
+            iovs[..n].iter_mut(),
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        ) {
+            Ok(results) => results
+                .filter_map(|r| {
+                    let a = r.address?;
+                    let from = a.as_sockaddr_in().map(|v4| SocketAddr::V4((*v4).into()))?;
+                    Some((r.bytes, from))
+                })
+                .collect(),
+            Err(_) => arrayvec::ArrayVec::new(),
+        };
+        out
+    })
+}
+
+/// Sends `n` copies of `payload` on a connected socket, in one `sendmmsg`.
+pub fn send_batch(socket: &UdpSocket, payload: &[u8], n: usize) {
+    use rustix::net::MMsgHdr;
+    let iov = [IoSlice::new(payload)];
+    let mut controls: arrayvec::ArrayVec<SendAncillaryBuffer<'_, '_, '_>, RAW_BATCH> = (0..n
+        .min(RAW_BATCH))
+        .map(|_| SendAncillaryBuffer::default())
+        .collect();
+    let mut msgs: arrayvec::ArrayVec<MMsgHdr<'_>, RAW_BATCH> =
+        controls.iter_mut().map(|c| MMsgHdr::new(&iov, c)).collect();
+    let _ = rustix::net::sendmmsg(socket, &mut msgs, SendFlags::DONTWAIT);
+}
+
+/// Sends each received datagram back to its sender, in one `sendmmsg`.
+pub fn send_batch_to(socket: &UdpSocket, bufs: &[Vec<u8>], got: &[(usize, SocketAddr)]) {
+    use rustix::net::addr::SocketAddrArg;
+    use rustix::net::{MMsgHdr, SocketAddrAny};
+    let addrs: arrayvec::ArrayVec<SocketAddrAny, RAW_BATCH> =
+        got.iter().map(|(_, a)| a.as_any()).collect();
+    let iovs: arrayvec::ArrayVec<[IoSlice<'_>; 1], RAW_BATCH> = got
+        .iter()
+        .zip(bufs)
+        .map(|((n, _), b)| [IoSlice::new(&b[..*n])])
+        .collect();
+    let mut controls: arrayvec::ArrayVec<SendAncillaryBuffer<'_, '_, '_>, RAW_BATCH> =
+        got.iter().map(|_| SendAncillaryBuffer::default()).collect();
+    let mut msgs: arrayvec::ArrayVec<MMsgHdr<'_>, RAW_BATCH> = addrs
+        .iter()
+        .zip(iovs.iter())
+        .zip(controls.iter_mut())
+        .map(|((a, iov), c)| MMsgHdr::new_with_addr(a, iov, c))
+        .collect();
+    let _ = rustix::net::sendmmsg(socket, &mut msgs, SendFlags::DONTWAIT);
+}

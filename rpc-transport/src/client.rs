@@ -55,6 +55,9 @@ use crate::sock::transient;
 /// Datagrams received at once.
 const RECV_BATCH: usize = 32;
 
+/// How long a thread waiting for its call parks before it looks whether someone leads.
+const FOLLOWER_PARK: Duration = Duration::from_micros(50);
+
 /// Datagrams sent per lock acquisition when a call has many fragments.
 const BATCH: usize = 32;
 
@@ -161,6 +164,14 @@ pub(crate) struct Inner<L: Link> {
     coalesced: Mutex<Vec<u8>>,
     /// The executor pass in which a future last drove the link (see `exec::pass`).
     last_pump: AtomicU64,
+    /// Datagrams the last receive of a pump got.
+    last_batch: std::sync::atomic::AtomicUsize,
+    /// Small requests are waiting in `coalesced`.
+    has_coalesced: AtomicBool,
+    /// Pumps so far (the clock is read on every 16th).
+    pumps: AtomicU64,
+    /// Threads among the waiters (a copy of `State::threads`, read without the lock).
+    thread_waiters: std::sync::atomic::AtomicUsize,
     /// A task drives the link (under tokio): futures only wait to be woken.
     pub(crate) driven: AtomicBool,
 }
@@ -171,12 +182,17 @@ struct State {
     waiting: usize,
     /// Of the waiters, threads (which can lead).
     threads: usize,
+    /// Small buffers, for replies copied out of a datagram with several.
     buffers: Vec<Vec<u8>>,
+    /// Receive buffers given back by their calls, for the receive batch.
+    spares: Vec<Vec<u8>>,
     sessions_seen: u64,
     /// Threads waiting for room in the window.
     window_waiters: usize,
     /// Futures waiting for room in the window.
     window_tasks: Vec<Waker>,
+    /// Outcomes handed to waiting threads since the leader last looked.
+    handed_to_threads: u64,
 }
 
 struct Waiter {
@@ -304,9 +320,11 @@ impl<L: Link> Client<L> {
                 waiting: 0,
                 threads: 0,
                 buffers: Vec::new(),
+                spares: Vec::new(),
                 sessions_seen: 0,
                 window_waiters: 0,
                 window_tasks: Vec::new(),
+                handed_to_threads: 0,
             }),
             room: Condvar::new(),
             leader: AtomicBool::new(false),
@@ -319,6 +337,10 @@ impl<L: Link> Client<L> {
             recv: Mutex::new(RecvBatch::new(RECV_BATCH, buffer_len)),
             coalesced: Mutex::new(Vec::with_capacity(buffer_len)),
             last_pump: AtomicU64::new(u64::MAX),
+            last_batch: std::sync::atomic::AtomicUsize::new(0),
+            has_coalesced: AtomicBool::new(false),
+            pumps: AtomicU64::new(0),
+            thread_waiters: std::sync::atomic::AtomicUsize::new(0),
             driven: AtomicBool::new(false),
             link,
         };
@@ -513,6 +535,9 @@ impl<L: Link> Inner<L> {
 
     /// Sends the small requests waiting to leave together.
     fn flush_coalesced(&self) {
+        if !self.has_coalesced.swap(false, Ordering::AcqRel) {
+            return;
+        }
         let mut c = self.coalesced.lock().unwrap_or_else(|p| p.into_inner());
         if c.is_empty() {
             return;
@@ -555,6 +580,7 @@ impl<L: Link> Inner<L> {
             c.extend_from_slice(&tag);
         }
         request.for_each_in(offset..offset + len, |s| c.extend_from_slice(s));
+        self.has_coalesced.store(true, Ordering::Release);
         true
     }
 
@@ -566,6 +592,9 @@ impl<L: Link> Inner<L> {
                 w.outcome = Some(outcome);
                 self.signals[slot].store(seq << 2 | DONE, Ordering::Release);
                 w.wake();
+                if matches!(w.wake, Wake::Thread(_)) {
+                    st.handed_to_threads += 1;
+                }
             }
             _ => {
                 if let Outcome::Reply { buf, .. } = outcome {
@@ -636,6 +665,12 @@ impl<L: Link> Inner<L> {
         batch: &mut RecvBatch<L::Addr>,
     ) -> Option<Own> {
         let mut st = self.lock();
+        // Buffers the calls gave back become spares of the batch again.
+        while let Some(b) = st.spares.pop() {
+            if !batch.give(b) {
+                break;
+            }
+        }
         let mut own = None;
         for i in 0..batch.len() {
             let Some((d, _)) = batch.get(i) else { continue };
@@ -777,18 +812,32 @@ impl<L: Link> Inner<L> {
         // Everything that has arrived, batch after batch.
         {
             let mut batch = self.recv.lock().unwrap_or_else(|p| p.into_inner());
-            batch.set_limit(RECV_BATCH);
+            // One datagram at a time while they come one at a time (the plain receive costs
+            // the kernel less); batches once they come several at a time.
+            let limit = if self.last_batch.load(Ordering::Relaxed) > 1 {
+                RECV_BATCH
+            } else {
+                1
+            };
+            batch.set_limit(limit);
             loop {
                 let (_, got) = self.receive(None, &mut batch);
+                self.last_batch.store(batch.len(), Ordering::Relaxed);
                 if !got {
                     break;
                 }
+                batch.set_limit(RECV_BATCH);
             }
         }
-        if self.timer_due(Instant::now()) {
+        // The clock is read every 16th pump (a reading costs tens of nanoseconds; timers are
+        // retransmission timeouts, microseconds and more).
+        if self.pumps.fetch_add(1, Ordering::Relaxed) % 16 == 0 && self.timer_due(Instant::now()) {
             let _ = self.on_timers(None);
         }
         self.leader.store(false, Ordering::Release);
+        if self.thread_waiters.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         // A thread waiting for its call may lead now that the futures do not.
         let st = self.lock();
         if st.threads > 0 {
@@ -846,6 +895,7 @@ impl<L: Link> Inner<L> {
             if w.seq == me.seq() {
                 if matches!(w.wake, Wake::Thread(_)) {
                     st.threads -= 1;
+                    self.thread_waiters.store(st.threads, Ordering::Relaxed);
                 }
                 st.waiters[slot] = None;
                 st.waiting -= 1;
@@ -853,13 +903,10 @@ impl<L: Link> Inner<L> {
             }
         }
         if leading {
+            // Someone must receive for the calls still waiting: the next call this thread
+            // makes, most often at once (so waking another thread to lead would only cost a
+            // wake-up and a turn of the core), or a waiting thread when its short park ends.
             self.leader.store(false, Ordering::Release);
-            // Someone must receive for the calls still waiting.
-            if st.waiting > 0 {
-                if let Some(w) = st.waiters.iter().flatten().next() {
-                    w.wake();
-                }
-            }
         }
     }
 
@@ -873,9 +920,10 @@ impl<L: Link> Inner<L> {
         let mut st = self.lock();
         self.retire(&mut st, me, leading);
         if let Some(v) = buf {
-            if v.capacity() >= self.buffer_len && st.buffers.len() < 2 * self.window {
-                drop(st);
-                self.recv.lock().unwrap_or_else(|p| p.into_inner()).give(v);
+            // Receive buffers go back through the state (the leader holds the receive batch,
+            // and takes them from there): never wait for the leader here.
+            if v.capacity() >= self.buffer_len && st.spares.len() < 2 * self.window {
+                st.spares.push(v);
             } else if v.capacity() >= 64 && st.buffers.len() < 2 * self.window {
                 st.buffers.push(v);
             } else {
@@ -940,6 +988,7 @@ impl<L: Link> Inner<L> {
             .unwrap_or_else(|| Wake::Thread(thread::current()));
         if matches!(wake, Wake::Thread(_)) {
             st.threads += 1;
+            self.thread_waiters.store(st.threads, Ordering::Relaxed);
         }
         st.waiters[slot] = Some(Waiter {
             seq: me.seq(),
@@ -983,9 +1032,17 @@ impl<L: Link> Inner<L> {
                         .is_ok();
             }
             if !*leading {
-                // Follower: the leader hands the outcome over and unparks this thread, which
-                // meanwhile leaves the core to it.
-                thread::park_timeout(Duration::from_millis(1));
+                // Follower: the leader hands the outcome over and wakes this thread, which
+                // meanwhile leaves the core to it: it yields while the strategy spins (the
+                // leader yields back when it has handed something over: no wake-up through the
+                // scheduler's timers, which costs tens of microseconds on a VM), and parks once
+                // the strategy would block, looking again after a short while in case the
+                // leader went away.
+                if self.poll.should_block(idle_since, Instant::now()) {
+                    thread::park_timeout(FOLLOWER_PARK);
+                } else {
+                    thread::yield_now();
+                }
                 continue;
             }
             let batch = recv.get_or_insert_with(|| {
@@ -1006,18 +1063,31 @@ impl<L: Link> Inner<L> {
                 (None, true) => {
                     idle_since = Instant::now();
                     let mut st = self.lock();
+                    let handed = std::mem::take(&mut st.handed_to_threads);
                     if st.core.wants_transmit(me) {
                         let mut batch = ArrayVec::new();
                         self.take_own(&mut st, idle_since, me, &mut batch);
                         drop(st);
                         self.send_own(me, request, &mut batch);
+                    } else {
+                        drop(st);
+                    }
+                    if handed > 0 {
+                        // The threads just woken may share this core: let them run now
+                        // rather than at the end of this thread's time slice.
+                        thread::yield_now();
                     }
                     continue;
                 }
                 (None, false) => {}
             }
             empty_polls = empty_polls.wrapping_add(1);
-            if empty_polls & (clock_every - 1) != 0 {
+            if self.thread_waiters.load(Ordering::Relaxed) > 1 {
+                // Other threads wait for their calls, perhaps on this core: let them run (to
+                // take an outcome, or to send their next call) between two looks at the link,
+                // so that their calls overlap this one's instead of queueing behind it.
+                thread::yield_now();
+            } else if empty_polls & (clock_every - 1) != 0 {
                 std::hint::spin_loop();
                 continue;
             }
@@ -1175,10 +1245,11 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
                         id,
                         waker: cx.waker().clone(),
                     };
+                    // Alone in flight, it leaves at once; else a small request leaves with the
+                    // others started in this pass: the next pass sends them all.
+                    let company = inner.lock().core.in_flight() > 1;
                     match first {
-                        // A small request leaves with the others started in this pass: the
-                        // next pass sends them all.
-                        Some(t) if inner.coalesce(&t, &this.request) => {
+                        Some(t) if company && inner.coalesce(&t, &this.request) => {
                             inner.store_timer(&mut inner.lock().core);
                             cx.waker().wake_by_ref();
                             return Poll::Pending;

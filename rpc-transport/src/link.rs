@@ -112,11 +112,15 @@ impl<A: Copy> RecvBatch<A> {
         std::mem::replace(&mut self.bufs[i], spare)
     }
 
-    /// Gives a buffer back for reuse (one taken out before, or any large enough).
-    pub fn give(&mut self, mut buf: Vec<u8>) {
+    /// Gives a buffer back for reuse (one taken out before, or any large enough); false if
+    /// the batch has spares enough (the buffer is dropped).
+    pub fn give(&mut self, mut buf: Vec<u8>) -> bool {
         if buf.capacity() >= self.buffer_len && self.spares.len() < self.bufs.len() {
             buf.resize(self.buffer_len, 0);
             self.spares.push(buf);
+            true
+        } else {
+            false
         }
     }
 

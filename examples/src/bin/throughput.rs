@@ -1,0 +1,284 @@
+//! Throughput on loopback: calls per second, CPU time per call and latency, with 1, 8, 64 and
+//! 256 null calls in flight from one client thread, blocking calls from two threads sharing
+//! a client, and the raw floor: a window of 32 datagrams kept in flight with `sendmmsg` and
+//! `recvmmsg` against an echo that answers in batches.
+//!
+//! ```text
+//! cargo run --release -p examples --bin throughput
+//! ```
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use examples::{CountingAlloc, allocations, cpu_time};
+use hdrhistogram::Histogram;
+use rpc_core::rpc;
+use rpc_transport::udp::{UdpClient, UdpClientConfig, UdpServer, UdpServerConfig};
+use rpc_transport::{Completions, PollStrategy};
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+#[derive(Parser, Debug)]
+#[command(about = "Calls per second and CPU per call, against the raw mmsg window, on loopback")]
+struct Args {
+    /// Seconds measured per case.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Calls in flight from one thread.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64,256")]
+    in_flight: Vec<usize>,
+}
+
+/// The benchmark's interface.
+#[rpc]
+pub trait Bench {
+    /// Does nothing.
+    fn null(&self);
+}
+
+struct Handlers;
+
+impl Bench for Handlers {
+    fn null(&self) {}
+}
+
+/// What one case measured.
+struct Row {
+    name: String,
+    calls: u64,
+    seconds: f64,
+    cpu: Duration,
+    hist: Histogram<u64>,
+    allocs: u64,
+}
+
+impl Row {
+    fn print(&self) {
+        let rate = self.calls as f64 / self.seconds;
+        let cpu_us = self.cpu.as_secs_f64() * 1e6 / self.calls.max(1) as f64;
+        println!(
+            "{:<44} {:>11.0} {:>10.2} {:>9.1} {:>9.1} {:>8.2}",
+            self.name,
+            rate,
+            cpu_us,
+            self.hist.value_at_quantile(0.5) as f64 / 1e3,
+            self.hist.value_at_quantile(0.99) as f64 / 1e3,
+            self.allocs as f64 / self.calls.max(1) as f64,
+        );
+    }
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
+}
+
+fn server() -> anyhow::Result<rpc_transport::udp::ServerHandle> {
+    let config = UdpServerConfig::loopback()
+        .poll(PollStrategy::Spin)
+        .pin(vec![1]);
+    Ok(
+        UdpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)?
+            .serve(BenchServer::new(Handlers))?,
+    )
+}
+
+fn client(addr: SocketAddr, window: usize) -> anyhow::Result<BenchClient<UdpClient>> {
+    let mut config = UdpClientConfig::loopback().poll(PollStrategy::Spin);
+    config.protocol.window = window.max(1);
+    Ok(BenchClient::new(UdpClient::connect(addr, config)?))
+}
+
+/// `n` calls in flight from this thread for `seconds`.
+fn pipelined(n: usize, seconds: f64) -> anyhow::Result<Row> {
+    let server = server()?;
+    let client = client(server.local_addr(), n.max(128))?;
+    let run = |d: Duration, hist: &mut Histogram<u64>| -> u64 {
+        let mut started: Vec<Instant> = vec![Instant::now(); n];
+        let mut pending = Completions::new((0..n).map(|_| client.null_async()));
+        let end = Instant::now() + d;
+        let mut calls = 0;
+        while let Some((i, r)) = pending.next() {
+            r.expect("null call");
+            calls += 1;
+            let slot = i % n;
+            hist.saturating_record(started[slot].elapsed().as_nanos() as u64);
+            if Instant::now() < end {
+                let j = pending.push(client.null_async());
+                started[j % n] = Instant::now();
+            }
+        }
+        calls
+    };
+    let mut warm = hist();
+    run(Duration::from_secs_f64(seconds / 5.0), &mut warm);
+    let mut h = hist();
+    let (cpu0, a0, t0) = (cpu_time(), allocations(), Instant::now());
+    let calls = run(Duration::from_secs_f64(seconds), &mut h);
+    let (elapsed, cpu, allocs) = (t0.elapsed(), cpu_time() - cpu0, allocations() - a0);
+    drop(client);
+    server.shutdown();
+    Ok(Row {
+        name: format!("rpc, {n} in flight from one thread"),
+        calls,
+        seconds: elapsed.as_secs_f64(),
+        cpu,
+        hist: h,
+        allocs,
+    })
+}
+
+/// `threads` threads making blocking calls through one client.
+fn blocking(threads: usize, seconds: f64) -> anyhow::Result<Row> {
+    let server = server()?;
+    let client = client(server.local_addr(), 128)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (cpu0, a0, t0) = (cpu_time(), allocations(), Instant::now());
+    let count = threads;
+    let threads: Vec<_> = (0..count)
+        .map(|_| {
+            let (client, stop) = (client.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut h = hist();
+                let mut calls = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    client.null().expect("null call");
+                    h.saturating_record(t.elapsed().as_nanos() as u64);
+                    calls += 1;
+                }
+                (calls, h)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    stop.store(true, Ordering::Relaxed);
+    let mut h = hist();
+    let mut calls = 0;
+    for t in threads {
+        let (c, th) = t.join().expect("caller");
+        calls += c;
+        let _ = h.add(&th);
+    }
+    let (elapsed, cpu, allocs) = (t0.elapsed(), cpu_time() - cpu0, allocations() - a0);
+    drop(client);
+    server.shutdown();
+    Ok(Row {
+        name: format!("rpc, {count} thread(s) blocking on one client"),
+        calls,
+        seconds: elapsed.as_secs_f64(),
+        cpu,
+        hist: h,
+        allocs,
+    })
+}
+
+/// The floor: 32 datagrams kept in flight with `sendmmsg`/`recvmmsg`, echoed in batches.
+fn raw_window(seconds: f64) -> anyhow::Result<Row> {
+    const WINDOW: usize = 32;
+    let echo = UdpSocket::bind("127.0.0.1:0")?;
+    echo.set_nonblocking(true)?;
+    let addr = echo.local_addr()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let echo_thread = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let _ = rpc_transport::pin_to_cpu(1);
+            let mut bufs = vec![vec![0u8; 2048]; WINDOW];
+            while !stop.load(Ordering::Relaxed) {
+                let got = examples::recv_batch(&echo, &mut bufs);
+                if got.is_empty() {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                examples::send_batch_to(&echo, &bufs, &got);
+            }
+        })
+    };
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    socket.connect(addr)?;
+    socket.set_nonblocking(true)?;
+    let payload = [0x5au8; 72];
+    let mut bufs = vec![vec![0u8; 2048]; WINDOW];
+    let run = |d: Duration, hist: &mut Histogram<u64>, bufs: &mut Vec<Vec<u8>>| -> u64 {
+        let mut sent_at = std::collections::VecDeque::with_capacity(WINDOW);
+        for _ in 0..WINDOW {
+            sent_at.push_back(Instant::now());
+        }
+        examples::send_batch(&socket, &payload, WINDOW);
+        let end = Instant::now() + d;
+        let mut calls = 0u64;
+        let mut outstanding = WINDOW;
+        while outstanding > 0 {
+            let got = examples::recv_batch(&socket, bufs).len();
+            if got == 0 {
+                std::hint::spin_loop();
+                continue;
+            }
+            outstanding -= got;
+            calls += got as u64;
+            for _ in 0..got {
+                if let Some(t) = sent_at.pop_front() {
+                    hist.saturating_record(t.elapsed().as_nanos() as u64);
+                }
+            }
+            if Instant::now() < end {
+                for _ in 0..got {
+                    sent_at.push_back(Instant::now());
+                }
+                examples::send_batch(&socket, &payload, got);
+                outstanding += got;
+            }
+        }
+        calls
+    };
+    let mut warm = hist();
+    run(Duration::from_secs_f64(seconds / 5.0), &mut warm, &mut bufs);
+    let mut h = hist();
+    let (cpu0, a0, t0) = (cpu_time(), allocations(), Instant::now());
+    let calls = run(Duration::from_secs_f64(seconds), &mut h, &mut bufs);
+    let (elapsed, cpu, allocs) = (t0.elapsed(), cpu_time() - cpu0, allocations() - a0);
+    stop.store(true, Ordering::Relaxed);
+    let _ = echo_thread.join();
+    Ok(Row {
+        name: "raw udp, window of 32, sendmmsg/recvmmsg".into(),
+        calls,
+        seconds: elapsed.as_secs_f64(),
+        cpu,
+        hist: h,
+        allocs,
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    rpc_transport::pin_to_cpu(0).context("pinning the client to cpu 0")?;
+    println!(
+        "loopback throughput, {} s per case; client on cpu 0, server on cpu 1 (both spinning)\n",
+        args.seconds
+    );
+    println!(
+        "{:<44} {:>11} {:>10} {:>9} {:>9} {:>8}",
+        "case", "calls/s", "CPU µs", "p50 µs", "p99 µs", "allocs"
+    );
+    println!("{}", "-".repeat(96));
+    let mut rows = Vec::new();
+    rows.push(raw_window(args.seconds)?);
+    rows.last().unwrap().print();
+    for &n in &args.in_flight {
+        rows.push(pipelined(n, args.seconds)?);
+        rows.last().unwrap().print();
+    }
+    for threads in [1, 2, 4] {
+        rows.push(blocking(threads, args.seconds)?);
+        rows.last().unwrap().print();
+    }
+    println!(
+        "\nCPU µs: process CPU time (both ends) per call; allocs: allocations per call, both ends."
+    );
+    Ok(())
+}
