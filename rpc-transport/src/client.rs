@@ -115,6 +115,14 @@ pub struct ClientParts {
     pub core: Core,
     /// How waiting threads wait.
     pub poll: PollStrategy,
+    /// Threads admitted into blocking calls at once (the others wait their turn parked);
+    /// 0: twice the CPUs the connecting thread may run on.
+    pub calling_threads: usize,
+}
+
+/// Twice the CPUs this thread may run on: what `calling_threads` 0 stands for.
+pub(crate) fn default_calling_threads() -> usize {
+    2 * std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// A client of one server over a link. Clone it freely: clones share the session, and any
@@ -172,8 +180,13 @@ pub(crate) struct Inner<L: Link> {
     pumps: AtomicU64,
     /// Threads among the waiters (a copy of `State::threads`, read without the lock).
     thread_waiters: std::sync::atomic::AtomicUsize,
+    /// Admission of threads into blocking calls.
+    turnstile: crate::turnstile::Turnstile,
     /// A task drives the link (under tokio): futures only wait to be woken.
     pub(crate) driven: AtomicBool,
+    /// The driver task under tokio.
+    #[cfg(feature = "tokio")]
+    pub(crate) tokio: crate::tokio_driver::Slot,
 }
 
 struct State {
@@ -193,6 +206,8 @@ struct State {
     window_tasks: Vec<Waker>,
     /// Outcomes handed to waiting threads since the leader last looked.
     handed_to_threads: u64,
+    /// Threads to wake once the lock is released.
+    unparks: ArrayVec<Thread, UNPARKS>,
 }
 
 struct Waiter {
@@ -210,10 +225,62 @@ enum Wake {
 }
 
 impl Waiter {
-    fn wake(&self) {
+    /// Wakes the waiter: a future at once, a thread once the state is unlocked (woken under
+    /// the lock, on a shared core, it would run only to wait for the lock).
+    fn wake(&self, unparks: &mut ArrayVec<Thread, UNPARKS>) {
         match &self.wake {
-            Wake::Thread(t) => t.unpark(),
+            Wake::Thread(t) => {
+                if let Err(e) = unparks.try_push(t.clone()) {
+                    e.element().unpark();
+                }
+            }
             Wake::Task(w) => w.wake_by_ref(),
+        }
+    }
+}
+
+/// Threads woken under the lock, at most, before the lock is released.
+const UNPARKS: usize = 16;
+
+/// The client's state, locked; threads it must wake are unparked once it is released.
+struct Locked<'a>(Option<MutexGuard<'a, State>>);
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        self.0.as_deref().expect("locked until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.0.as_deref_mut().expect("locked until dropped")
+    }
+}
+
+impl<'a> Locked<'a> {
+    /// The plain guard (for a condition variable), waking first whom it must.
+    fn into_guard(mut self) -> MutexGuard<'a, State> {
+        let mut guard = self.0.take().expect("locked until dropped");
+        for t in guard.unparks.drain(..) {
+            t.unpark();
+        }
+        guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let Some(mut guard) = self.0.take() else {
+            return;
+        };
+        if guard.unparks.is_empty() {
+            return;
+        }
+        let unparks = std::mem::take(&mut guard.unparks);
+        drop(guard);
+        for t in unparks {
+            t.unpark();
         }
     }
 }
@@ -301,7 +368,15 @@ impl<L: Link> Client<L> {
         parts: ClientParts,
         connect_timeout: Duration,
     ) -> Result<Self, ConnectError> {
-        let ClientParts { core, poll } = parts;
+        let ClientParts {
+            core,
+            poll,
+            calling_threads,
+        } = parts;
+        let calling_threads = match calling_threads {
+            0 => default_calling_threads(),
+            n => n,
+        };
         let config = core.config().clone();
         let window = config.window;
         let buffer_len = config
@@ -325,6 +400,7 @@ impl<L: Link> Client<L> {
                 window_waiters: 0,
                 window_tasks: Vec::new(),
                 handed_to_threads: 0,
+                unparks: ArrayVec::new(),
             }),
             room: Condvar::new(),
             leader: AtomicBool::new(false),
@@ -341,7 +417,10 @@ impl<L: Link> Client<L> {
             has_coalesced: AtomicBool::new(false),
             pumps: AtomicU64::new(0),
             thread_waiters: std::sync::atomic::AtomicUsize::new(0),
+            turnstile: crate::turnstile::Turnstile::new(calling_threads),
             driven: AtomicBool::new(false),
+            #[cfg(feature = "tokio")]
+            tokio: crate::tokio_driver::Slot::default(),
             link,
         };
         inner.handshake(connect_timeout)?;
@@ -384,10 +463,10 @@ impl<L: Link> Client<L> {
 }
 
 impl<L: Link> Inner<L> {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> Locked<'_> {
         // A panic while holding the lock leaves the state machine consistent (every method
         // of `Client` is transactional on its own); keep going.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        Locked(Some(self.state.lock().unwrap_or_else(|p| p.into_inner())))
     }
 
     fn slot(&self, seq: u64) -> usize {
@@ -409,6 +488,32 @@ impl<L: Link> Inner<L> {
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let t = self.next_timer.load(Ordering::Acquire);
         (t != u64::MAX).then(|| self.epoch + Duration::from_nanos(t))
+    }
+
+    /// The earliest protocol timer, as stored (nanoseconds since `epoch`, `u64::MAX` if none).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn next_timer(&self) -> u64 {
+        self.next_timer.load(Ordering::SeqCst)
+    }
+
+    /// The instant of a stored timer.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn deadline_of(&self, t: u64) -> Option<Instant> {
+        (t != u64::MAX).then(|| self.epoch + Duration::from_nanos(t))
+    }
+
+    /// Wakes every future waiting on this client (they look at their calls again).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn wake_tasks(&self) {
+        let st = self.lock();
+        for w in st.waiters.iter().flatten() {
+            if let Wake::Task(t) = &w.wake {
+                t.wake_by_ref();
+            }
+        }
+        for w in &st.window_tasks {
+            w.wake_by_ref();
+        }
     }
 
     fn report(&self, sent: io::Result<()>) {
@@ -591,7 +696,7 @@ impl<L: Link> Inner<L> {
             Some(w) if w.seq == seq => {
                 w.outcome = Some(outcome);
                 self.signals[slot].store(seq << 2 | DONE, Ordering::Release);
-                w.wake();
+                w.wake(&mut st.unparks);
                 if matches!(w.wake, Wake::Thread(_)) {
                     st.handed_to_threads += 1;
                 }
@@ -631,7 +736,7 @@ impl<L: Link> Inner<L> {
                 if st.core.wants_transmit(id) {
                     let sig = &self.signals[slot];
                     sig.store(sig.load(Ordering::Relaxed) | TRANSMIT, Ordering::Release);
-                    w.wake();
+                    w.wake(&mut st.unparks);
                 }
             }
         }
@@ -793,10 +898,46 @@ impl<L: Link> Inner<L> {
         }
     }
 
+    /// Drives the link for a driver task: sends what waits to leave together, receives and
+    /// hands out everything that arrived (down to a receive that would block), and runs due
+    /// timers. Returns false if a thread leads the link meanwhile (nothing was received).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn drive(&self) -> bool {
+        self.flush_coalesced();
+        if self
+            .leader
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        {
+            let mut batch = self.recv.lock().unwrap_or_else(|p| p.into_inner());
+            batch.set_limit(RECV_BATCH);
+            while let (_, true) = self.receive(None, &mut batch) {}
+        }
+        if self.timer_due(Instant::now()) {
+            let _ = self.on_timers(None);
+        }
+        self.leader.store(false, Ordering::Release);
+        true
+    }
+
+    /// Whether a driver task drives the link for this poll: under tokio, unless one of this
+    /// crate's executors polls (it spins on this thread, where the driver may need to run).
+    #[inline]
+    fn by_driver(&self) -> bool {
+        self.driven.load(Ordering::Relaxed) && !crate::exec::in_own_executor()
+    }
+
     /// Drives the link once for futures: sends what waits to leave together, receives and
     /// hands out what arrived, runs due timers. At most once per executor pass, and only if no
     /// one else leads.
     fn pump(&self) {
+        // Under another executor, whose passes this crate cannot see, every poll drives.
+        if !crate::exec::in_own_executor() {
+            crate::exec::next_pass();
+        }
         let pass = crate::exec::pass();
         if self.last_pump.swap(pass, Ordering::AcqRel) == pass {
             return;
@@ -839,7 +980,8 @@ impl<L: Link> Inner<L> {
             return;
         }
         // A thread waiting for its call may lead now that the futures do not.
-        let st = self.lock();
+        let mut guard = self.lock();
+        let st = &mut *guard;
         if st.threads > 0 {
             if let Some(w) = st
                 .waiters
@@ -847,18 +989,14 @@ impl<L: Link> Inner<L> {
                 .flatten()
                 .find(|w| matches!(w.wake, Wake::Thread(_)))
             {
-                w.wake();
+                w.wake(&mut st.unparks);
             }
         }
     }
 
     /// Waits (as the poll strategy says, and at most until `deadline`) until a call may have
     /// ended and made room in the window.
-    fn wait_for_room<'a>(
-        &'a self,
-        mut st: MutexGuard<'a, State>,
-        deadline: Instant,
-    ) -> MutexGuard<'a, State> {
+    fn wait_for_room<'a>(&'a self, mut st: Locked<'a>, deadline: Instant) -> Locked<'a> {
         st.window_waiters += 1;
         if self.poll == PollStrategy::Spin {
             drop(st);
@@ -867,15 +1005,16 @@ impl<L: Link> Inner<L> {
             }
             st = self.lock();
         } else {
+            let st_guard = st.into_guard();
             // Woken by `retire`; the timeout bounds the wait by the deadline and by a lost
             // wake-up (a call ended before this thread registered).
             let wait = deadline
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(5));
-            st = match self.room.wait_timeout(st, wait) {
+            st = Locked(Some(match self.room.wait_timeout(st_guard, wait) {
                 Ok((st, _)) => st,
                 Err(p) => p.into_inner().0,
-            };
+            }));
         }
         st.window_waiters -= 1;
         st
@@ -1024,7 +1163,9 @@ impl<L: Link> Inner<L> {
                     self.flush_own(me, request);
                 }
             }
-            if !*leading && !self.driven.load(Ordering::Relaxed) {
+            // A thread leads even where a driver task runs: that task may need this very
+            // thread to run (a blocking call inside a runtime), and stands aside meanwhile.
+            if !*leading {
                 *leading = !self.leader.load(Ordering::Relaxed)
                     && self
                         .leader
@@ -1118,6 +1259,15 @@ impl<L: Link> Inner<L> {
     }
 }
 
+/// A thread's turn in blocking calls, passed on when its call ends.
+struct Turn<'a>(&'a crate::turnstile::Turnstile);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
 /// Decodes a call's reply.
 fn decoded<R>(
     own: Own,
@@ -1155,6 +1305,11 @@ impl<L: Link> Transport for Client<L> {
         let inner = &*self.inner;
         let now = Instant::now();
         let deadline = deadline_after(now, options.timeout.unwrap_or(inner.default_deadline));
+        // Not sent if no turn comes before the deadline: not executed, like a full window.
+        if !inner.turnstile.enter(deadline) {
+            return Err(CallError::WindowFull);
+        }
+        let _turn = Turn(&inner.turnstile);
         // Built in place and passed by reference: a batch is a few kilobytes.
         let mut batch = ArrayVec::new();
         let Some((me, first)) =
@@ -1185,7 +1340,7 @@ impl<L: Link> Transport for Client<L> {
 /// which borrows the caller's arguments, so every (re)transmission gathers from them; dropping
 /// it cancels the call.
 pub struct CallFuture<'a, L: Link, R> {
-    inner: &'a Inner<L>,
+    inner: &'a Arc<Inner<L>>,
     method: &'static MethodDesc,
     options: CallOptions,
     request: Encoder<'a>,
@@ -1219,6 +1374,10 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
             match &mut this.state {
                 CallState::Done => return Poll::Ready(Err(CallError::Disconnected)),
                 CallState::Init => {
+                    #[cfg(feature = "tokio")]
+                    if !inner.driven.load(Ordering::Relaxed) && !crate::exec::in_own_executor() {
+                        crate::tokio_driver::ensure(inner);
+                    }
                     let now = Instant::now();
                     let deadline =
                         deadline_after(now, this.options.timeout.unwrap_or(inner.default_deadline));
@@ -1251,7 +1410,15 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
                     match first {
                         Some(t) if company && inner.coalesce(&t, &this.request) => {
                             inner.store_timer(&mut inner.lock().core);
-                            cx.waker().wake_by_ref();
+                            // Whoever drives the link next sends them: this crate's executors
+                            // in their next pass, a driver task once woken (after the tasks
+                            // woken before it, which may add theirs).
+                            if inner.by_driver() {
+                                #[cfg(feature = "tokio")]
+                                inner.tokio.kick(0);
+                            } else {
+                                cx.waker().wake_by_ref();
+                            }
                             return Poll::Pending;
                         }
                         Some(t) => {
@@ -1260,6 +1427,10 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
                             inner.store_timer(&mut inner.lock().core);
                         }
                         None => inner.send_own(id, &this.request, &mut batch),
+                    }
+                    #[cfg(feature = "tokio")]
+                    if inner.by_driver() {
+                        inner.tokio.kick(inner.next_timer());
                     }
                 }
                 CallState::Running { id, waker } => {
@@ -1277,15 +1448,29 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
                     if sig >> 2 == id.seq() && sig & TRANSMIT != 0 {
                         inner.signals[slot].store(id.seq() << 2 | (sig & DONE), Ordering::Release);
                         inner.flush_own(id, &this.request);
+                        // A retransmission sets the call's next timer: the driver must know.
+                        #[cfg(feature = "tokio")]
+                        if inner.by_driver() {
+                            inner.tokio.kick(inner.next_timer());
+                        }
                     }
+                    let mut rewoken = false;
                     if !waker.will_wake(cx.waker()) {
                         *waker = cx.waker().clone();
                         let mut st = inner.lock();
                         if let Some(w) = st.waiters[slot].as_mut().filter(|w| w.seq == id.seq()) {
                             w.wake = Wake::Task(cx.waker().clone());
+                            rewoken = true;
                         }
                     }
-                    if inner.driven.load(Ordering::Relaxed) {
+                    if inner.by_driver() {
+                        // The driver wakes this future when its call ends; if that happened
+                        // while the waker was being replaced, the old one was woken: look
+                        // again.
+                        let after = inner.signals[slot].load(Ordering::Acquire);
+                        if rewoken && after >> 2 == id.seq() && after & DONE != 0 {
+                            continue;
+                        }
                         return Poll::Pending;
                     }
                     // Drive the link (once per pass), then look again.

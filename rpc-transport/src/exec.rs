@@ -6,8 +6,9 @@
 //! client's link when polled, so polling is how replies are received. What it allocates it
 //! allocates once per executor (a waker per slot), never per call.
 //!
-//! Any other executor runs the same futures; under tokio, with the `tokio` feature, a client
-//! made inside a runtime is driven by a task woken through the reactor instead.
+//! Any other executor runs the same futures; under tokio, with the `tokio` feature, a call
+//! future polled by a runtime starts a task there that drives its client, woken through the
+//! reactor, and the futures only wait to be woken.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -39,6 +40,33 @@ pub(crate) fn next_pass() {
     PASS.with(|p| p.set(p.get().wrapping_add(1)));
 }
 
+thread_local! {
+    /// Whether one of this crate's executors is polling on this thread (then call futures
+    /// drive their links themselves, even inside a tokio runtime: no driver task could run
+    /// while this thread spins).
+    static OWN: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether one of this crate's executors polls on this thread.
+pub(crate) fn in_own_executor() -> bool {
+    OWN.with(Cell::get)
+}
+
+/// Marks this thread as polling with one of this crate's executors, until dropped.
+pub(crate) struct Entered(bool);
+
+impl Entered {
+    pub(crate) fn new() -> Self {
+        Self(OWN.with(|o| o.replace(true)))
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        OWN.with(|o| o.set(self.0));
+    }
+}
+
 /// A waker that sets a flag.
 #[derive(Debug, Default)]
 struct Flag(AtomicBool);
@@ -63,6 +91,7 @@ thread_local! {
 /// Runs `future` to its end on this thread, spinning.
 pub fn block_on<F: Future>(future: F) -> F::Output {
     let mut future = std::pin::pin!(future);
+    let _own = Entered::new();
     BLOCK_ON_WAKER.with(|(_, waker)| {
         let mut cx = Context::from_waker(waker);
         loop {
@@ -160,6 +189,7 @@ impl<F: Future> Completions<F> {
             return None;
         }
         let mut cx = Context::from_waker(&self.waker);
+        let _own = Entered::new();
         loop {
             next_pass();
             let n = self.slots.len();

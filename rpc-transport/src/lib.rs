@@ -19,7 +19,10 @@ pub mod poll;
 pub mod proxy;
 pub mod server;
 mod sock;
+#[cfg(feature = "tokio")]
+mod tokio_driver;
 mod sys;
+mod turnstile;
 pub mod udp;
 
 pub use exec::{Completions, block_on, join_all};

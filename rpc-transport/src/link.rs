@@ -42,6 +42,12 @@ pub trait Link: Send + Sync + 'static {
 
     /// Blocks until a datagram may have arrived, or `deadline` (at most `cap` from now).
     fn wait(&self, deadline: Option<Instant>, cap: std::time::Duration) -> io::Result<()>;
+
+    /// A descriptor that becomes readable when a datagram arrives (a duplicate the caller
+    /// owns), for a reactor to watch; `None` if the link has none.
+    fn reactor_fd(&self) -> Option<std::os::fd::OwnedFd> {
+        None
+    }
 }
 
 /// Buffers a link receives into: a fixed number, each as large as the largest datagram, so a

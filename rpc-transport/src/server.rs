@@ -643,6 +643,8 @@ impl<L: Link> Loop<L> {
                 tracing::warn!(cpu, error = %e, "could not pin receive thread");
             }
         }
+        // This loop is the executor of its async handlers (and their nested calls).
+        let _executor = crate::exec::Entered::new();
         let max_datagram = self.rx.link.max_datagram();
         let mut batch = RecvBatch::<L::Addr>::new(RECV_BATCH, max_datagram);
         let mut outbox = Outbox::new(max_datagram);

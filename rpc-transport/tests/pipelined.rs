@@ -64,10 +64,12 @@ fn hundreds_of_calls_in_flight_from_one_thread_through_loss() {
         }
     }
     assert_eq!(ended, tags.len());
-    assert!(ok > 550, "{ok} of {} succeeded", tags.len());
+    // Lost datagrams are retransmitted well before the calls' deadline (20 s): all succeed.
+    assert_eq!(ok, tags.len(), "{ok} of {} succeeded", tags.len());
     assert!(book.twice().is_empty());
     assert_eq!(client.transport().in_flight(), (0, 0));
-    assert!(proxy.counters().dropped > 0 && proxy.counters().duplicated > 0);
+    // The proxy did drop datagrams (coalesced, they may be too few for a duplicate).
+    assert!(proxy.counters().dropped > 0);
 }
 
 #[test]
@@ -100,8 +102,63 @@ fn several_threads_pipeline_on_one_client() {
         })
         .collect();
     let ok: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
-    assert!(ok > 420, "{ok} of 450");
+    assert_eq!(ok, 450, "{ok} of 450");
     assert!(book.twice().is_empty());
+}
+
+#[test]
+fn more_threads_than_the_client_admits_take_turns_and_all_finish() {
+    // Twelve threads on a client that admits two into blocking calls at once (the others wait
+    // their turn parked), through loss; a call whose deadline passes while it waits for its
+    // turn is never sent.
+    let book = Book::default();
+    let server = UdpServer::bind(localhost(), server_config(park()))
+        .unwrap()
+        .serve(LedgerServer::new(book.clone()))
+        .unwrap();
+    let proxy =
+        FaultProxy::start(server.local_addr(), Faults::lossy(0.02, 0.02, 0.05), 13).unwrap();
+    let mut config = client_config(PollStrategy::Spin);
+    config.calling_threads = 2;
+    let client = LedgerClient::new(UdpClient::connect(proxy.local_addr(), config).unwrap());
+    let threads: Vec<_> = (0..12)
+        .map(|_| {
+            let client = client.clone();
+            let book = book.clone();
+            thread::spawn(move || {
+                (0..40)
+                    .filter(|_| {
+                        let t = tag();
+                        settled(&book, t, client.record(t, 1))
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let ok: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(ok, 480, "{ok} of 480");
+    assert!(book.twice().is_empty());
+
+    // One thread holds the only turn in a slow call: another's call, whose deadline comes
+    // first, ends `WindowFull` without being sent.
+    let mut config = client_config(park());
+    config.calling_threads = 1;
+    let client = LedgerClient::new(UdpClient::connect(server.local_addr(), config).unwrap());
+    let (slow_tag, waiting_tag) = (tag(), tag());
+    let holder = {
+        let client = client.clone();
+        thread::spawn(move || client.slow(slow_tag, 300))
+    };
+    // The holder has its turn once its call is in flight.
+    while client.transport().in_flight().0 == 0 {
+        thread::yield_now();
+    }
+    let r = client
+        .with(CallOptions::new().timeout(Duration::from_millis(20)))
+        .record(waiting_tag, 1);
+    assert!(matches!(r, Err(CallError::WindowFull)), "{r:?}");
+    assert_eq!(book.runs(waiting_tag), 0);
+    assert_eq!(holder.join().unwrap().unwrap(), 1);
 }
 
 #[test]

@@ -167,4 +167,8 @@ impl Link for UdpLink {
     fn wait(&self, deadline: Option<Instant>, cap: Duration) -> io::Result<()> {
         wait_readable(&self.socket, deadline, cap).map(|_| ())
     }
+
+    fn reactor_fd(&self) -> Option<std::os::fd::OwnedFd> {
+        self.socket.try_clone().ok().map(Into::into)
+    }
 }

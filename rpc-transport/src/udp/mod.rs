@@ -38,6 +38,10 @@ pub struct UdpClientConfig {
     pub connect_timeout: Duration,
     /// Kernel send and receive buffer size to ask for, in bytes.
     pub socket_buffer: usize,
+    /// Threads admitted into blocking calls at once; the others wait their turn parked, in
+    /// order. More threads than this would only take turns of the cores from the thread that
+    /// leads the link. 0 (the default): twice the CPUs the connecting thread may run on.
+    pub calling_threads: usize,
 }
 
 impl Default for UdpClientConfig {
@@ -47,6 +51,7 @@ impl Default for UdpClientConfig {
             poll: PollStrategy::default(),
             connect_timeout: Duration::from_secs(2),
             socket_buffer: 4 << 20,
+            calling_threads: 0,
         }
     }
 }
@@ -101,6 +106,7 @@ impl Client<UdpLink> {
         let parts = ClientParts {
             core,
             poll: config.poll,
+            calling_threads: config.calling_threads,
         };
         Self::open(link, server, parts, config.connect_timeout)
     }

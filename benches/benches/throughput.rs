@@ -1,10 +1,12 @@
 //! Throughput on loopback: calls per second, CPU time per call and latency, with 1, 8, 64 and
-//! 256 null calls in flight from one client thread, blocking calls from two threads sharing
-//! a client, and the raw floor: a window of 32 datagrams kept in flight with `sendmmsg` and
-//! `recvmmsg` against an echo that answers in batches.
+//! 256 null calls in flight from one client thread, blocking calls from threads sharing a
+//! client, tarpc with 64 concurrent calls on a current-thread runtime, and the raw floor: a
+//! window of 32 datagrams kept in flight with `sendmmsg` and `recvmmsg` against an echo that
+//! answers in batches. Client on cpu 0, server on cpu 1; the cases run one after another,
+//! in one process, so their ratios are of one spell of the host.
 //!
 //! ```text
-//! cargo run --release -p examples --bin throughput
+//! cargo bench -p benches --bench throughput -- --seconds 3
 //! ```
 
 use std::net::{SocketAddr, UdpSocket};
@@ -26,9 +28,18 @@ static ALLOC: CountingAlloc = CountingAlloc;
 #[derive(Parser, Debug)]
 #[command(about = "Calls per second and CPU per call, against the raw mmsg window, on loopback")]
 struct Args {
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
     /// Seconds measured per case.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Cases to run: raw, tarpc, pipelined, blocking.
+    #[arg(long, value_delimiter = ',', default_value = "raw,tarpc,pipelined,blocking")]
+    cases: Vec<String>,
+    /// Threads making blocking calls through one client.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    threads: Vec<usize>,
     /// Calls in flight from one thread.
     #[arg(long, value_delimiter = ',', default_value = "1,8,64,256")]
     in_flight: Vec<usize>,
@@ -254,6 +265,129 @@ fn raw_window(seconds: f64) -> anyhow::Result<Row> {
     })
 }
 
+/// The peer tarpc measures: a null call.
+#[tarpc::service]
+trait TarpcBench {
+    async fn null();
+}
+
+#[derive(Clone)]
+struct TarpcHandlers;
+
+impl TarpcBench for TarpcHandlers {
+    async fn null(self, _: tarpc::context::Context) {}
+}
+
+fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// tarpc (bincode over TCP, `TCP_NODELAY`): `n` concurrent calls from one current-thread
+/// runtime on this thread, against a server on a multi-thread runtime.
+fn tarpc_concurrent(n: usize, seconds: f64) -> anyhow::Result<Row> {
+    use futures::{StreamExt as _, future};
+    use tarpc::server::{BaseChannel, Channel as _};
+    use tarpc::tokio_serde::formats::Bincode;
+
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let server = {
+        let stop = stop.clone();
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            // tarpc's best setup here (of those tried: current-thread or multi-thread, pinned
+            // or not, each request spawned or run on its channel's task): a multi-thread
+            // runtime on both cores, running each request on its connection's task.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let listener = tarpc::serde_transport::tcp::listen(
+                    SocketAddr::from(([127, 0, 0, 1], 0)),
+                    Bincode::default,
+                )
+                .await?;
+                addr_tx.send(listener.local_addr())?;
+                let serve = listener
+                    .filter_map(|r| future::ready(r.ok()))
+                    .for_each(|transport| {
+                        let _ = transport.get_ref().set_nodelay(true);
+                        let channel = BaseChannel::with_defaults(transport);
+                        tokio::spawn(
+                            channel
+                                .execute(TarpcHandlers.serve())
+                                .for_each(|call| call),
+                        );
+                        future::ready(())
+                    });
+                tokio::select! {
+                    () = serve => {}
+                    () = stop.notified() => {}
+                }
+                anyhow::Ok(())
+            })
+        })
+    };
+    let addr = addr_rx.recv().context("tarpc server start")?;
+    let runtime = current_thread()?;
+    let client = runtime.block_on(async {
+        let transport = tarpc::serde_transport::tcp::connect(addr, Bincode::default).await?;
+        transport.get_ref().set_nodelay(true)?;
+        anyhow::Ok(
+            TarpcBenchClient::new(tarpc::client::Config::default(), transport).spawn(),
+        )
+    })?;
+    let run = |d: Duration| -> (u64, Histogram<u64>) {
+        runtime.block_on(async {
+            let end = Instant::now() + d;
+            let callers = (0..n).map(|_| {
+                let client = client.clone();
+                async move {
+                    let mut h = hist();
+                    let mut calls = 0u64;
+                    while Instant::now() < end {
+                        let t = Instant::now();
+                        client
+                            .null(tarpc::context::current())
+                            .await
+                            .expect("tarpc null call");
+                        h.saturating_record(t.elapsed().as_nanos() as u64);
+                        calls += 1;
+                    }
+                    (calls, h)
+                }
+            });
+            let mut all = hist();
+            let mut calls = 0;
+            for (c, h) in future::join_all(callers).await {
+                calls += c;
+                let _ = all.add(&h);
+            }
+            (calls, all)
+        })
+    };
+    run(Duration::from_secs_f64(seconds / 5.0));
+    let (cpu0, a0, t0) = (cpu_time(), allocations(), Instant::now());
+    let (calls, h) = run(Duration::from_secs_f64(seconds));
+    let (elapsed, cpu, allocs) = (t0.elapsed(), cpu_time() - cpu0, allocations() - a0);
+    drop(client);
+    drop(runtime);
+    stop.notify_one();
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("tarpc server panicked"))??;
+    Ok(Row {
+        name: format!("tarpc, {n} concurrent, current-thread tokio"),
+        calls,
+        seconds: elapsed.as_secs_f64(),
+        cpu,
+        hist: h,
+        allocs,
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     rpc_transport::pin_to_cpu(0).context("pinning the client to cpu 0")?;
@@ -266,16 +400,22 @@ fn main() -> anyhow::Result<()> {
         "case", "calls/s", "CPU µs", "p50 µs", "p99 µs", "allocs"
     );
     println!("{}", "-".repeat(96));
-    let mut rows = Vec::new();
-    rows.push(raw_window(args.seconds)?);
-    rows.last().unwrap().print();
-    for &n in &args.in_flight {
-        rows.push(pipelined(n, args.seconds)?);
-        rows.last().unwrap().print();
+    let run = |case: &str| args.cases.iter().any(|c| c == case);
+    if run("raw") {
+        raw_window(args.seconds)?.print();
     }
-    for threads in [1, 2, 4] {
-        rows.push(blocking(threads, args.seconds)?);
-        rows.last().unwrap().print();
+    if run("tarpc") {
+        tarpc_concurrent(64, args.seconds)?.print();
+    }
+    if run("pipelined") {
+        for &n in &args.in_flight {
+            pipelined(n, args.seconds)?.print();
+        }
+    }
+    if run("blocking") {
+        for &threads in &args.threads {
+            blocking(threads, args.seconds)?.print();
+        }
     }
     println!(
         "\nCPU µs: process CPU time (both ends) per call; allocs: allocations per call, both ends."
