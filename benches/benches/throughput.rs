@@ -35,7 +35,11 @@ struct Args {
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
     /// Cases to run: raw, tarpc, pipelined, blocking.
-    #[arg(long, value_delimiter = ',', default_value = "raw,tarpc,pipelined,blocking")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "raw,tarpc,pipelined,blocking"
+    )]
     cases: Vec<String>,
     /// Threads making blocking calls through one client.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
@@ -315,11 +319,7 @@ fn tarpc_concurrent(n: usize, seconds: f64) -> anyhow::Result<Row> {
                     .for_each(|transport| {
                         let _ = transport.get_ref().set_nodelay(true);
                         let channel = BaseChannel::with_defaults(transport);
-                        tokio::spawn(
-                            channel
-                                .execute(TarpcHandlers.serve())
-                                .for_each(|call| call),
-                        );
+                        tokio::spawn(channel.execute(TarpcHandlers.serve()).for_each(|call| call));
                         future::ready(())
                     });
                 tokio::select! {
@@ -335,9 +335,7 @@ fn tarpc_concurrent(n: usize, seconds: f64) -> anyhow::Result<Row> {
     let client = runtime.block_on(async {
         let transport = tarpc::serde_transport::tcp::connect(addr, Bincode::default).await?;
         transport.get_ref().set_nodelay(true)?;
-        anyhow::Ok(
-            TarpcBenchClient::new(tarpc::client::Config::default(), transport).spawn(),
-        )
+        anyhow::Ok(TarpcBenchClient::new(tarpc::client::Config::default(), transport).spawn())
     })?;
     let run = |d: Duration| -> (u64, Histogram<u64>) {
         runtime.block_on(async {

@@ -543,7 +543,7 @@ pub fn recv_batch(
             *slot = [std::io::IoSliceMut::new(&mut buf[..])];
             n += 1;
         }
-        let out = match recvmmsg(
+        match recvmmsg(
             fd,
             headers,
             iovs[..n].iter_mut(),
@@ -558,8 +558,7 @@ pub fn recv_batch(
                 })
                 .collect(),
             Err(_) => arrayvec::ArrayVec::new(),
-        };
-        out
+        }
     })
 }
 

@@ -41,10 +41,12 @@ pub trait Front {
     fn plain(&self, x: u32) -> u32;
 }
 
-/// (The simulated network is single-threaded; a server's implementation must be `Sync`.)
+/// (The simulated network is single-threaded; a server's implementation must be `Sync`. The
+/// lock is held across the nested call on purpose: one call at a time uses the inner network.)
 struct Proxy(std::sync::Mutex<StoreClient<SimNet<StoreServer<Map>>>>);
 
 impl Front for Proxy {
+    #[allow(clippy::await_holding_lock)]
     async fn lookup(&self, ctx: &CallContext, key: &[u8]) -> (u64, Option<Vec<u8>>) {
         let store = self.0.lock().unwrap();
         let value = store.get_async(key).await.unwrap();

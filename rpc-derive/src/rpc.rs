@@ -839,8 +839,7 @@ impl Method {
         t: &syn::Ident,
         transport: TokenStream,
         options: TokenStream,
-        table: &syn::Ident,
-        index: usize,
+        (table, index): (&syn::Ident, usize),
         value_only: bool,
     ) -> TokenStream {
         let enc = syn::Ident::new("enc", Span::mixed_site());
@@ -888,8 +887,7 @@ impl Method {
             t,
             quote!(&self.transport),
             quote!(#krate::service::CallOptions::new()),
-            table,
-            index,
+            (table, index),
             true,
         );
         let doc = format!(
@@ -928,8 +926,7 @@ impl Method {
             t,
             quote!(#transport),
             quote!(#options),
-            table,
-            index,
+            (table, index),
             false,
         );
         let doc = format!(

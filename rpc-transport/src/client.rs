@@ -18,8 +18,12 @@
 //! client's calls the pass polls), or, under tokio, a task woken by the reactor. It feeds the
 //! state machine, runs its timers, and hands each reply to its waiter by moving the receive
 //! buffer (no copy; replies that shared a datagram with others are copied, being small) and
-//! waking it. Threads that are not leading park, so that adding threads never takes the core
-//! the leader needs; a future that is not leading returns `Pending`.
+//! waking it (a thread is unparked only once the state's lock is released). A thread that is
+//! not leading yields its core while its strategy spins (the leader yields back whenever it
+//! has handed outcomes to threads) and parks once it would block; a future that is not
+//! leading returns `Pending`. At most twice as many threads as there are CPUs are in blocking
+//! calls at once (`turnstile`): the others wait their turn parked, so that adding threads
+//! never takes the core the leader needs.
 //!
 //! # Allocation
 //!

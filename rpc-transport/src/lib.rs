@@ -19,9 +19,9 @@ pub mod poll;
 pub mod proxy;
 pub mod server;
 mod sock;
+mod sys;
 #[cfg(feature = "tokio")]
 mod tokio_driver;
-mod sys;
 mod turnstile;
 pub mod udp;
 

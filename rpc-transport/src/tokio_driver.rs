@@ -107,7 +107,9 @@ pub(crate) fn ensure<L: Link>(inner: &Arc<Inner<L>>) -> bool {
     runtime.spawn(async move {
         let ended = Ended(weak);
         loop {
-            let Some(inner) = ended.0.upgrade() else { return };
+            let Some(inner) = ended.0.upgrade() else {
+                return;
+            };
             inner.tokio.sleeping_until.store(AWAKE, Ordering::SeqCst);
             let led = inner.drive();
             let timer = inner.next_timer();

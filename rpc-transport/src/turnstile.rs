@@ -94,10 +94,9 @@ impl Turnstile {
     /// Waits for a place, until `deadline`; false if it passed first.
     pub(crate) fn enter(&self, deadline: Instant) -> bool {
         if self.waiting.load(Ordering::SeqCst) == 0 {
+            // No one waits: no turns to keep (a thread that entered here hands its place on
+            // as soon as someone waits).
             if self.try_enter() {
-                if self.turn(Instant::now()).is_none() {
-                    self.start_turn(Instant::now());
-                }
                 return true;
             }
         } else if self.turn(Instant::now()).is_some() && self.try_enter() {
@@ -166,15 +165,14 @@ impl Turnstile {
 
     /// Leaves: once this thread's turn is over, the place goes to the first thread waiting.
     pub(crate) fn leave(&self) {
-        let waiting = self.waiting.load(Ordering::SeqCst) > 0;
-        if waiting && self.turn(Instant::now()).is_some() {
-            // Still its turn: the place is free until this thread's next call (a waiting
-            // thread that looks meanwhile may take it).
-            self.inside.fetch_sub(1, Ordering::SeqCst);
-            return;
-        }
-        TURN.with(|t| t.set(None));
-        if waiting {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            if self.turn(Instant::now()).is_some() {
+                // Still its turn: the place is free until this thread's next call (the
+                // first waiting, if it looks meanwhile, may take it).
+                self.inside.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
+            TURN.with(|t| t.set(None));
             let mut q = self.queue();
             if let Some((_, next)) = q.waiting.pop_front() {
                 self.waiting.store(q.waiting.len(), Ordering::SeqCst);

@@ -96,7 +96,7 @@ fn several_threads_pipeline_on_one_client() {
                 assert!(settled(&book, t, blocking));
                 tags.iter()
                     .zip(results)
-                    .filter(|&(&t, ref r)| settled(&book, t, r.clone()))
+                    .filter(|&(&t, ref r)| settled(&book, t, *r))
                     .count()
             })
         })

@@ -128,9 +128,7 @@ fn tasks_on_several_workers_share_one_client_through_loss() {
         UdpClient::connect(proxy.local_addr(), client_config(park())).unwrap(),
     ));
     let rt = multi_thread();
-    let tags: Vec<Vec<u64>> = (0..4)
-        .map(|_| (0..100).map(|_| tag()).collect())
-        .collect();
+    let tags: Vec<Vec<u64>> = (0..4).map(|_| (0..100).map(|_| tag()).collect()).collect();
     let tasks: Vec<_> = tags
         .iter()
         .cloned()

@@ -11,8 +11,8 @@ use std::time::Instant;
 use futures::future::join_all;
 use rpc_core::rpc;
 use rpc_transport::Node;
-use rpc_transport::udp::{UdpClient, UdpClientConfig, UdpServerConfig};
 use rpc_transport::PollStrategy;
+use rpc_transport::udp::{UdpClient, UdpClientConfig, UdpServerConfig};
 
 /// The backend: prices by item.
 #[rpc]

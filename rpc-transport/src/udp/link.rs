@@ -146,7 +146,7 @@ impl Link for UdpLink {
                 count += 1;
             }
             let slices = iovs[..count].iter_mut();
-            let out = match recvmmsg(fd, headers, slices, MsgFlags::MSG_DONTWAIT, None) {
+            match recvmmsg(fd, headers, slices, MsgFlags::MSG_DONTWAIT, None) {
                 Ok(results) => Ok(results
                     .filter_map(|r| {
                         let from = r.address.as_ref().and_then(socket_addr).or(peer)?;
@@ -155,8 +155,7 @@ impl Link for UdpLink {
                     .collect()),
                 Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => Ok(ArrayVec::new()),
                 Err(e) => Err(io::Error::from(e)),
-            };
-            out
+            }
         });
         let received = received?;
         let n = received.len();
