@@ -96,6 +96,10 @@ pub enum ConnectError {
     /// A socket operation failed.
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
+    /// The io_uring link could not be set up on this kernel (and falling back to plain
+    /// sockets was not allowed).
+    #[error(transparent)]
+    Uring(#[from] crate::uring::UringError),
 }
 
 impl From<ConnectError> for io::Error {
@@ -105,6 +109,7 @@ impl From<ConnectError> for io::Error {
             ConnectError::Unreachable(_) => io::ErrorKind::ConnectionRefused,
             ConnectError::TimedOut(_) => io::ErrorKind::TimedOut,
             ConnectError::Io(e) => e.kind(),
+            ConnectError::Uring(_) => io::ErrorKind::Unsupported,
             _ => io::ErrorKind::ConnectionRefused,
         };
         io::Error::new(kind, e)
@@ -385,7 +390,8 @@ impl<L: Link> Client<L> {
         let window = config.window;
         let buffer_len = config
             .max_datagram
-            .max(link.max_datagram().min(config.max_datagram));
+            .max(link.max_datagram().min(config.max_datagram))
+            .max(link.recv_buffer_len());
         let inner = Inner {
             server,
             poll,
@@ -783,7 +789,8 @@ impl<L: Link> Inner<L> {
         let mut own = None;
         for i in 0..batch.len() {
             let Some((d, _)) = batch.get(i) else { continue };
-            let base = d.as_ptr() as usize;
+            // Ranges below are of the whole buffer, where the datagram starts at `start(i)`.
+            let base = d.as_ptr() as usize - batch.start(i);
             if rpc_core::wire::packet_len(d) == Some(d.len()) {
                 // One packet: its reply keeps the whole buffer, moved to the waiter.
                 let got = st.core.handle_datagram(now, d).map(|r| {

@@ -24,6 +24,7 @@ mod sys;
 mod tokio_driver;
 mod turnstile;
 pub mod udp;
+pub mod uring;
 
 pub use exec::{Completions, block_on, join_all};
 pub use link::Link;

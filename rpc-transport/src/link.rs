@@ -20,6 +20,12 @@ pub trait Link: Send + Sync + 'static {
     /// The largest datagram the link carries.
     fn max_datagram(&self) -> usize;
 
+    /// How large the buffers it receives into must be: the largest datagram, and room for
+    /// whatever the link's receive puts before it (see [`RecvBatch::start`]).
+    fn recv_buffer_len(&self) -> usize {
+        self.max_datagram()
+    }
+
     /// Sends one datagram, gathered from `iov`, to `to` (a link with one peer ignores it).
     /// A datagram the link cannot take now is lost, as on a network: the protocol recovers it.
     fn send(&self, to: &Self::Addr, iov: &[IoSlice<'_>]) -> io::Result<()>;
@@ -43,6 +49,14 @@ pub trait Link: Send + Sync + 'static {
     /// Blocks until a datagram may have arrived, or `deadline` (at most `cap` from now).
     fn wait(&self, deadline: Option<Instant>, cap: std::time::Duration) -> io::Result<()>;
 
+    /// Called by the thread that will drive the link (a server's receive thread) before it
+    /// receives: a link whose kernel interface is bound to one thread binds to this one.
+    fn attach(&self) {}
+
+    /// Called by the driving thread when it is done with the link (a server's receive thread
+    /// as it ends): the link lets go of what the kernel holds.
+    fn close(&self) {}
+
     /// A descriptor that becomes readable when a datagram arrives (a duplicate the caller
     /// owns), for a reactor to watch; `None` if the link has none.
     fn reactor_fd(&self) -> Option<std::os::fd::OwnedFd> {
@@ -56,6 +70,7 @@ pub trait Link: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct RecvBatch<A> {
     bufs: Vec<Vec<u8>>,
+    starts: Vec<usize>,
     lens: Vec<usize>,
     from: Vec<Option<A>>,
     count: usize,
@@ -70,6 +85,7 @@ impl<A: Copy> RecvBatch<A> {
         let capacity = capacity.max(1);
         Self {
             bufs: (0..capacity).map(|_| vec![0u8; buffer_len]).collect(),
+            starts: vec![0; capacity],
             lens: vec![0; capacity],
             from: vec![None; capacity],
             count: 0,
@@ -106,10 +122,18 @@ impl<A: Copy> RecvBatch<A> {
             return None;
         }
         let from = self.from[i]?;
-        Some((&self.bufs[i][..self.lens[i]], from))
+        let start = self.starts[i];
+        Some((self.bufs[i].get(start..start + self.lens[i])?, from))
     }
 
-    /// Moves datagram `i`'s buffer out (its length is `len(i)`), putting a spare in its place.
+    /// Where datagram `i` starts in its buffer (0 unless the link's receive puts something
+    /// before it, as io_uring's multishot receive puts the source address).
+    pub fn start(&self, i: usize) -> usize {
+        self.starts[i]
+    }
+
+    /// Moves datagram `i`'s buffer out (the datagram lies at `start(i)..`, `get(i)`'s length),
+    /// putting a spare in its place.
     pub fn take(&mut self, i: usize) -> Vec<u8> {
         let spare = self
             .spares
@@ -140,6 +164,7 @@ impl<A: Copy> RecvBatch<A> {
     pub fn filled(&mut self, received: impl IntoIterator<Item = (usize, A)>) {
         self.count = 0;
         for (len, from) in received.into_iter().take(self.limit) {
+            self.starts[self.count] = 0;
             self.lens[self.count] = len;
             self.from[self.count] = Some(from);
             self.count += 1;
@@ -159,9 +184,32 @@ impl<A: Copy> RecvBatch<A> {
     /// For links that fill one buffer at a time: records buffer `i` (all below it being
     /// recorded already).
     pub fn set(&mut self, i: usize, len: usize, from: A) {
+        self.starts[i] = 0;
         self.lens[i] = len;
         self.from[i] = Some(from);
         self.count = i + 1;
+    }
+
+    /// For links that receive into buffers of their own: puts `filled` at `i` (its datagram
+    /// at `start..start + len`, all below `i` being recorded already) and returns the buffer
+    /// it replaces, at least as long as the batch's buffers.
+    pub fn exchange(
+        &mut self,
+        i: usize,
+        filled: Vec<u8>,
+        start: usize,
+        len: usize,
+        from: A,
+    ) -> Vec<u8> {
+        let mut old = std::mem::replace(&mut self.bufs[i], filled);
+        if old.len() < self.buffer_len {
+            old.resize(self.buffer_len, 0);
+        }
+        self.starts[i] = start;
+        self.lens[i] = len;
+        self.from[i] = Some(from);
+        self.count = i + 1;
+        old
     }
 
     /// For links: forgets what the last receive got.

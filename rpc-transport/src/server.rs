@@ -643,10 +643,12 @@ impl<L: Link> Loop<L> {
                 tracing::warn!(cpu, error = %e, "could not pin receive thread");
             }
         }
-        // This loop is the executor of its async handlers (and their nested calls).
+        // This loop is the executor of its async handlers (and their nested calls), and the
+        // one thread that drives its link.
         let _executor = crate::exec::Entered::new();
+        self.rx.link.attach();
         let max_datagram = self.rx.link.max_datagram();
-        let mut batch = RecvBatch::<L::Addr>::new(RECV_BATCH, max_datagram);
+        let mut batch = RecvBatch::<L::Addr>::new(RECV_BATCH, self.rx.link.recv_buffer_len());
         let mut outbox = Outbox::new(max_datagram);
         let mut tasks: Vec<Task<L::Addr>> = Vec::new();
         let mut idle_since = Instant::now();
@@ -724,6 +726,9 @@ impl<L: Link> Loop<L> {
             };
             self.on_batch(idle_since, &mut batch, &mut outbox, &mut tasks);
         }
+        // Whatever the kernel holds of the link's (io_uring's buffers) comes back, on the
+        // thread that drove it.
+        self.rx.link.close();
     }
 
     fn on_batch(
@@ -740,7 +745,8 @@ impl<L: Link> Loop<L> {
                 continue;
             };
             let single = packet_len(d) == Some(d.len());
-            let n = d.len();
+            // The datagram's end in its buffer (it starts at `start(i)`).
+            let n = batch.start(i) + d.len();
             if single {
                 if let Some(call) = core.handle_datagram(now, src, d) {
                     let body = match &call.body {

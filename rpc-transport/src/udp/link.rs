@@ -1,173 +1,134 @@
-//! Kernel UDP as a [`Link`]: one non-blocking socket; batches of datagrams go out with one
-//! `sendmmsg` and come in with one `recvmmsg`, and single datagrams with the plain calls,
-//! which cost the kernel less.
+//! Kernel UDP as a [`Link`], through plain system calls ([`SocketLink`]) or io_uring
+//! ([`UringLink`]), as the configuration's [`Io`] says.
 
-use std::cell::RefCell;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use arrayvec::ArrayVec;
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
-use rustix::net::addr::SocketAddrArg;
-use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny};
-
+use super::sockets::SocketLink;
 use crate::link::{Link, RecvBatch};
-use crate::poll::wait_readable;
-use crate::sys::{self, Recv};
+use crate::uring::{UringConfig, UringError, UringLink};
 
-/// Datagrams in one `recvmmsg` or `sendmmsg` at most.
-pub const MMSG: usize = 32;
+/// How a UDP link reaches the kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Io {
+    /// Plain system calls: `send`/`sendmsg`/`sendmmsg`, `recv`/`recvmmsg` (the default).
+    #[default]
+    Sockets,
+    /// io_uring: multishot receives into a buffer ring, sends batched into one submission.
+    Uring(UringConfig),
+}
 
-/// A UDP socket as a link: connected to one peer (a client), or not (a server).
+/// A UDP socket as a link.
 #[derive(Debug)]
 pub struct UdpLink {
-    socket: UdpSocket,
-    /// The peer of a connected socket.
-    peer: Option<SocketAddr>,
-    max_datagram: usize,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Sockets(SocketLink),
+    /// Boxed: a ring's state is large, and the plain link must stay small and hot.
+    Uring(Box<UringLink>),
 }
 
 impl UdpLink {
-    /// A link over `socket` (non-blocking), connected to `peer` if given.
+    /// A link over `socket` (non-blocking), connected to `peer` if given, reaching the kernel
+    /// as `io` says. An io_uring link the kernel cannot set up is an error, or (if its
+    /// configuration allows) a plain one, logged; an invalid configuration is always an error.
+    pub fn open(
+        socket: UdpSocket,
+        peer: Option<SocketAddr>,
+        max_datagram: usize,
+        io: &Io,
+    ) -> Result<Self, UringError> {
+        let kind = match io {
+            Io::Sockets => Kind::Sockets(SocketLink::new(socket, peer, max_datagram)),
+            Io::Uring(config) => match UringLink::new(socket, peer, max_datagram, config) {
+                Ok(link) => Kind::Uring(Box::new(link)),
+                Err((e, socket)) if config.fallback && !matches!(e, UringError::Config(_)) => {
+                    tracing::warn!(error = %e, "io_uring unusable: falling back to plain sockets");
+                    Kind::Sockets(SocketLink::new(socket, peer, max_datagram))
+                }
+                Err((e, _)) => return Err(e),
+            },
+        };
+        Ok(Self { kind })
+    }
+
+    /// A link through plain system calls.
     pub fn new(socket: UdpSocket, peer: Option<SocketAddr>, max_datagram: usize) -> Self {
         Self {
-            socket,
-            peer,
-            max_datagram,
+            kind: Kind::Sockets(SocketLink::new(socket, peer, max_datagram)),
         }
     }
 
     /// The socket.
     pub fn socket(&self) -> &UdpSocket {
-        &self.socket
+        match &self.kind {
+            Kind::Sockets(l) => l.socket(),
+            Kind::Uring(l) => l.socket(),
+        }
+    }
+
+    /// The io_uring link, if this is one.
+    pub fn uring(&self) -> Option<&UringLink> {
+        match &self.kind {
+            Kind::Uring(l) => Some(l),
+            Kind::Sockets(_) => None,
+        }
     }
 }
 
-thread_local! {
-    /// `recvmmsg`'s headers, kept by each receiving thread (they hold raw pointers, so they
-    /// cannot be shared, and are allocated once).
-    static HEADERS: RefCell<Option<MultiHeaders<SockaddrStorage>>> = const { RefCell::new(None) };
-}
-
-fn socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
-    if let Some(v4) = a.as_sockaddr_in() {
-        return Some(SocketAddr::V4((*v4).into()));
-    }
-    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+macro_rules! each {
+    ($self:ident, $l:ident => $e:expr) => {
+        match &$self.kind {
+            Kind::Sockets($l) => $e,
+            Kind::Uring($l) => $e,
+        }
+    };
 }
 
 impl Link for UdpLink {
     type Addr = SocketAddr;
 
     fn max_datagram(&self) -> usize {
-        self.max_datagram
+        each!(self, l => l.max_datagram())
     }
 
+    fn recv_buffer_len(&self) -> usize {
+        each!(self, l => l.recv_buffer_len())
+    }
+
+    #[inline]
     fn send(&self, to: &SocketAddr, iov: &[IoSlice<'_>]) -> io::Result<()> {
-        match (self.peer, iov) {
-            (Some(_), [one]) => sys::send(&self.socket, one),
-            (Some(_), _) => sys::send_vectored(&self.socket, iov),
-            (None, [one]) => sys::send_to(&self.socket, one, to),
-            (None, _) => sys::send_vectored_to(&self.socket, iov, to),
-        }
+        each!(self, l => l.send(to, iov))
     }
 
     fn send_many(&self, datagrams: &[(SocketAddr, &[IoSlice<'_>])]) -> io::Result<usize> {
-        if datagrams.len() == 1 {
-            let (to, iov) = &datagrams[0];
-            return self.send(to, iov).map(|()| 1);
-        }
-        let mut sent = 0;
-        for chunk in datagrams.chunks(MMSG) {
-            let addrs: ArrayVec<SocketAddrAny, MMSG> =
-                chunk.iter().map(|(to, _)| to.as_any()).collect();
-            let mut controls: ArrayVec<SendAncillaryBuffer<'_, '_, '_>, MMSG> = chunk
-                .iter()
-                .map(|_| SendAncillaryBuffer::default())
-                .collect();
-            let mut msgs: ArrayVec<MMsgHdr<'_>, MMSG> = ArrayVec::new();
-            for ((addr, control), (_, iov)) in addrs.iter().zip(controls.iter_mut()).zip(chunk) {
-                msgs.push(if self.peer.is_some() {
-                    MMsgHdr::new(iov, control)
-                } else {
-                    MMsgHdr::new_with_addr(addr, iov, control)
-                });
-            }
-            match rustix::net::sendmmsg(&self.socket, &mut msgs, SendFlags::DONTWAIT) {
-                Ok(n) => {
-                    sent += n;
-                    if n < chunk.len() {
-                        return Ok(sent);
-                    }
-                }
-                Err(e) if sent == 0 => return Err(e.into()),
-                Err(_) => return Ok(sent),
-            }
-        }
-        Ok(sent)
+        each!(self, l => l.send_many(datagrams))
     }
 
+    #[inline]
     fn recv(&self, batch: &mut RecvBatch<SocketAddr>) -> io::Result<usize> {
-        batch.clear();
-        if batch.limit() == 1 {
-            // One datagram: the plain call.
-            let got = match self.peer {
-                Some(peer) => match sys::recv(&self.socket, batch.slot(0)) {
-                    Recv::Data(n) => Recv::Data((n, peer)),
-                    Recv::Empty => Recv::Empty,
-                    Recv::Failed(e) => Recv::Failed(e),
-                },
-                None => sys::recv_from(&self.socket, batch.slot(0)),
-            };
-            return match got {
-                Recv::Data((n, from)) => {
-                    batch.set(0, n, from);
-                    Ok(1)
-                }
-                Recv::Empty => Ok(0),
-                Recv::Failed(e) => Err(e),
-            };
-        }
-        let peer = self.peer;
-        let fd = self.socket.as_raw_fd();
-        let limit = batch.limit();
-        let received: io::Result<ArrayVec<(usize, SocketAddr), MMSG>> = HEADERS.with(|cell| {
-            let mut guard = cell.borrow_mut();
-            let headers =
-                guard.get_or_insert_with(|| MultiHeaders::preallocate(MMSG.max(limit), None));
-            // A plain array (no drop glue): `recvmmsg` borrows it for as long as the buffers.
-            let mut iovs: [[IoSliceMut<'_>; 1]; MMSG] =
-                std::array::from_fn(|_| [IoSliceMut::new(&mut [])]);
-            let mut count = 0;
-            for (slot, buf) in iovs.iter_mut().zip(batch.slots()) {
-                *slot = [IoSliceMut::new(&mut buf[..])];
-                count += 1;
-            }
-            let slices = iovs[..count].iter_mut();
-            match recvmmsg(fd, headers, slices, MsgFlags::MSG_DONTWAIT, None) {
-                Ok(results) => Ok(results
-                    .filter_map(|r| {
-                        let from = r.address.as_ref().and_then(socket_addr).or(peer)?;
-                        Some((r.bytes, from))
-                    })
-                    .collect()),
-                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => Ok(ArrayVec::new()),
-                Err(e) => Err(io::Error::from(e)),
-            }
-        });
-        let received = received?;
-        let n = received.len();
-        batch.filled(received);
-        Ok(n)
+        each!(self, l => l.recv(batch))
     }
 
     fn wait(&self, deadline: Option<Instant>, cap: Duration) -> io::Result<()> {
-        wait_readable(&self.socket, deadline, cap).map(|_| ())
+        each!(self, l => l.wait(deadline, cap))
     }
 
-    fn reactor_fd(&self) -> Option<std::os::fd::OwnedFd> {
-        self.socket.try_clone().ok().map(Into::into)
+    fn attach(&self) {
+        each!(self, l => l.attach())
+    }
+
+    fn close(&self) {
+        each!(self, l => l.close())
+    }
+
+    fn reactor_fd(&self) -> Option<OwnedFd> {
+        each!(self, l => l.reactor_fd())
     }
 }

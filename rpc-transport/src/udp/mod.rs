@@ -2,14 +2,17 @@
 //! and [`UdpServer`].
 
 mod link;
+mod sockets;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use link::{MMSG, UdpLink};
+pub use link::{Io, UdpLink};
 use rpc_core::{ClientConfig, LamportClock, ServerConfig};
+pub(crate) use sockets::send_plain;
+pub use sockets::{MMSG, SocketLink};
 
 pub use crate::client::ConnectError;
 use crate::client::{Client, ClientParts};
@@ -38,6 +41,8 @@ pub struct UdpClientConfig {
     pub connect_timeout: Duration,
     /// Kernel send and receive buffer size to ask for, in bytes.
     pub socket_buffer: usize,
+    /// How the socket reaches the kernel: plain system calls (the default) or io_uring.
+    pub io: Io,
     /// Threads admitted into blocking calls at once; the others wait their turn parked, in
     /// order. More threads than this would only take turns of the cores from the thread that
     /// leads the link. 0 (the default): twice the CPUs the connecting thread may run on.
@@ -51,6 +56,7 @@ impl Default for UdpClientConfig {
             poll: PollStrategy::default(),
             connect_timeout: Duration::from_secs(2),
             socket_buffer: 4 << 20,
+            io: Io::Sockets,
             calling_threads: 0,
         }
     }
@@ -67,6 +73,12 @@ impl UdpClientConfig {
     /// With this poll strategy.
     pub fn poll(mut self, poll: PollStrategy) -> Self {
         self.poll = poll;
+        self
+    }
+
+    /// Reaching the kernel this way.
+    pub fn io(mut self, io: Io) -> Self {
+        self.io = io;
         self
     }
 }
@@ -102,7 +114,7 @@ impl Client<UdpLink> {
         let max_datagram = config.protocol.max_datagram;
         let core =
             rpc_core::client::Client::new(config.protocol, clock.node(), incarnation, clock)?;
-        let link = UdpLink::new(socket, Some(server), max_datagram);
+        let link = UdpLink::open(socket, Some(server), max_datagram, &config.io)?;
         let parts = ClientParts {
             core,
             poll: config.poll,
@@ -142,6 +154,8 @@ pub struct UdpServerConfig {
     /// At shutdown, how long to wait for the calls being executed to finish and their replies
     /// to leave. Default 5 s.
     pub shutdown_timeout: Duration,
+    /// How the sockets reach the kernel: plain system calls (the default) or io_uring.
+    pub io: Io,
 }
 
 impl Default for UdpServerConfig {
@@ -156,6 +170,7 @@ impl Default for UdpServerConfig {
             cpus: Vec::new(),
             drain: Duration::from_millis(50),
             shutdown_timeout: Duration::from_secs(5),
+            io: Io::Sockets,
         }
     }
 }
@@ -177,6 +192,12 @@ impl UdpServerConfig {
     /// Pinning receive threads to these CPUs.
     pub fn pin(mut self, cpus: Vec<usize>) -> Self {
         self.cpus = cpus;
+        self
+    }
+
+    /// Reaching the kernel this way.
+    pub fn io(mut self, io: Io) -> Self {
+        self.io = io;
         self
     }
 }
@@ -223,8 +244,8 @@ impl UdpServer {
         let max_datagram = config.protocol.max_datagram;
         let links = sockets
             .into_iter()
-            .map(|s| UdpLink::new(s, None, max_datagram))
-            .collect();
+            .map(|s| UdpLink::open(s, None, max_datagram, &config.io))
+            .collect::<Result<Vec<_>, _>>()?;
         let options = ServerOptions {
             protocol: config.protocol,
             poll: config.poll,
@@ -258,6 +279,12 @@ impl UdpServer {
 }
 
 impl crate::server::ServerHandle<UdpLink> {
+    /// Whether the receive threads' links are io_uring ones (as configured, unless the
+    /// configuration let them fall back to plain sockets).
+    pub fn uses_io_uring(&self) -> bool {
+        self.receivers.iter().all(|rx| rx.link.uring().is_some())
+    }
+
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.receivers

@@ -1,0 +1,285 @@
+//! One end-to-end test body, run over every link: plain UDP sockets and io_uring (and, as the
+//! transports come, others). Every method shape, large fragmented messages, many calls in
+//! flight, concurrent clients, faults through the proxy, handler errors and shutdown.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use common::{client_config, localhost, park, pattern, server_config};
+use rpc_core::service::CallContext;
+use rpc_core::wire::ErrorCode;
+use rpc_core::{CallError, rpc};
+use rpc_transport::proxy::{FaultProxy, Faults};
+use rpc_transport::udp::{Io, UdpClient, UdpServer};
+use rpc_transport::uring::UringConfig;
+use rpc_transport::{Completions, PollStrategy, block_on};
+
+/// Every shape of method the generator knows.
+#[rpc]
+pub trait Shapes {
+    /// No arguments, nothing back.
+    fn null(&self);
+    /// Scalars.
+    fn add(&self, a: u64, b: u32) -> u64;
+    /// A borrowed slice in, a scalar out; may run again on a retransmission.
+    #[rpc(idempotent)]
+    fn len(&self, data: &[u8]) -> u64;
+    /// Bytes in, bytes out.
+    fn echo(&self, data: &[u8]) -> Vec<u8>;
+    /// A borrowed string in, a string out.
+    fn shout(&self, s: &str) -> String;
+    /// A large reply.
+    fn blob(&self, len: u64, seed: u8) -> Vec<u8>;
+    /// Counts its executions per tag.
+    fn record(&self, tag: u64) -> u32;
+    /// An application error.
+    fn fallible(&self, ok: bool) -> Result<u32, String>;
+    /// A handler that panics.
+    fn panics(&self) -> u32;
+    /// Sleeps on a worker thread.
+    #[rpc(blocking)]
+    fn slow(&self, millis: u64) -> u64;
+    /// An async handler.
+    async fn later(&self, x: u32) -> u32;
+    /// The caller, as the server sees it.
+    fn who(&self, ctx: &CallContext) -> u64;
+}
+
+#[derive(Clone, Default)]
+struct Impl {
+    runs: Arc<Mutex<HashMap<u64, u32>>>,
+    slow_started: Arc<AtomicU64>,
+    slow_runs: Arc<AtomicU64>,
+}
+
+impl Shapes for Impl {
+    fn null(&self) {}
+    fn add(&self, a: u64, b: u32) -> u64 {
+        a + u64::from(b)
+    }
+    fn len(&self, data: &[u8]) -> u64 {
+        data.len() as u64
+    }
+    fn echo(&self, data: &[u8]) -> Vec<u8> {
+        data.to_vec()
+    }
+    fn shout(&self, s: &str) -> String {
+        s.to_uppercase()
+    }
+    fn blob(&self, len: u64, seed: u8) -> Vec<u8> {
+        pattern(len as usize, seed)
+    }
+    fn record(&self, tag: u64) -> u32 {
+        let mut runs = self.runs.lock().unwrap();
+        let n = runs.entry(tag).or_insert(0);
+        *n += 1;
+        *n
+    }
+    fn fallible(&self, ok: bool) -> Result<u32, String> {
+        if ok { Ok(7) } else { Err("no".into()) }
+    }
+    fn panics(&self) -> u32 {
+        panic!("a handler that panics (expected by the test)")
+    }
+    fn slow(&self, millis: u64) -> u64 {
+        self.slow_started.fetch_add(1, Ordering::Relaxed);
+        thread::sleep(Duration::from_millis(millis));
+        self.slow_runs.fetch_add(1, Ordering::Relaxed) + 1
+    }
+    async fn later(&self, x: u32) -> u32 {
+        x * 2
+    }
+    fn who(&self, ctx: &CallContext) -> u64 {
+        ctx.client_id
+    }
+}
+
+impl Impl {
+    fn twice(&self) -> usize {
+        self.runs
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|&&n| n > 1)
+            .count()
+    }
+}
+
+fn tags() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The body: everything, over links that reach the kernel as `io` says.
+fn end_to_end(io: Io, poll: PollStrategy) {
+    let service = Impl::default();
+    let server_cfg = server_config(poll).io(io.clone());
+    let server = UdpServer::bind(localhost(), server_cfg)
+        .unwrap()
+        .serve(ShapesServer::new(service.clone()))
+        .unwrap();
+    let config = || client_config(poll).io(io.clone());
+    let client = ShapesClient::new(UdpClient::connect(server.local_addr(), config()).unwrap());
+    if let Io::Uring(_) = io {
+        assert!(
+            client.transport().link().uring().is_some(),
+            "an io_uring link"
+        );
+        assert!(server.uses_io_uring());
+    }
+
+    // Every shape.
+    client.null().unwrap();
+    assert_eq!(client.add(40, 2).unwrap(), 42);
+    assert_eq!(client.len(&[1, 2, 3]).unwrap(), 3);
+    assert_eq!(client.echo(b"hello").unwrap(), b"hello");
+    assert_eq!(client.shout("quiet").unwrap(), "QUIET");
+    assert_eq!(client.fallible(true).unwrap(), Ok(7));
+    assert_eq!(client.fallible(false).unwrap(), Err("no".to_string()));
+    assert_eq!(
+        client.slow(5).unwrap(),
+        1,
+        "a blocking handler's reply, from a worker"
+    );
+    assert_eq!(block_on(client.later_async(21)).unwrap(), 42);
+    assert_eq!(client.later(4).unwrap(), 8);
+    assert_ne!(client.who().unwrap(), 0);
+    // A handler that panics is a typed error; the server goes on.
+    match client.panics() {
+        Err(CallError::Remote(e)) => assert_eq!(e.code, ErrorCode::HandlerPanicked),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.add(1, 1).unwrap(), 2);
+
+    // Large messages, fragmented both ways.
+    let big = pattern(300_000, 9);
+    assert_eq!(client.echo(&big).unwrap(), big);
+    assert_eq!(client.blob(1 << 20, 3).unwrap(), pattern(1 << 20, 3));
+    assert_eq!(client.len(&big).unwrap(), 300_000);
+
+    // Many calls in flight from one thread.
+    let t: Vec<u64> = (0..300).map(|_| tags()).collect();
+    let mut pending = Completions::new(t[..100].iter().map(|&tag| client.record_async(tag)));
+    let mut next = 100;
+    let mut ended = 0;
+    while let Some((_, r)) = pending.next() {
+        assert_eq!(r.unwrap(), 1);
+        ended += 1;
+        if next < t.len() {
+            pending.push(client.record_async(t[next]));
+            next += 1;
+        }
+    }
+    assert_eq!(ended, 300);
+
+    // Concurrent clients, each on its own thread.
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let c = ShapesClient::new(UdpClient::connect(server.local_addr(), config()).unwrap());
+            thread::spawn(move || {
+                for i in 0..100u64 {
+                    assert_eq!(c.add(i, 1).unwrap(), i + 1);
+                    assert_eq!(c.record(tags()).unwrap(), 1);
+                }
+                c.echo(&pattern(70_000, 1)).unwrap().len()
+            })
+        })
+        .collect();
+    for th in threads {
+        assert_eq!(th.join().unwrap(), 70_000);
+    }
+
+    // Faults: loss, duplication and reordering between a client and the server.
+    let proxy = FaultProxy::start(server.local_addr(), Faults::lossy(0.05, 0.05, 0.1), 21).unwrap();
+    let lossy = ShapesClient::new(UdpClient::connect(proxy.local_addr(), config()).unwrap());
+    for _ in 0..200 {
+        assert_eq!(
+            lossy.record(tags()).unwrap(),
+            1,
+            "executed once, through duplicates"
+        );
+    }
+    assert_eq!(lossy.echo(&big).unwrap(), big, "fragments lost and resent");
+    let calls: Vec<u64> = (0..100).map(|_| tags()).collect();
+    for r in rpc_transport::join_all(calls.iter().map(|&tag| lossy.record_async(tag))) {
+        assert_eq!(r.unwrap(), 1);
+    }
+    assert!(proxy.counters().dropped > 0);
+    assert_eq!(service.twice(), 0, "nothing executed twice");
+
+    // Shutdown: a call running finishes and its reply leaves; new ones are refused, typed,
+    // without running.
+    let slow = {
+        let c = ShapesClient::new(UdpClient::connect(server.local_addr(), config()).unwrap());
+        thread::spawn(move || c.slow(300))
+    };
+    // Once its handler runs.
+    while service.slow_started.load(Ordering::Relaxed) < 2 {
+        thread::yield_now();
+    }
+    let stopping = thread::spawn(move || server.shutdown());
+    let refused = loop {
+        match client.null() {
+            // Sent before the drain began.
+            Ok(()) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(refused, CallError::ShuttingDown);
+    assert_eq!(
+        slow.join().unwrap().unwrap(),
+        2,
+        "the running call's reply left"
+    );
+    let counters = stopping.join().unwrap();
+    assert!(counters.executed > 700, "{counters:?}");
+}
+
+fn uring() -> Io {
+    Io::Uring(UringConfig::default())
+}
+
+#[test]
+fn over_plain_sockets_spinning() {
+    end_to_end(Io::Sockets, PollStrategy::Spin);
+}
+
+#[test]
+fn over_io_uring_spinning() {
+    end_to_end(uring(), PollStrategy::Spin);
+}
+
+#[test]
+fn over_io_uring_spinning_then_parking() {
+    end_to_end(uring(), park());
+}
+
+#[test]
+fn over_io_uring_blocking() {
+    end_to_end(uring(), PollStrategy::Block);
+}
+
+#[test]
+fn io_uring_with_authentication() {
+    let key = rpc_core::auth::AuthKey::from_bytes([7; 32]);
+    let mut sc = server_config(park());
+    sc.io = uring();
+    sc.protocol.auth = Some(key.clone());
+    let server = UdpServer::bind(localhost(), sc)
+        .unwrap()
+        .serve(ShapesServer::new(Impl::default()))
+        .unwrap();
+    let mut cc = client_config(park());
+    cc.io = uring();
+    cc.protocol.auth = Some(key);
+    let client = ShapesClient::new(UdpClient::connect(server.local_addr(), cc).unwrap());
+    assert_eq!(client.echo(b"signed").unwrap(), b"signed");
+    let big = pattern(200_000, 5);
+    assert_eq!(client.echo(&big).unwrap(), big);
+    assert!(server.stats().bad_tag == 0);
+}
