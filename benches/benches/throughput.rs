@@ -19,7 +19,8 @@ use clap::Parser;
 use examples::{CountingAlloc, allocations, cpu_time};
 use hdrhistogram::Histogram;
 use rpc_core::rpc;
-use rpc_transport::udp::{UdpClient, UdpClientConfig, UdpServer, UdpServerConfig};
+use rpc_transport::udp::{Io, UdpClient, UdpClientConfig, UdpServer, UdpServerConfig};
+use rpc_transport::uring::UringConfig;
 use rpc_transport::{Completions, PollStrategy};
 
 #[global_allocator]
@@ -88,30 +89,40 @@ impl Row {
     }
 }
 
+fn io_label(io: &Io) -> &'static str {
+    match io {
+        Io::Uring(_) => " over io_uring",
+        _ => "",
+    }
+}
+
 fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
 }
 
-fn server() -> anyhow::Result<rpc_transport::udp::ServerHandle> {
+fn server(io: &Io) -> anyhow::Result<rpc_transport::udp::ServerHandle> {
     let config = UdpServerConfig::loopback()
         .poll(PollStrategy::Spin)
-        .pin(vec![1]);
+        .pin(vec![1])
+        .io(io.clone());
     Ok(
         UdpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)?
             .serve(BenchServer::new(Handlers))?,
     )
 }
 
-fn client(addr: SocketAddr, window: usize) -> anyhow::Result<BenchClient<UdpClient>> {
-    let mut config = UdpClientConfig::loopback().poll(PollStrategy::Spin);
+fn client(addr: SocketAddr, window: usize, io: &Io) -> anyhow::Result<BenchClient<UdpClient>> {
+    let mut config = UdpClientConfig::loopback()
+        .poll(PollStrategy::Spin)
+        .io(io.clone());
     config.protocol.window = window.max(1);
     Ok(BenchClient::new(UdpClient::connect(addr, config)?))
 }
 
 /// `n` calls in flight from this thread for `seconds`.
-fn pipelined(n: usize, seconds: f64) -> anyhow::Result<Row> {
-    let server = server()?;
-    let client = client(server.local_addr(), n.max(128))?;
+fn pipelined(n: usize, seconds: f64, io: &Io) -> anyhow::Result<Row> {
+    let server = server(io)?;
+    let client = client(server.local_addr(), n.max(128), io)?;
     let run = |d: Duration, hist: &mut Histogram<u64>| -> u64 {
         let mut started: Vec<Instant> = vec![Instant::now(); n];
         let mut pending = Completions::new((0..n).map(|_| client.null_async()));
@@ -138,7 +149,7 @@ fn pipelined(n: usize, seconds: f64) -> anyhow::Result<Row> {
     drop(client);
     server.shutdown();
     Ok(Row {
-        name: format!("rpc, {n} in flight from one thread"),
+        name: format!("rpc{}, {n} in flight from one thread", io_label(io)),
         calls,
         seconds: elapsed.as_secs_f64(),
         cpu,
@@ -149,8 +160,8 @@ fn pipelined(n: usize, seconds: f64) -> anyhow::Result<Row> {
 
 /// `threads` threads making blocking calls through one client.
 fn blocking(threads: usize, seconds: f64) -> anyhow::Result<Row> {
-    let server = server()?;
-    let client = client(server.local_addr(), 128)?;
+    let server = server(&Io::Sockets)?;
+    let client = client(server.local_addr(), 128, &Io::Sockets)?;
     let stop = Arc::new(AtomicBool::new(false));
     let (cpu0, a0, t0) = (cpu_time(), allocations(), Instant::now());
     let count = threads;
@@ -405,9 +416,14 @@ fn main() -> anyhow::Result<()> {
     if run("tarpc") {
         tarpc_concurrent(64, args.seconds)?.print();
     }
-    if run("pipelined") {
-        for &n in &args.in_flight {
-            pipelined(n, args.seconds)?.print();
+    let uring = Io::Uring(UringConfig::default());
+    // Over plain sockets and over io_uring, interleaved for each number in flight.
+    for &n in &args.in_flight {
+        if run("pipelined") {
+            pipelined(n, args.seconds, &Io::Sockets)?.print();
+        }
+        if run("uring") {
+            pipelined(n, args.seconds, &uring)?.print();
         }
     }
     if run("blocking") {

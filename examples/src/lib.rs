@@ -369,6 +369,115 @@ impl RawPing {
     }
 }
 
+/// The io_uring floor's echo: a thread echoing datagrams through an io_uring link (multishot
+/// receive, sends from the received buffer), spinning, with no protocol at all.
+#[derive(Debug)]
+pub struct UringEcho {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UringEcho {
+    /// Starts the echo thread on a free loopback port, pinned to `cpu` if given.
+    pub fn start(cpu: Option<usize>) -> std::io::Result<Self> {
+        use rpc_transport::link::{Link, RecvBatch};
+        use rpc_transport::uring::{UringConfig, UringLink};
+        let socket = UdpSocket::bind(("127.0.0.1", 0))?;
+        socket.set_nonblocking(true)?;
+        let addr = socket.local_addr()?;
+        let link = UringLink::new(socket, None, 65_536, &UringConfig::default())
+            .map_err(|(e, _)| std::io::Error::from(e))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            thread::Builder::new()
+                .name("uring-echo".into())
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        let _ = rpc_transport::pin_to_cpu(cpu);
+                    }
+                    link.attach();
+                    let mut batch = RecvBatch::new(32, link.recv_buffer_len());
+                    while !stop.load(Ordering::Relaxed) {
+                        let n = link.recv(&mut batch).unwrap_or(0);
+                        for i in 0..n {
+                            if let Some((d, from)) = batch.get(i) {
+                                let _ = link.send(&from, &[IoSlice::new(d)]);
+                            }
+                        }
+                        if n == 0 {
+                            std::hint::spin_loop();
+                        }
+                    }
+                    link.close();
+                })?
+        };
+        Ok(Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The echo's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for UringEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The client side of the io_uring floor: sends a payload through an io_uring link and spins
+/// on its completion queue until it comes back.
+#[derive(Debug)]
+pub struct UringPing {
+    link: rpc_transport::uring::UringLink,
+    batch: rpc_transport::link::RecvBatch<SocketAddr>,
+    to: SocketAddr,
+    payload: Vec<u8>,
+}
+
+impl UringPing {
+    /// Connects to a [`UringEcho`].
+    pub fn connect(server: SocketAddr, payload_len: usize) -> std::io::Result<Self> {
+        use rpc_transport::link::{Link, RecvBatch};
+        use rpc_transport::uring::{UringConfig, UringLink};
+        let socket = UdpSocket::bind(("127.0.0.1", 0))?;
+        socket.connect(server)?;
+        socket.set_nonblocking(true)?;
+        let link = UringLink::new(socket, Some(server), 65_536, &UringConfig::default())
+            .map_err(|(e, _)| std::io::Error::from(e))?;
+        let mut batch = RecvBatch::new(4, link.recv_buffer_len());
+        batch.set_limit(1);
+        Ok(Self {
+            link,
+            batch,
+            to: server,
+            payload: vec![0x5a; payload_len],
+        })
+    }
+
+    /// One round trip.
+    pub fn ping(&mut self) {
+        use rpc_transport::link::Link;
+        let _ = self.link.send(&self.to, &[IoSlice::new(&self.payload)]);
+        loop {
+            match self.link.recv(&mut self.batch) {
+                Ok(0) => std::hint::spin_loop(),
+                _ => return,
+            }
+        }
+    }
+}
+
 /// Prints the percentile table, with each case's p50 and p99 against its floor's.
 pub fn print_table(cases: &[Case]) {
     println!(

@@ -12,12 +12,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use examples::{
-    Case, CountingAlloc, NullResponder, RawEcho, RawPing, RawStyle, measure, plot, print_table,
+    Case, CountingAlloc, NullResponder, RawEcho, RawPing, RawStyle, UringEcho, UringPing, measure,
+    plot, print_table,
 };
 use rpc_core::marshal::PooledBytes;
 use rpc_core::{AuthKey, rpc};
 use rpc_transport::PollStrategy;
-use rpc_transport::udp::{UdpClient, UdpClientConfig, UdpServer, UdpServerConfig};
+use rpc_transport::udp::{Io, UdpClient, UdpClientConfig, UdpServer, UdpServerConfig};
+use rpc_transport::uring::UringConfig;
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -46,6 +48,9 @@ struct Args {
     /// Interleaved rounds: every case is measured once per round, in turn.
     #[arg(long, default_value_t = 10)]
     rounds: u64,
+    /// Leave out the io_uring rows.
+    #[arg(long)]
+    no_uring: bool,
     /// Where to write the percentile plot.
     #[arg(long, default_value = "results/latency.svg")]
     plot: PathBuf,
@@ -88,6 +93,11 @@ enum Kind {
     /// Authenticated mode (a tag on every datagram): compared with the plain call.
     AuthNull,
     AuthEcho,
+    /// A datagram echoed through io_uring links, no protocol: io_uring's own floor.
+    RawUring(usize),
+    /// The calls over io_uring links: compared with the same over plain sockets.
+    UringNull,
+    UringEcho,
 }
 
 /// Adds a round's measurements to a case.
@@ -215,6 +225,28 @@ fn main() -> anyhow::Result<()> {
             poll,
             floor: Some(floor_name(floor_poll, args.echo_bytes)),
         });
+        if poll == PollStrategy::Spin && !args.no_uring {
+            // io_uring: its own raw floor (a datagram echoed through the link, no protocol),
+            // and the calls against the same calls over plain sockets.
+            plan.push(Planned {
+                name: format!("raw io_uring {} 32 B", label(poll)),
+                kind: Kind::RawUring(32),
+                poll,
+                floor: Some(floor_name(floor_poll, 32)),
+            });
+            plan.push(Planned {
+                name: format!("rpc {} null call, io_uring", label(poll)),
+                kind: Kind::UringNull,
+                poll,
+                floor: Some(format!("rpc {} null call", label(poll))),
+            });
+            plan.push(Planned {
+                name: format!("rpc {} echo {} B, io_uring", label(poll), args.echo_bytes),
+                kind: Kind::UringEcho,
+                poll,
+                floor: Some(format!("rpc {} echo {} B", label(poll), args.echo_bytes)),
+            });
+        }
         if poll == PollStrategy::Spin {
             // Authenticated mode, against the same call without it.
             plan.push(Planned {
@@ -265,20 +297,38 @@ fn main() -> anyhow::Result<()> {
                     )?);
                     measure(&label, w, n, || null_call(&client))
                 }
-                Kind::Null | Kind::Echo | Kind::AuthNull | Kind::AuthEcho => {
+                Kind::RawUring(bytes) => {
+                    let echo_server = UringEcho::start(server_cpu)?;
+                    let mut ping = UringPing::connect(echo_server.addr(), bytes)?;
+                    let mut case = measure(&label, w, n, || ping.ping());
+                    case.allocs_per_call = None;
+                    case
+                }
+                Kind::Null
+                | Kind::Echo
+                | Kind::AuthNull
+                | Kind::AuthEcho
+                | Kind::UringNull
+                | Kind::UringEcho => {
                     let key = matches!(p.kind, Kind::AuthNull | Kind::AuthEcho)
                         .then(|| AuthKey::from_bytes([0x42; 32]));
+                    let io = if matches!(p.kind, Kind::UringNull | Kind::UringEcho) {
+                        Io::Uring(UringConfig::default())
+                    } else {
+                        Io::Sockets
+                    };
                     let mut config = UdpServerConfig::loopback()
                         .poll(p.poll)
-                        .pin(server_cpu.into_iter().collect());
+                        .pin(server_cpu.into_iter().collect())
+                        .io(io.clone());
                     config.protocol.auth = key.clone();
                     let server = UdpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)?
                         .serve(BenchServer::new(Handlers))?;
-                    let mut client_config = UdpClientConfig::loopback().poll(p.poll);
+                    let mut client_config = UdpClientConfig::loopback().poll(p.poll).io(io);
                     client_config.protocol.auth = key;
                     let client =
                         BenchClient::new(UdpClient::connect(server.local_addr(), client_config)?);
-                    let case = if matches!(p.kind, Kind::Null | Kind::AuthNull) {
+                    let case = if matches!(p.kind, Kind::Null | Kind::AuthNull | Kind::UringNull) {
                         measure(&label, w, n, || null_call(&client))
                     } else {
                         measure(&label, w, n, || echo_call(&client, &echo))

@@ -29,7 +29,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::thread::{self, ThreadId};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::link::{Link, RecvBatch};
@@ -110,14 +110,24 @@ impl From<UringError> for io::Error {
     }
 }
 
+thread_local! {
+    static THIS_THREAD: u8 = const { 0 };
+}
+
+/// This thread, as a number no other live thread has (the address of a thread-local), cheaper
+/// to get than its `ThreadId`.
+fn this_thread() -> usize {
+    THIS_THREAD.with(|t| std::ptr::from_ref(t) as usize)
+}
+
 /// UDP through io_uring: one socket, one ring.
 pub struct UringLink {
     socket: UdpSocket,
     peer: Option<SocketAddr>,
     max_datagram: usize,
     ring: Mutex<ring::Ring>,
-    /// A single-issuer ring's one thread, once attached.
-    owner: OnceLock<ThreadId>,
+    /// A single-issuer ring's one thread, once attached (see `this_thread`).
+    owner: OnceLock<usize>,
     single_issuer: bool,
     /// Sends that went by plain system call (another thread than a single issuer's, or the
     /// ring busy).
@@ -202,7 +212,7 @@ impl UringLink {
     /// shared one if no other thread holds it (`wait_for_it`: or once it lets go).
     fn ring(&self, wait_for_it: bool) -> Option<MutexGuard<'_, ring::Ring>> {
         if self.single_issuer {
-            return (self.owner.get() == Some(&thread::current().id())).then(|| self.lock());
+            return (self.owner.get() == Some(&this_thread())).then(|| self.lock());
         }
         if wait_for_it {
             return Some(self.lock());
@@ -236,8 +246,7 @@ impl Link for UringLink {
         if !self.single_issuer {
             return;
         }
-        let me = thread::current().id();
-        if self.owner.set(me).is_ok() {
+        if self.owner.set(this_thread()).is_ok() {
             if let Err(e) = self.lock().enable() {
                 tracing::error!(error = %e, "enabling the io_uring ring");
             }
