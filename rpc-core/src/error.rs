@@ -11,7 +11,7 @@ use crate::wire::{BusyReason, ErrorCode};
 /// Why a call did not produce a reply value.
 ///
 /// The variants say what is known about execution ([`CallError::may_have_executed`]):
-/// `TimedOut` and `OutcomeUnknown` may have executed on the server; `NotExecuted`,
+/// `TimedOut`, `OutcomeUnknown` and `PeerDied` may have executed on the server; `NotExecuted`,
 /// `ServerBusy`, `ShuttingDown`, `InterfaceMismatch`, `UnknownInterface`, `MessageTooLarge`,
 /// `WindowFull`, `AuthMismatch` and `Disconnected` did not, and may be retried; `Remote`
 /// depends on its code.
@@ -78,9 +78,15 @@ pub enum CallError {
     /// room, before its deadline). It was not sent.
     #[error("too many calls in flight")]
     WindowFull,
-    /// The client or its transport was shut down.
+    /// The client or its transport was shut down, or its peer died before the call started.
+    /// The call did not execute.
     #[error("client disconnected")]
     Disconnected,
+    /// The peer process died, hung or broke the transport while the call was in flight
+    /// (shared memory sees this through the kernel's locks and a heartbeat). It may have
+    /// executed.
+    #[error("the peer died while the call was in flight; it may or may not have executed")]
+    PeerDied,
     /// The transport failed with an I/O error.
     #[error("i/o error: {0}")]
     Io(std::io::ErrorKind),
@@ -90,7 +96,11 @@ impl CallError {
     /// Whether the server may have executed the call.
     pub fn may_have_executed(&self) -> bool {
         match self {
-            Self::TimedOut | Self::OutcomeUnknown | Self::BadReply(_) | Self::Io(_) => true,
+            Self::TimedOut
+            | Self::OutcomeUnknown
+            | Self::PeerDied
+            | Self::BadReply(_)
+            | Self::Io(_) => true,
             Self::Remote(e) => e.may_have_executed(),
             _ => false,
         }

@@ -193,6 +193,8 @@ pub(crate) struct Inner<L: Link> {
     turnstile: crate::turnstile::Turnstile,
     /// A task drives the link (under tokio): futures only wait to be woken.
     pub(crate) driven: AtomicBool,
+    /// The link's peer is gone for good.
+    dead: AtomicBool,
     /// The driver task under tokio.
     #[cfg(feature = "tokio")]
     pub(crate) tokio: crate::tokio_driver::Slot,
@@ -429,6 +431,7 @@ impl<L: Link> Client<L> {
             thread_waiters: std::sync::atomic::AtomicUsize::new(0),
             turnstile: crate::turnstile::Turnstile::new(calling_threads),
             driven: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
             #[cfg(feature = "tokio")]
             tokio: crate::tokio_driver::Slot::default(),
             link,
@@ -896,6 +899,10 @@ impl<L: Link> Inner<L> {
                 let own = self.on_batch(now, me, batch);
                 (own, true)
             }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {
+                // The link says its peer is gone for good: every call ends now.
+                (self.peer_died(me), false)
+            }
             Err(e) => {
                 if !transient(&e) {
                     tracing::error!(error = %e, "client receive failed");
@@ -907,6 +914,27 @@ impl<L: Link> Inner<L> {
                 (None, false)
             }
         }
+    }
+
+    /// The peer is gone: every waiting call ends with `PeerDied` (`me`'s is returned), and
+    /// calls started from now on fail with `Disconnected`.
+    fn peer_died(&self, me: Option<CallId>) -> Option<Own> {
+        if !self.dead.swap(true, Ordering::AcqRel) {
+            tracing::warn!("the peer is gone: calls in flight end");
+        }
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let seqs: Vec<u64> = st
+            .waiters
+            .iter()
+            .flatten()
+            .filter(|w| w.outcome.is_none() && Some(w.seq) != me.map(CallId::seq))
+            .map(|w| w.seq)
+            .collect();
+        for seq in seqs {
+            self.deliver(st, seq, Outcome::Failed(CallError::PeerDied));
+        }
+        me.map(|_| Own::Failed(CallError::PeerDied))
     }
 
     /// Drives the link for a driver task: sends what waits to leave together, receives and
@@ -1094,6 +1122,9 @@ impl<L: Link> Inner<L> {
         cx: Option<&mut Context<'_>>,
         batch: &mut ArrayVec<Transmit, BATCH>,
     ) -> Result<Option<(CallId, Option<Transmit>)>, CallError> {
+        if self.dead.load(Ordering::Relaxed) {
+            return Err(CallError::Disconnected);
+        }
         let mut now = Instant::now();
         let req = CallRequest {
             interface: method.interface,

@@ -18,6 +18,7 @@ mod node;
 pub mod poll;
 pub mod proxy;
 pub mod server;
+pub mod shm;
 mod sock;
 mod sys;
 #[cfg(feature = "tokio")]

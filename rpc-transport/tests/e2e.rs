@@ -1,5 +1,5 @@
-//! One end-to-end test body, run over every link: plain UDP sockets and io_uring (and, as the
-//! transports come, others). Every method shape, large fragmented messages, many calls in
+//! One end-to-end test body, run over every link: plain UDP sockets, io_uring and shared
+//! memory. Every method shape, large fragmented messages, many calls in
 //! flight, concurrent clients, faults through the proxy, handler errors and shutdown.
 
 mod common;
@@ -14,8 +14,12 @@ use common::{client_config, localhost, park, pattern, server_config};
 use rpc_core::service::CallContext;
 use rpc_core::wire::ErrorCode;
 use rpc_core::{CallError, rpc};
+use rpc_transport::client::Client;
+use rpc_transport::link::Link;
 use rpc_transport::proxy::{FaultProxy, Faults};
-use rpc_transport::udp::{Io, UdpClient, UdpServer};
+use rpc_transport::server::ServerHandle;
+use rpc_transport::shm::{ShmClient, ShmClientConfig, ShmClientLink, ShmServer, ShmServerConfig};
+use rpc_transport::udp::{Io, UdpClient, UdpLink, UdpServer};
 use rpc_transport::uring::UringConfig;
 use rpc_transport::{Completions, PollStrategy, block_on};
 
@@ -115,23 +119,76 @@ fn tags() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// The body: everything, over links that reach the kernel as `io` says.
-fn end_to_end(io: Io, poll: PollStrategy) {
+/// Connects a new client to the server under test.
+type Connect<L> = Arc<dyn Fn() -> ShapesClient<Client<L>> + Send + Sync>;
+
+/// The body over UDP, reaching the kernel as `io` says.
+fn over_udp(io: Io, poll: PollStrategy) {
     let service = Impl::default();
-    let server_cfg = server_config(poll).io(io.clone());
-    let server = UdpServer::bind(localhost(), server_cfg)
+    let server = UdpServer::bind(localhost(), server_config(poll).io(io.clone()))
         .unwrap()
         .serve(ShapesServer::new(service.clone()))
         .unwrap();
-    let config = || client_config(poll).io(io.clone());
-    let client = ShapesClient::new(UdpClient::connect(server.local_addr(), config()).unwrap());
-    if let Io::Uring(_) = io {
-        assert!(
-            client.transport().link().uring().is_some(),
-            "an io_uring link"
-        );
-        assert!(server.uses_io_uring());
-    }
+    let addr = server.local_addr();
+    let uring = matches!(io, Io::Uring(_));
+    assert_eq!(server.uses_io_uring(), uring);
+    let config = move || client_config(poll).io(io.clone());
+    let connect: Connect<UdpLink> = {
+        let config = config.clone();
+        Arc::new(move || {
+            let c = ShapesClient::new(UdpClient::connect(addr, config()).unwrap());
+            assert_eq!(c.transport().link().uring().is_some(), uring);
+            c
+        })
+    };
+    // Faults: loss, duplication and reordering between a client and the server.
+    let proxy = FaultProxy::start(addr, Faults::lossy(0.05, 0.05, 0.1), 21).unwrap();
+    let lossy = ShapesClient::new(UdpClient::connect(proxy.local_addr(), config()).unwrap());
+    end_to_end(server, &service, &connect, Some(&lossy));
+    assert!(proxy.counters().dropped > 0);
+}
+
+/// The body over shared memory (no network between the ends: no lossy client).
+fn over_shm(poll: PollStrategy) {
+    let service = Impl::default();
+    let dir = std::env::temp_dir().join(format!("rpc-e2e-shm-{}-{}", std::process::id(), tags()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("server.sock");
+    let mut sc = ShmServerConfig::default().poll(poll);
+    sc.dir = dir.clone();
+    let server = ShmServer::bind(&socket, sc)
+        .unwrap()
+        .serve(ShapesServer::new(service.clone()))
+        .unwrap();
+    let connect: Connect<ShmClientLink> = {
+        let socket = socket.clone();
+        Arc::new(move || {
+            let mut cc = ShmClientConfig::default().poll(poll);
+            cc.protocol.default_deadline = Duration::from_secs(20);
+            ShapesClient::new(ShmClient::connect(&socket, cc).unwrap())
+        })
+    };
+    end_to_end(server, &service, &connect, None);
+    // Every segment went with its connection, and the socket with the server.
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The body: everything, through the server `server` runs for `service`, with clients that
+/// `connect` makes (and, where there is a network to lose datagrams on, one through a lossy
+/// proxy).
+fn end_to_end<SL: Link, CL: Link>(
+    server: ServerHandle<SL>,
+    service: &Impl,
+    connect: &Connect<CL>,
+    lossy: Option<&ShapesClient<Client<CL>>>,
+) {
+    let client = connect();
 
     // Every shape.
     client.null().unwrap();
@@ -180,7 +237,7 @@ fn end_to_end(io: Io, poll: PollStrategy) {
     // Concurrent clients, each on its own thread.
     let threads: Vec<_> = (0..4)
         .map(|_| {
-            let c = ShapesClient::new(UdpClient::connect(server.local_addr(), config()).unwrap());
+            let c = connect();
             thread::spawn(move || {
                 for i in 0..100u64 {
                     assert_eq!(c.add(i, 1).unwrap(), i + 1);
@@ -194,28 +251,27 @@ fn end_to_end(io: Io, poll: PollStrategy) {
         assert_eq!(th.join().unwrap(), 70_000);
     }
 
-    // Faults: loss, duplication and reordering between a client and the server.
-    let proxy = FaultProxy::start(server.local_addr(), Faults::lossy(0.05, 0.05, 0.1), 21).unwrap();
-    let lossy = ShapesClient::new(UdpClient::connect(proxy.local_addr(), config()).unwrap());
-    for _ in 0..200 {
-        assert_eq!(
-            lossy.record(tags()).unwrap(),
-            1,
-            "executed once, through duplicates"
-        );
+    // Faults, where there is a network to lose datagrams on.
+    if let Some(lossy) = lossy {
+        for _ in 0..200 {
+            assert_eq!(
+                lossy.record(tags()).unwrap(),
+                1,
+                "executed once, through duplicates"
+            );
+        }
+        assert_eq!(lossy.echo(&big).unwrap(), big, "fragments lost and resent");
+        let calls: Vec<u64> = (0..100).map(|_| tags()).collect();
+        for r in rpc_transport::join_all(calls.iter().map(|&tag| lossy.record_async(tag))) {
+            assert_eq!(r.unwrap(), 1);
+        }
     }
-    assert_eq!(lossy.echo(&big).unwrap(), big, "fragments lost and resent");
-    let calls: Vec<u64> = (0..100).map(|_| tags()).collect();
-    for r in rpc_transport::join_all(calls.iter().map(|&tag| lossy.record_async(tag))) {
-        assert_eq!(r.unwrap(), 1);
-    }
-    assert!(proxy.counters().dropped > 0);
     assert_eq!(service.twice(), 0, "nothing executed twice");
 
     // Shutdown: a call running finishes and its reply leaves; new ones are refused, typed,
     // without running.
     let slow = {
-        let c = ShapesClient::new(UdpClient::connect(server.local_addr(), config()).unwrap());
+        let c = connect();
         thread::spawn(move || c.slow(300))
     };
     // Once its handler runs.
@@ -237,7 +293,7 @@ fn end_to_end(io: Io, poll: PollStrategy) {
         "the running call's reply left"
     );
     let counters = stopping.join().unwrap();
-    assert!(counters.executed > 700, "{counters:?}");
+    assert!(counters.executed > 400, "{counters:?}");
 }
 
 fn uring() -> Io {
@@ -246,22 +302,37 @@ fn uring() -> Io {
 
 #[test]
 fn over_plain_sockets_spinning() {
-    end_to_end(Io::Sockets, PollStrategy::Spin);
+    over_udp(Io::Sockets, PollStrategy::Spin);
 }
 
 #[test]
 fn over_io_uring_spinning() {
-    end_to_end(uring(), PollStrategy::Spin);
+    over_udp(uring(), PollStrategy::Spin);
 }
 
 #[test]
 fn over_io_uring_spinning_then_parking() {
-    end_to_end(uring(), park());
+    over_udp(uring(), park());
 }
 
 #[test]
 fn over_io_uring_blocking() {
-    end_to_end(uring(), PollStrategy::Block);
+    over_udp(uring(), PollStrategy::Block);
+}
+
+#[test]
+fn over_shared_memory_spinning() {
+    over_shm(PollStrategy::Spin);
+}
+
+#[test]
+fn over_shared_memory_spinning_then_parking() {
+    over_shm(park());
+}
+
+#[test]
+fn over_shared_memory_blocking() {
+    over_shm(PollStrategy::Block);
 }
 
 #[test]

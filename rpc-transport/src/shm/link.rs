@@ -1,0 +1,650 @@
+//! The shared-memory links: a client's (one segment) and a server's (one segment per client,
+//! accepted on a Unix socket by a thread of its own).
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use rpc_core::server::PeerAddr;
+use rustix::event::{EventfdFlags, PollFd, PollFlags};
+
+use super::conn::{
+    self, CLIENT_BYTE, CLIENT_CLOSED, HEARTBEAT, SERVER_BYTE, SERVER_CLOSED, Segment,
+};
+use super::ring::{Consumer, Producer, RingError};
+use crate::link::{Link, RecvBatch};
+
+/// How often a side looks whether its peer lives (and a server bumps its heartbeat).
+const LOOK_EVERY: Duration = Duration::from_millis(10);
+/// Empty polls between two readings of the clock for that.
+const POLLS_PER_LOOK: u32 = 1024;
+
+/// A peer over shared memory: its connection (slot and generation) and its process id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ShmAddr {
+    conn: u32,
+    generation: u32,
+    pid: u32,
+}
+
+impl PeerAddr for ShmAddr {
+    /// Each process is its own host (the per-host session limit applies per process).
+    fn host(&self) -> u128 {
+        u128::from(self.pid)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An eventfd a peer rings to wake this side.
+fn doorbell() -> io::Result<OwnedFd> {
+    Ok(rustix::event::eventfd(
+        0,
+        EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC,
+    )?)
+}
+
+fn ring_bell(fd: &OwnedFd) {
+    // A full counter (2^64 - 2 rings unread) or any error: the peer is awake anyway, or its
+    // timeout will look.
+    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+}
+
+fn drain_bell(fd: &OwnedFd) {
+    let mut b = [0u8; 8];
+    let _ = rustix::io::read(fd, &mut b);
+}
+
+fn wait_bell(fd: &OwnedFd, timeout: Duration) {
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    let ts = rustix::time::Timespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: i64::from(timeout.subsec_nanos()),
+    };
+    let _ = rustix::event::poll(&mut fds, Some(&ts));
+}
+
+fn slices<'a>(iov: &'a [IoSlice<'a>]) -> impl Iterator<Item = &'a [u8]> + Clone {
+    iov.iter().map(|s| &**s)
+}
+
+fn gone() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "the shared-memory peer is gone",
+    )
+}
+
+fn ring_error(e: RingError) -> io::Error {
+    match e {
+        RingError::Full => io::ErrorKind::WouldBlock.into(),
+        RingError::TooLarge => {
+            io::Error::new(io::ErrorKind::InvalidInput, "datagram larger than a slot")
+        }
+        RingError::Corrupt => gone(),
+    }
+}
+
+/// The client's side of one connection.
+#[derive(Debug)]
+pub struct ShmClientLink {
+    seg: Segment,
+    server: ShmAddr,
+    producer: Mutex<Producer>,
+    rx: Mutex<ClientRx>,
+    bell: OwnedFd,
+    server_bell: OwnedFd,
+    dead: AtomicBool,
+    peer_timeout: Duration,
+}
+
+#[derive(Debug)]
+struct ClientRx {
+    consumer: Consumer,
+    polls: u32,
+    looked: Instant,
+    heartbeat: u64,
+    beat_at: Instant,
+}
+
+impl ShmClientLink {
+    /// Connects to the server listening at `socket` (its control channel), within `timeout`;
+    /// a server silent for `peer_timeout` (its heartbeat stopped) is taken for hung.
+    pub fn connect(socket: &Path, timeout: Duration, peer_timeout: Duration) -> io::Result<Self> {
+        let stream = UnixStream::connect(socket)?;
+        stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        stream.set_write_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        let (shape, path, fd, server_bell) = conn::take_offer(&stream)?;
+        let seg = Segment::open(fd, shape, path)?;
+        let bell = doorbell()?;
+        conn::accept(&stream, bell.as_fd())?;
+        let now = Instant::now();
+        let heartbeat = seg.words()[HEARTBEAT].load(Ordering::Relaxed);
+        Ok(Self {
+            server: ShmAddr {
+                conn: 0,
+                generation: 0,
+                pid: shape.server_pid as u32,
+            },
+            producer: Mutex::new(Producer::new(seg.requests)),
+            rx: Mutex::new(ClientRx {
+                consumer: Consumer::new(seg.replies),
+                polls: 0,
+                looked: now,
+                heartbeat,
+                beat_at: now,
+            }),
+            seg,
+            bell,
+            server_bell,
+            dead: AtomicBool::new(false),
+            peer_timeout,
+        })
+    }
+
+    /// The server's address (for the driver).
+    pub fn server(&self) -> ShmAddr {
+        self.server
+    }
+
+    /// The segment's name.
+    pub fn segment(&self) -> &Path {
+        &self.seg.path
+    }
+
+    fn die(&self) -> io::Error {
+        self.dead.store(true, Ordering::Release);
+        gone()
+    }
+
+    /// Looks whether the server lives: its lock, its closing flag, its heartbeat.
+    fn look(&self, rx: &mut ClientRx, now: Instant) -> io::Result<()> {
+        rx.looked = now;
+        let w = self.seg.words();
+        if w[SERVER_CLOSED].load(Ordering::Acquire) != 0 || !self.seg.peer_alive(SERVER_BYTE) {
+            return Err(self.die());
+        }
+        let beat = w[HEARTBEAT].load(Ordering::Relaxed);
+        if beat != rx.heartbeat {
+            (rx.heartbeat, rx.beat_at) = (beat, now);
+        } else if now.duration_since(rx.beat_at) > self.peer_timeout {
+            tracing::warn!("shared-memory server's heartbeat stopped: taken for hung");
+            return Err(self.die());
+        }
+        Ok(())
+    }
+}
+
+impl Link for ShmClientLink {
+    type Addr = ShmAddr;
+
+    fn max_datagram(&self) -> usize {
+        self.seg.requests.slot_bytes()
+    }
+
+    fn send(&self, _to: &ShmAddr, iov: &[IoSlice<'_>]) -> io::Result<()> {
+        if self.dead.load(Ordering::Relaxed) {
+            return Err(gone());
+        }
+        let pushed = lock(&self.producer).push(self.seg.words(), slices(iov));
+        match pushed {
+            Ok(p) => {
+                if p.wake {
+                    ring_bell(&self.server_bell);
+                }
+                Ok(())
+            }
+            Err(RingError::Corrupt) => Err(self.die()),
+            Err(e) => Err(ring_error(e)),
+        }
+    }
+
+    fn recv(&self, batch: &mut RecvBatch<ShmAddr>) -> io::Result<usize> {
+        batch.clear();
+        if self.dead.load(Ordering::Relaxed) {
+            return Err(gone());
+        }
+        let mut rx = lock(&self.rx);
+        let w = self.seg.words();
+        let mut got = 0;
+        while got < batch.limit() {
+            match rx.consumer.pop(w, batch.slot(got)) {
+                Ok(Some(len)) => {
+                    batch.set(got, len, self.server);
+                    got += 1;
+                }
+                Ok(None) => break,
+                Err(_) => return Err(self.die()),
+            }
+        }
+        if got == 0 {
+            rx.polls = rx.polls.wrapping_add(1);
+            if rx.polls % POLLS_PER_LOOK == 0 {
+                let now = Instant::now();
+                if now.duration_since(rx.looked) >= LOOK_EVERY {
+                    self.look(&mut rx, now)?;
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    fn wait(&self, deadline: Option<Instant>, cap: Duration) -> io::Result<()> {
+        let mut rx = lock(&self.rx);
+        let w = self.seg.words();
+        let now = Instant::now();
+        if now.duration_since(rx.looked) >= LOOK_EVERY {
+            self.look(&mut rx, now)?;
+        }
+        if !rx.consumer.sleep(w) {
+            let timeout = deadline
+                .map_or(cap, |d| d.saturating_duration_since(now))
+                .min(cap)
+                .min(LOOK_EVERY * 10);
+            wait_bell(&self.bell, timeout);
+            drain_bell(&self.bell);
+        }
+        rx.consumer.wake(w);
+        Ok(())
+    }
+
+    fn close(&self) {
+        self.seg.words()[CLIENT_CLOSED].store(1, Ordering::Release);
+        ring_bell(&self.server_bell);
+    }
+}
+
+impl Drop for ShmClientLink {
+    fn drop(&mut self) {
+        self.close();
+        self.seg.unlink();
+    }
+}
+
+/// Settings of a server's link.
+#[derive(Clone, Debug)]
+pub(crate) struct ServerShape {
+    pub(crate) dir: PathBuf,
+    pub(crate) ring_len: usize,
+    pub(crate) slot_bytes: usize,
+    pub(crate) max_connections: usize,
+}
+
+/// A client's connection, on the server.
+#[derive(Debug)]
+struct Conn {
+    addr: ShmAddr,
+    seg: Segment,
+    producer: Mutex<Producer>,
+    consumer: Mutex<Consumer>,
+    client_bell: OwnedFd,
+    dead: AtomicBool,
+}
+
+/// A connection accepted, not yet taken in by the receive thread.
+#[derive(Debug)]
+struct Accepted {
+    seg: Segment,
+    client_bell: OwnedFd,
+    pid: u32,
+}
+
+#[derive(Debug)]
+struct Shared {
+    shape: ServerShape,
+    conns: RwLock<Vec<Option<Arc<Conn>>>>,
+    generations: Mutex<Vec<u32>>,
+    pending: Mutex<Vec<Accepted>>,
+    has_pending: AtomicBool,
+    bell: OwnedFd,
+    stop: AtomicBool,
+}
+
+/// The server's side: one segment per client, accepted on a Unix socket.
+#[derive(Debug)]
+pub struct ShmServerLink {
+    shared: Arc<Shared>,
+    socket: PathBuf,
+    rx: Mutex<ServerRx>,
+    acceptor: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Debug)]
+struct ServerRx {
+    cursor: usize,
+    polls: u32,
+    looked: Instant,
+}
+
+impl ShmServerLink {
+    /// Listens at `socket` (a path, replaced if a dead server left it), creating segments in
+    /// `shape.dir`; removes the stale segments found there first.
+    pub(crate) fn bind(socket: &Path, shape: ServerShape) -> io::Result<Self> {
+        let stale = conn::remove_stale(&shape.dir);
+        if stale > 0 {
+            tracing::info!(stale, "removed shared segments of dead processes");
+        }
+        let listener = match UnixListener::bind(socket) {
+            Ok(l) => l,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                // Replaced only if nobody answers there.
+                if UnixStream::connect(socket).is_ok() {
+                    return Err(e);
+                }
+                std::fs::remove_file(socket)?;
+                UnixListener::bind(socket)?
+            }
+            Err(e) => return Err(e),
+        };
+        listener.set_nonblocking(true)?;
+        let shared = Arc::new(Shared {
+            shape,
+            conns: RwLock::new(Vec::new()),
+            generations: Mutex::new(Vec::new()),
+            pending: Mutex::new(Vec::new()),
+            has_pending: AtomicBool::new(false),
+            bell: doorbell()?,
+            stop: AtomicBool::new(false),
+        });
+        let acceptor = {
+            let shared = shared.clone();
+            thread::Builder::new()
+                .name("rpc-shm-accept".into())
+                .spawn(move || accept_loop(&listener, &shared))?
+        };
+        Ok(Self {
+            shared,
+            socket: socket.to_path_buf(),
+            rx: Mutex::new(ServerRx {
+                cursor: 0,
+                polls: 0,
+                looked: Instant::now(),
+            }),
+            acceptor: Mutex::new(Some(acceptor)),
+        })
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.shared
+            .conns
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .flatten()
+            .count()
+    }
+
+    /// Takes in the connections the acceptor made.
+    fn adopt(&self) {
+        if !self.shared.has_pending.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let accepted: Vec<Accepted> = std::mem::take(&mut *lock(&self.shared.pending));
+        let mut conns = self.shared.conns.write().unwrap_or_else(|p| p.into_inner());
+        let mut generations = lock(&self.shared.generations);
+        for a in accepted {
+            let i = conns.iter().position(Option::is_none).unwrap_or_else(|| {
+                conns.push(None);
+                generations.push(0);
+                conns.len() - 1
+            });
+            generations[i] = generations[i].wrapping_add(1);
+            let addr = ShmAddr {
+                conn: i as u32,
+                generation: generations[i],
+                pid: a.pid,
+            };
+            conns[i] = Some(Arc::new(Conn {
+                addr,
+                producer: Mutex::new(Producer::new(a.seg.replies)),
+                consumer: Mutex::new(Consumer::new(a.seg.requests)),
+                seg: a.seg,
+                client_bell: a.client_bell,
+                dead: AtomicBool::new(false),
+            }));
+        }
+    }
+
+    /// Bumps the heartbeat of every connection and drops those whose client died, closed or
+    /// broke the rings.
+    fn look(&self, rx: &mut ServerRx, now: Instant) {
+        rx.looked = now;
+        let mut dead = Vec::new();
+        {
+            let conns = self.shared.conns.read().unwrap_or_else(|p| p.into_inner());
+            for c in conns.iter().flatten() {
+                let w = c.seg.words();
+                w[HEARTBEAT].fetch_add(1, Ordering::Relaxed);
+                if c.dead.load(Ordering::Relaxed)
+                    || w[CLIENT_CLOSED].load(Ordering::Acquire) != 0
+                    || !c.seg.peer_alive(CLIENT_BYTE)
+                {
+                    dead.push(c.addr.conn as usize);
+                }
+            }
+        }
+        if dead.is_empty() {
+            return;
+        }
+        let mut conns = self.shared.conns.write().unwrap_or_else(|p| p.into_inner());
+        for i in dead {
+            if let Some(c) = conns.get_mut(i).and_then(Option::take) {
+                c.seg.unlink();
+            }
+        }
+    }
+
+    fn conn(&self, to: &ShmAddr) -> Option<Arc<Conn>> {
+        let conns = self.shared.conns.read().unwrap_or_else(|p| p.into_inner());
+        conns
+            .get(to.conn as usize)?
+            .as_ref()
+            .filter(|c| c.addr == *to)
+            .cloned()
+    }
+}
+
+fn accept_loop(listener: &UnixListener, shared: &Shared) {
+    while !shared.stop.load(Ordering::Relaxed) {
+        let mut fds = [PollFd::new(listener, PollFlags::IN)];
+        let ts = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 50_000_000,
+        };
+        if !matches!(rustix::event::poll(&mut fds, Some(&ts)), Ok(n) if n > 0) {
+            continue;
+        }
+        let Ok((stream, _)) = listener.accept() else {
+            continue;
+        };
+        match handshake(&stream, shared) {
+            Ok(a) => {
+                lock(&shared.pending).push(a);
+                shared.has_pending.store(true, Ordering::Release);
+                // The receive thread may be waiting: it takes the connection in at once.
+                ring_bell(&shared.bell);
+            }
+            Err(e) => tracing::debug!(error = %e, "shared-memory handshake failed"),
+        }
+    }
+}
+
+fn handshake(stream: &UnixStream, shared: &Shared) -> io::Result<Accepted> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let open = shared
+        .conns
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .flatten()
+        .count()
+        + lock(&shared.pending).len();
+    if open >= shared.shape.max_connections {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            "connections full",
+        ));
+    }
+    let pid = rustix::net::sockopt::socket_peercred(stream)
+        .map(|c| c.pid.as_raw_nonzero().get() as u32)
+        .unwrap_or(0);
+    let s = &shared.shape;
+    let (seg, shape) = Segment::create(&s.dir, s.ring_len, s.slot_bytes)?;
+    let result =
+        conn::offer(stream, &seg, shape, shared.bell.as_fd()).and_then(|()| conn::accepted(stream));
+    match result {
+        Ok(client_bell) => Ok(Accepted {
+            seg,
+            client_bell,
+            pid,
+        }),
+        Err(e) => {
+            seg.unlink();
+            Err(e)
+        }
+    }
+}
+
+impl Link for ShmServerLink {
+    type Addr = ShmAddr;
+
+    fn max_datagram(&self) -> usize {
+        self.shared.shape.slot_bytes.next_multiple_of(8)
+    }
+
+    fn send(&self, to: &ShmAddr, iov: &[IoSlice<'_>]) -> io::Result<()> {
+        let Some(c) = self.conn(to) else {
+            // Gone: as a datagram to a host that left.
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let pushed = lock(&c.producer).push(c.seg.words(), slices(iov));
+        match pushed {
+            Ok(p) => {
+                if p.wake {
+                    ring_bell(&c.client_bell);
+                }
+                Ok(())
+            }
+            Err(RingError::Corrupt) => {
+                c.dead.store(true, Ordering::Relaxed);
+                Err(io::ErrorKind::NotConnected.into())
+            }
+            Err(e) => Err(ring_error(e)),
+        }
+    }
+
+    fn recv(&self, batch: &mut RecvBatch<ShmAddr>) -> io::Result<usize> {
+        batch.clear();
+        self.adopt();
+        let mut rx = lock(&self.rx);
+        let mut got = 0;
+        {
+            let conns = self.shared.conns.read().unwrap_or_else(|p| p.into_inner());
+            let n = conns.len();
+            for k in 0..n {
+                let i = (rx.cursor + k) % n;
+                let Some(c) = &conns[i] else { continue };
+                if c.dead.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let mut consumer = lock(&c.consumer);
+                while got < batch.limit() {
+                    match consumer.pop(c.seg.words(), batch.slot(got)) {
+                        Ok(Some(len)) => {
+                            batch.set(got, len, c.addr);
+                            got += 1;
+                        }
+                        Ok(None) => break,
+                        Err(_) => {
+                            tracing::warn!(
+                                pid = c.addr.pid,
+                                "a shared-memory client broke its ring: dropped"
+                            );
+                            c.dead.store(true, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+                if got == batch.limit() {
+                    // The next receive starts after this one: every client gets its turn.
+                    rx.cursor = i + 1;
+                    break;
+                }
+            }
+        }
+        rx.polls = rx.polls.wrapping_add(1);
+        if got == 0 && rx.polls % POLLS_PER_LOOK == 0 || rx.polls % (POLLS_PER_LOOK * 16) == 0 {
+            let now = Instant::now();
+            if now.duration_since(rx.looked) >= LOOK_EVERY {
+                self.look(&mut rx, now);
+            }
+        }
+        Ok(got)
+    }
+
+    fn wait(&self, deadline: Option<Instant>, cap: Duration) -> io::Result<()> {
+        let mut rx = lock(&self.rx);
+        let now = Instant::now();
+        if now.duration_since(rx.looked) >= LOOK_EVERY {
+            self.look(&mut rx, now);
+        }
+        let conns: Vec<Arc<Conn>> = self
+            .shared
+            .conns
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .flatten()
+            .cloned()
+            .collect();
+        let mut ready = self.shared.has_pending.load(Ordering::Acquire);
+        for c in &conns {
+            ready |= lock(&c.consumer).sleep(c.seg.words());
+        }
+        if !ready {
+            let timeout = deadline
+                .map_or(cap, |d| d.saturating_duration_since(now))
+                .min(cap)
+                .min(LOOK_EVERY * 10);
+            wait_bell(&self.shared.bell, timeout);
+            drain_bell(&self.shared.bell);
+        }
+        for c in &conns {
+            lock(&c.consumer).wake(c.seg.words());
+        }
+        Ok(())
+    }
+
+    fn close(&self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = lock(&self.acceptor).take() {
+            let _ = t.join();
+        }
+        let mut conns = self.shared.conns.write().unwrap_or_else(|p| p.into_inner());
+        for c in conns.iter_mut().filter_map(Option::take) {
+            c.seg.words()[SERVER_CLOSED].store(1, Ordering::Release);
+            ring_bell(&c.client_bell);
+            c.seg.unlink();
+        }
+        for a in lock(&self.shared.pending).drain(..) {
+            a.seg.unlink();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+impl Drop for ShmServerLink {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

@@ -1,0 +1,528 @@
+//! A single-producer, single-consumer ring of datagrams in shared words, whose other side is
+//! not trusted.
+//!
+//! Layout, in 8-byte words from the ring's base (each control word on its own cache line):
+//!
+//! | words | what | written by |
+//! |---|---|---|
+//! | 0 | `tail`: datagrams published so far | producer |
+//! | 8 | `head`: datagrams consumed so far | consumer |
+//! | 16 | `sleeping`: the consumer is about to wait, wake it | consumer |
+//! | 24.. | `ring_len` descriptors: `lap << 32 \| len` of the datagram in slot `i` | producer |
+//! | then | `ring_len` slots of `slot_words` words: the datagrams' bytes, little-endian | producer |
+//!
+//! Datagram `n` lives in slot `n % ring_len`. The producer writes its bytes, then its
+//! descriptor with release ordering (the length last: the commit), then `tail = n + 1`; the
+//! consumer reads `tail` with acquire ordering, then the descriptor, checks that its lap is
+//! `n / ring_len + 1` (a descriptor not rewritten for this lap was not committed: the peer
+//! lied about `tail`), copies the bytes out, and only then publishes `head = n + 1`, freeing
+//! the slot. Each side keeps its own index privately and caches the other's, reading it again
+//! only when the cache says full (producer) or empty (consumer).
+//!
+//! Nothing read from the other side is trusted: an index that goes backwards, runs more than
+//! a ring ahead, or a descriptor of the wrong lap or an impossible length is
+//! [`RingError::Corrupt`] (the link then drops the connection); bytes changed while being
+//! copied are only bytes, checked later by the wire views like any datagram. No operation
+//! waits for the other side: full and empty are answers, so a peer cannot make this side hang.
+//!
+//! Waking: a consumer about to wait sets `sleeping` and looks once more; a producer that has
+//! published reads `sleeping` and, if set, rings the consumer's doorbell (an eventfd, outside
+//! this module). Both the `tail` store and the `sleeping` store and loads are sequentially
+//! consistent, so either the consumer sees the datagram on its second look or the producer
+//! sees it sleeping. While the consumer spins, the producer skips the doorbell.
+//!
+//! The ring is written over [`Words`], so that loom can check it with its own atomics
+//! (`cfg(loom)`), Miri with heap words, and production runs it on a shared mapping.
+
+use std::sync::atomic::Ordering;
+
+/// Shared words, as the ring sees them: a slice of atomics, in production a mapping.
+pub(crate) trait Words {
+    /// Loads word `i` (0 if out of range: the ring's own layout never is).
+    fn load(&self, i: usize, order: Ordering) -> u64;
+    /// Stores word `i` (nothing if out of range).
+    fn store(&self, i: usize, value: u64, order: Ordering);
+}
+
+impl Words for [std::sync::atomic::AtomicU64] {
+    #[inline]
+    fn load(&self, i: usize, order: Ordering) -> u64 {
+        self.get(i).map_or(0, |w| w.load(order))
+    }
+    #[inline]
+    fn store(&self, i: usize, value: u64, order: Ordering) {
+        if let Some(w) = self.get(i) {
+            w.store(value, order);
+        }
+    }
+}
+
+#[cfg(loom)]
+impl Words for [loom::sync::atomic::AtomicU64] {
+    fn load(&self, i: usize, order: Ordering) -> u64 {
+        self.get(i).map_or(0, |w| w.load(order))
+    }
+    fn store(&self, i: usize, value: u64, order: Ordering) {
+        if let Some(w) = self.get(i) {
+            w.store(value, order);
+        }
+    }
+}
+
+const TAIL: usize = 0;
+const HEAD: usize = 8;
+const SLEEPING: usize = 16;
+const DESCRIPTORS: usize = 24;
+
+/// Why a ring operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RingError {
+    /// No room: the consumer has not caught up.
+    Full,
+    /// The datagram is larger than a slot.
+    TooLarge,
+    /// The other side broke the ring's rules.
+    Corrupt,
+}
+
+/// Where a ring lies, and its shape: this process's own copy, never read from the mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// First word.
+    pub(crate) base: usize,
+    /// Descriptors and slots: a power of two.
+    pub(crate) ring_len: usize,
+    /// Words per slot.
+    pub(crate) slot_words: usize,
+}
+
+impl Layout {
+    /// A ring of `ring_len` (a power of two) slots of at least `slot_bytes` bytes at `base`.
+    pub(crate) fn new(base: usize, ring_len: usize, slot_bytes: usize) -> Self {
+        Self {
+            base,
+            ring_len,
+            slot_words: slot_bytes.div_ceil(8),
+        }
+    }
+
+    /// Words the ring occupies.
+    pub(crate) fn words(&self) -> usize {
+        self.slots() - self.base + self.ring_len * self.slot_words
+    }
+
+    /// The bytes a slot holds.
+    pub(crate) fn slot_bytes(&self) -> usize {
+        self.slot_words * 8
+    }
+
+    fn slots(&self) -> usize {
+        (self.base + DESCRIPTORS + self.ring_len).next_multiple_of(8)
+    }
+
+    fn slot(&self, n: u64) -> usize {
+        self.slots() + (n as usize & (self.ring_len - 1)) * self.slot_words
+    }
+
+    fn descriptor(&self, n: u64) -> usize {
+        self.base + DESCRIPTORS + (n as usize & (self.ring_len - 1))
+    }
+
+    fn lap(&self, n: u64) -> u64 {
+        (n / self.ring_len as u64 + 1) & 0xffff_ffff
+    }
+
+    /// Whether the ring fits in `words` words.
+    pub(crate) fn fits(&self, words: usize) -> bool {
+        self.ring_len.is_power_of_two() && self.base + self.words() <= words
+    }
+}
+
+/// The producing side's private state.
+#[derive(Debug)]
+pub(crate) struct Producer {
+    layout: Layout,
+    tail: u64,
+    cached_head: u64,
+}
+
+/// What a push did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Pushed {
+    /// The consumer is waiting: ring its doorbell.
+    pub(crate) wake: bool,
+}
+
+impl Producer {
+    pub(crate) fn new(layout: Layout) -> Self {
+        Self {
+            layout,
+            tail: 0,
+            cached_head: 0,
+        }
+    }
+
+    /// Whether there is room for one more datagram (reading the consumer's index if the
+    /// cache says none).
+    pub(crate) fn has_room(&mut self, w: &(impl Words + ?Sized)) -> Result<bool, RingError> {
+        let len = self.layout.ring_len as u64;
+        if self.tail - self.cached_head < len {
+            return Ok(true);
+        }
+        let head = w.load(self.layout.base + HEAD, Ordering::Acquire);
+        if head > self.tail || self.tail - head > len {
+            return Err(RingError::Corrupt);
+        }
+        self.cached_head = head;
+        Ok(self.tail - head < len)
+    }
+
+    /// Publishes one datagram gathered from `parts`.
+    pub(crate) fn push<'p>(
+        &mut self,
+        w: &(impl Words + ?Sized),
+        parts: impl Iterator<Item = &'p [u8]> + Clone,
+    ) -> Result<Pushed, RingError> {
+        let len: usize = parts.clone().map(<[u8]>::len).sum();
+        if len > self.layout.slot_bytes() {
+            return Err(RingError::TooLarge);
+        }
+        if !self.has_room(w)? {
+            return Err(RingError::Full);
+        }
+        let n = self.tail;
+        write_bytes(w, self.layout.slot(n), parts);
+        // The commit: the length, with its lap, last, with release ordering.
+        w.store(
+            self.layout.descriptor(n),
+            self.layout.lap(n) << 32 | len as u64,
+            Ordering::Release,
+        );
+        self.tail = n + 1;
+        w.store(self.layout.base + TAIL, self.tail, Ordering::SeqCst);
+        Ok(Pushed {
+            wake: w.load(self.layout.base + SLEEPING, Ordering::SeqCst) != 0,
+        })
+    }
+}
+
+/// The consuming side's private state.
+#[derive(Debug)]
+pub(crate) struct Consumer {
+    layout: Layout,
+    head: u64,
+    cached_tail: u64,
+}
+
+impl Consumer {
+    pub(crate) fn new(layout: Layout) -> Self {
+        Self {
+            layout,
+            head: 0,
+            cached_tail: 0,
+        }
+    }
+
+    /// Whether a datagram waits (reading the producer's index if the cache says none).
+    pub(crate) fn ready(&mut self, w: &(impl Words + ?Sized)) -> Result<bool, RingError> {
+        if self.head != self.cached_tail {
+            return Ok(true);
+        }
+        let tail = w.load(self.layout.base + TAIL, Ordering::Acquire);
+        if tail < self.head || tail - self.head > self.layout.ring_len as u64 {
+            return Err(RingError::Corrupt);
+        }
+        self.cached_tail = tail;
+        Ok(tail != self.head)
+    }
+
+    /// Takes the next datagram into `out` (at least a slot long); its length, or `None` if
+    /// there is none.
+    pub(crate) fn pop(
+        &mut self,
+        w: &(impl Words + ?Sized),
+        out: &mut [u8],
+    ) -> Result<Option<usize>, RingError> {
+        if !self.ready(w)? {
+            return Ok(None);
+        }
+        let n = self.head;
+        let d = w.load(self.layout.descriptor(n), Ordering::Acquire);
+        if d >> 32 != self.layout.lap(n) {
+            return Err(RingError::Corrupt);
+        }
+        let len = (d & 0xffff_ffff) as usize;
+        if len > self.layout.slot_bytes() || len > out.len() {
+            return Err(RingError::Corrupt);
+        }
+        read_bytes(w, self.layout.slot(n), &mut out[..len]);
+        self.head = n + 1;
+        w.store(self.layout.base + HEAD, self.head, Ordering::Release);
+        Ok(Some(len))
+    }
+
+    /// Says this side is about to wait; returns whether a datagram came meanwhile (then it
+    /// must not wait).
+    pub(crate) fn sleep(&mut self, w: &(impl Words + ?Sized)) -> bool {
+        w.store(self.layout.base + SLEEPING, 1, Ordering::SeqCst);
+        let tail = w.load(self.layout.base + TAIL, Ordering::SeqCst);
+        tail != self.head
+    }
+
+    /// Says this side waits no more.
+    pub(crate) fn wake(&mut self, w: &(impl Words + ?Sized)) {
+        w.store(self.layout.base + SLEEPING, 0, Ordering::Relaxed);
+    }
+}
+
+/// Writes `parts`, back to back, from word `at` on (little-endian bytes).
+fn write_bytes<'p>(w: &(impl Words + ?Sized), at: usize, parts: impl Iterator<Item = &'p [u8]>) {
+    let mut word = [0u8; 8];
+    let mut fill = 0;
+    let mut i = at;
+    for part in parts {
+        let mut rest = part;
+        while !rest.is_empty() {
+            if fill == 0 && rest.len() >= 8 {
+                // Whole words straight from the part.
+                let (chunks, tail) = rest.split_at(rest.len() & !7);
+                for c in chunks.chunks_exact(8) {
+                    let v = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+                    w.store(i, v, Ordering::Relaxed);
+                    i += 1;
+                }
+                rest = tail;
+                continue;
+            }
+            let take = (8 - fill).min(rest.len());
+            word[fill..fill + take].copy_from_slice(&rest[..take]);
+            fill += take;
+            rest = &rest[take..];
+            if fill == 8 {
+                w.store(i, u64::from_le_bytes(word), Ordering::Relaxed);
+                i += 1;
+                fill = 0;
+            }
+        }
+    }
+    if fill > 0 {
+        word[fill..].fill(0);
+        w.store(i, u64::from_le_bytes(word), Ordering::Relaxed);
+    }
+}
+
+/// Reads `out.len()` bytes from word `at` on.
+fn read_bytes(w: &(impl Words + ?Sized), at: usize, out: &mut [u8]) {
+    let mut chunks = out.chunks_exact_mut(8);
+    let mut i = at;
+    for c in &mut chunks {
+        c.copy_from_slice(&w.load(i, Ordering::Relaxed).to_le_bytes());
+        i += 1;
+    }
+    let rest = chunks.into_remainder();
+    if !rest.is_empty() {
+        let v = w.load(i, Ordering::Relaxed).to_le_bytes();
+        rest.copy_from_slice(&v[..rest.len()]);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    fn words(n: usize) -> Box<[AtomicU64]> {
+        (0..n).map(|_| AtomicU64::new(0)).collect()
+    }
+
+    fn push(p: &mut Producer, w: &[AtomicU64], parts: &[&[u8]]) -> Result<Pushed, RingError> {
+        p.push(w, parts.iter().copied())
+    }
+
+    fn ring(len: usize, slot: usize) -> (Box<[AtomicU64]>, Producer, Consumer) {
+        let layout = Layout::new(8, len, slot);
+        let w = words(8 + layout.words());
+        assert!(layout.fits(w.len()));
+        (w, Producer::new(layout), Consumer::new(layout))
+    }
+
+    #[test]
+    fn datagrams_come_out_as_they_went_in_across_laps() {
+        let (w, mut p, mut c) = ring(4, 100);
+        let mut out = vec![0u8; 104];
+        for n in 0..50u32 {
+            let body: Vec<u8> = (0..(n % 97) as u8).collect();
+            let head = n.to_le_bytes();
+            push(&mut p, &*w, &[&head, &body, b"x"]).unwrap();
+            let len = c.pop(&*w, &mut out).unwrap().unwrap();
+            assert_eq!(&out[..4], &head);
+            assert_eq!(&out[4..len - 1], &body[..]);
+            assert_eq!(out[len - 1], b'x');
+            assert_eq!(c.pop(&*w, &mut out).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn a_full_ring_says_so_and_frees_as_the_consumer_goes() {
+        let (w, mut p, mut c) = ring(4, 16);
+        let mut out = vec![0u8; 16];
+        for i in 0..4u8 {
+            push(&mut p, &*w, &[&[i; 3]]).unwrap();
+        }
+        assert_eq!(push(&mut p, &*w, &[b"no"]), Err(RingError::Full));
+        assert_eq!(push(&mut p, &*w, &[&[0; 17]]), Err(RingError::TooLarge));
+        assert_eq!(c.pop(&*w, &mut out).unwrap(), Some(3));
+        assert_eq!(&out[..3], &[0; 3]);
+        push(&mut p, &*w, &[b"yes"]).unwrap();
+        for i in 1..4u8 {
+            assert_eq!(c.pop(&*w, &mut out).unwrap(), Some(3));
+            assert_eq!(&out[..3], &[i; 3]);
+        }
+        assert_eq!(c.pop(&*w, &mut out).unwrap(), Some(3));
+        assert_eq!(&out[..3], b"yes");
+    }
+
+    #[test]
+    fn a_lying_peer_is_caught_not_believed() {
+        let layout = Layout::new(0, 4, 16);
+        let w = words(layout.words());
+        let mut c = Consumer::new(layout);
+        let mut out = vec![0u8; 16];
+        // A tail more than a ring ahead.
+        w.store(TAIL, 9, Ordering::Relaxed);
+        assert_eq!(c.pop(&*w, &mut out), Err(RingError::Corrupt));
+        // A tail that says one datagram, with no descriptor committed for it.
+        let mut c = Consumer::new(layout);
+        w.store(TAIL, 1, Ordering::Relaxed);
+        assert_eq!(c.pop(&*w, &mut out), Err(RingError::Corrupt));
+        // A descriptor of the right lap but an impossible length.
+        w.store(DESCRIPTORS, 1 << 32 | 4096, Ordering::Relaxed);
+        assert_eq!(c.pop(&*w, &mut out), Err(RingError::Corrupt));
+        // A head that goes backwards, seen by the producer.
+        let mut p = Producer::new(layout);
+        for _ in 0..4 {
+            push(&mut p, &*w, &[b"a"]).unwrap();
+        }
+        w.store(HEAD, 7, Ordering::Relaxed);
+        assert_eq!(push(&mut p, &*w, &[b"a"]), Err(RingError::Corrupt));
+    }
+
+    #[test]
+    fn the_doorbell_is_rung_only_for_a_sleeper() {
+        let (w, mut p, mut c) = ring(8, 8);
+        assert!(!push(&mut p, &*w, &[b"1"]).unwrap().wake);
+        let mut out = [0u8; 8];
+        c.pop(&*w, &mut out).unwrap();
+        assert!(!c.sleep(&*w), "nothing came");
+        assert!(push(&mut p, &*w, &[b"2"]).unwrap().wake);
+        c.wake(&*w);
+        assert!(!push(&mut p, &*w, &[b"3"]).unwrap().wake);
+        assert!(c.sleep(&*w), "two came: do not wait");
+    }
+
+    #[test]
+    fn garbage_anywhere_never_panics() {
+        // Every word the peer controls set to arbitrary values, repeatedly.
+        let layout = Layout::new(0, 8, 64);
+        let w = words(layout.words());
+        let mut out = vec![0u8; 64];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let i = (x % w.len() as u64) as usize;
+            w.store(i, x.rotate_left(7) % 20, Ordering::Relaxed);
+            let mut c = Consumer::new(layout);
+            for _ in 0..3 {
+                let _ = c.pop(&*w, &mut out);
+            }
+            let mut p = Producer::new(layout);
+            let _ = push(&mut p, &*w, &[b"abc"]);
+        }
+    }
+}
+
+#[cfg(loom)]
+mod loom_tests {
+    //! Every interleaving of a producer, a consumer and the wake-up, for small rings:
+    //! `RUSTFLAGS="--cfg loom" cargo test -p rpc-transport --lib --release shm::ring`.
+    use super::*;
+    use loom::sync::atomic::AtomicU64;
+    use loom::sync::{Arc, Condvar, Mutex};
+
+    fn words(n: usize) -> Arc<Box<[AtomicU64]>> {
+        Arc::new((0..n).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    /// An eventfd: a counter and a condition variable.
+    #[derive(Default)]
+    struct Doorbell {
+        rung: Mutex<u64>,
+        cv: Condvar,
+    }
+
+    impl Doorbell {
+        fn ring(&self) {
+            *self.rung.lock().unwrap() += 1;
+            self.cv.notify_one();
+        }
+        fn wait(&self) {
+            let mut rung = self.rung.lock().unwrap();
+            while *rung == 0 {
+                rung = self.cv.wait(rung).unwrap();
+            }
+            *rung = 0;
+        }
+    }
+
+    #[test]
+    fn every_datagram_arrives_once_in_order_and_no_wake_up_is_lost() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(|| {
+            let layout = Layout::new(0, 2, 8);
+            let w = words(layout.words());
+            let bell = Arc::new(Doorbell::default());
+            let producer = {
+                let (w, bell) = (w.clone(), bell.clone());
+                loom::thread::spawn(move || {
+                    let mut p = Producer::new(layout);
+                    let mut n = 0u8;
+                    while n < 3 {
+                        match p.push(&**w, [&[n][..]].into_iter()) {
+                            Ok(pushed) => {
+                                if pushed.wake {
+                                    bell.ring();
+                                }
+                                n += 1;
+                            }
+                            Err(RingError::Full) => loom::thread::yield_now(),
+                            Err(e) => panic!("{e:?}"),
+                        }
+                    }
+                })
+            };
+            let mut c = Consumer::new(layout);
+            let mut out = [0u8; 8];
+            let mut next = 0u8;
+            while next < 3 {
+                match c.pop(&**w, &mut out).unwrap() {
+                    Some(len) => {
+                        assert_eq!((len, out[0]), (1, next));
+                        next += 1;
+                    }
+                    None => {
+                        if !c.sleep(&**w) {
+                            // Blocks for good if the producer missed this sleep: loom
+                            // reports the deadlock.
+                            bell.wait();
+                        }
+                        c.wake(&**w);
+                    }
+                }
+            }
+            producer.join().unwrap();
+        });
+    }
+}
