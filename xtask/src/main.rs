@@ -36,13 +36,14 @@ fn cargo() -> Command {
     c
 }
 
-const FUZZ_TARGETS: [&str; 6] = [
+const FUZZ_TARGETS: [&str; 7] = [
     "packet",
     "server",
     "client",
     "reassembly",
     "decode",
     "adversary",
+    "shm_region",
 ];
 
 fn fuzz(seconds: u64) -> anyhow::Result<()> {

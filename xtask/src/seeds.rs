@@ -243,6 +243,32 @@ pub(crate) fn write(dir: &Path) -> anyhow::Result<()> {
     ] {
         corpus.push(("adversary", name, bytes));
     }
+    // The shared-memory region target: a shape byte (ring of 2, slots of 8 bytes: 1), then
+    // the region's words: an empty ring, one committed datagram, a tail that lies, a length
+    // beyond the slot.
+    let region = |words: &[(usize, u64)]| {
+        let mut w = vec![0u64; 34];
+        for &(i, v) in words {
+            w[i] = v;
+        }
+        let mut bytes = vec![1u8];
+        for v in w {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        bytes
+    };
+    let hello = u64::from_le_bytes(*b"hello\0\0\0");
+    for (name, bytes) in [
+        ("empty", region(&[])),
+        (
+            "one-committed",
+            region(&[(0, 1), (24, 1 << 32 | 5), (32, hello)]),
+        ),
+        ("lying-tail", region(&[(0, 2), (24, 1 << 32 | 5)])),
+        ("too-long", region(&[(0, 1), (24, 1 << 32 | 4096)])),
+    ] {
+        corpus.push(("shm_region", name, bytes));
+    }
     for (target, name, bytes) in corpus {
         let d = dir.join(target);
         std::fs::create_dir_all(&d)?;

@@ -34,6 +34,57 @@ mod link;
 mod region;
 pub(crate) mod ring;
 
+/// For fuzz targets and their corpus replay: a ring's reader and writer over arbitrary region
+/// contents.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::ring::{Consumer, Layout, Producer, RingError, Words};
+
+    /// Fills a small ring's region with `data` (the first byte picks the ring's shape; the
+    /// rest become its words, and every 17th byte also rewrites a word between operations, as
+    /// a peer writing while this side reads), then drives a consumer and a producer over it.
+    /// Invariants: nothing panics, nothing reads or writes outside the ring, a datagram taken
+    /// out is never longer than a slot, and the reader never waits.
+    pub fn region(data: &[u8]) {
+        let Some((&shape, rest)) = data.split_first() else {
+            return;
+        };
+        let ring_len = 1usize << (shape & 3);
+        let slot = 8 * (1 + usize::from(shape >> 2 & 7));
+        let layout = Layout::new(0, ring_len, slot);
+        let words: Box<[AtomicU64]> = (0..layout.words()).map(|_| AtomicU64::new(0)).collect();
+        for (i, c) in rest.chunks(8).enumerate() {
+            let mut b = [0u8; 8];
+            b[..c.len()].copy_from_slice(c);
+            words.store(i % words.len(), u64::from_le_bytes(b), Ordering::Relaxed);
+        }
+        let mut consumer = Consumer::new(layout);
+        let mut producer = Producer::new(layout);
+        let mut out = vec![0u8; layout.slot_bytes()];
+        for (k, chunk) in rest.chunks(17).enumerate() {
+            if let [a, b, c @ ..] = chunk {
+                let i = usize::from(*a) % words.len();
+                let v = c
+                    .iter()
+                    .fold(u64::from(*b), |v, &x| v.rotate_left(8) ^ u64::from(x));
+                words.store(i, v % 64, Ordering::Relaxed);
+            }
+            match consumer.pop(&*words, &mut out) {
+                Ok(Some(len)) => assert!(len <= layout.slot_bytes()),
+                Ok(None) | Err(RingError::Corrupt) => {}
+                Err(e) => panic!("a reader never reports {e:?}"),
+            }
+            if k % 2 == 0 {
+                let _ = producer.push(&*words, [chunk].into_iter());
+            }
+            let _ = consumer.sleep(&*words);
+            consumer.wake(&*words);
+        }
+    }
+}
+
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

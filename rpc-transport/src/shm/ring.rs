@@ -27,9 +27,10 @@
 //!
 //! Waking: a consumer about to wait sets `sleeping` and looks once more; a producer that has
 //! published reads `sleeping` and, if set, rings the consumer's doorbell (an eventfd, outside
-//! this module). Both the `tail` store and the `sleeping` store and loads are sequentially
-//! consistent, so either the consumer sees the datagram on its second look or the producer
-//! sees it sleeping. While the consumer spins, the producer skips the doorbell.
+//! this module). Each side puts a sequentially consistent fence between its store and its
+//! load (the producer's `tail`, then `sleeping`; the consumer's `sleeping`, then `tail`), so
+//! either the consumer sees the datagram on its second look or the producer sees it sleeping.
+//! While the consumer spins, the producer skips the doorbell.
 //!
 //! The ring is written over [`Words`], so that loom can check it with its own atomics
 //! (`cfg(loom)`), Miri with heap words, and production runs it on a shared mapping.
@@ -42,6 +43,8 @@ pub(crate) trait Words {
     fn load(&self, i: usize, order: Ordering) -> u64;
     /// Stores word `i` (nothing if out of range).
     fn store(&self, i: usize, value: u64, order: Ordering);
+    /// A sequentially consistent fence (of this kind of atomics).
+    fn fence(&self);
 }
 
 impl Words for [std::sync::atomic::AtomicU64] {
@@ -55,6 +58,10 @@ impl Words for [std::sync::atomic::AtomicU64] {
             w.store(value, order);
         }
     }
+    #[inline]
+    fn fence(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
 }
 
 #[cfg(loom)]
@@ -66,6 +73,9 @@ impl Words for [loom::sync::atomic::AtomicU64] {
         if let Some(w) = self.get(i) {
             w.store(value, order);
         }
+    }
+    fn fence(&self) {
+        loom::sync::atomic::fence(Ordering::SeqCst);
     }
 }
 
@@ -199,9 +209,13 @@ impl Producer {
             Ordering::Release,
         );
         self.tail = n + 1;
-        w.store(self.layout.base + TAIL, self.tail, Ordering::SeqCst);
+        w.store(self.layout.base + TAIL, self.tail, Ordering::Release);
+        // Dekker with the consumer's `sleep`: the tail store and the `sleeping` load are
+        // separated by a full fence on this side, the `sleeping` store and the tail load by one
+        // on that side, so at least one of the two loads sees the other side's store.
+        w.fence();
         Ok(Pushed {
-            wake: w.load(self.layout.base + SLEEPING, Ordering::SeqCst) != 0,
+            wake: w.load(self.layout.base + SLEEPING, Ordering::Relaxed) != 0,
         })
     }
 }
@@ -264,8 +278,9 @@ impl Consumer {
     /// Says this side is about to wait; returns whether a datagram came meanwhile (then it
     /// must not wait).
     pub(crate) fn sleep(&mut self, w: &(impl Words + ?Sized)) -> bool {
-        w.store(self.layout.base + SLEEPING, 1, Ordering::SeqCst);
-        let tail = w.load(self.layout.base + TAIL, Ordering::SeqCst);
+        w.store(self.layout.base + SLEEPING, 1, Ordering::Relaxed);
+        w.fence();
+        let tail = w.load(self.layout.base + TAIL, Ordering::Acquire);
         tail != self.head
     }
 
@@ -421,13 +436,50 @@ mod tests {
     }
 
     #[test]
+    fn a_producer_and_a_consumer_on_two_threads() {
+        // Under Miri, a check that every access to the shared words is free of data races.
+        let layout = Layout::new(0, 8, 24);
+        let w: std::sync::Arc<Box<[AtomicU64]>> = std::sync::Arc::new(words(layout.words()));
+        let n = if cfg!(miri) { 50u32 } else { 20_000 };
+        let producer = {
+            let w = w.clone();
+            std::thread::spawn(move || {
+                let mut p = Producer::new(layout);
+                let mut i = 0u32;
+                while i < n {
+                    let bytes = i.to_le_bytes();
+                    match push(&mut p, &w, &[&bytes, &bytes[..(i % 4) as usize]]) {
+                        Ok(_) => i += 1,
+                        Err(RingError::Full) => std::thread::yield_now(),
+                        Err(e) => panic!("{e:?}"),
+                    }
+                }
+            })
+        };
+        let mut c = Consumer::new(layout);
+        let mut out = [0u8; 24];
+        let mut next = 0u32;
+        while next < n {
+            match c.pop(&**w, &mut out).unwrap() {
+                Some(len) => {
+                    assert_eq!(len, 4 + (next % 4) as usize);
+                    assert_eq!(&out[..4], &next.to_le_bytes());
+                    next += 1;
+                }
+                None => std::thread::yield_now(),
+            }
+        }
+        producer.join().unwrap();
+    }
+
+    #[test]
     fn garbage_anywhere_never_panics() {
         // Every word the peer controls set to arbitrary values, repeatedly.
         let layout = Layout::new(0, 8, 64);
         let w = words(layout.words());
         let mut out = vec![0u8; 64];
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        for _ in 0..10_000 {
+        for _ in 0..if cfg!(miri) { 200 } else { 10_000 } {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
@@ -481,24 +533,17 @@ mod loom_tests {
         let mut builder = loom::model::Builder::new();
         builder.preemption_bound = Some(3);
         builder.check(|| {
-            let layout = Layout::new(0, 2, 8);
+            let layout = Layout::new(0, 4, 8);
             let w = words(layout.words());
             let bell = Arc::new(Doorbell::default());
             let producer = {
                 let (w, bell) = (w.clone(), bell.clone());
                 loom::thread::spawn(move || {
                     let mut p = Producer::new(layout);
-                    let mut n = 0u8;
-                    while n < 3 {
-                        match p.push(&**w, [&[n][..]].into_iter()) {
-                            Ok(pushed) => {
-                                if pushed.wake {
-                                    bell.ring();
-                                }
-                                n += 1;
-                            }
-                            Err(RingError::Full) => loom::thread::yield_now(),
-                            Err(e) => panic!("{e:?}"),
+                    for n in 0..3u8 {
+                        let pushed = p.push(&**w, [&[n][..]].into_iter()).unwrap();
+                        if pushed.wake {
+                            bell.ring();
                         }
                     }
                 })
@@ -523,6 +568,45 @@ mod loom_tests {
                 }
             }
             producer.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn a_slot_is_reused_only_once_its_datagram_was_copied_out() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(|| {
+            // Two slots; the producer fills them, then tries a third while the consumer
+            // takes the first out: the third either waits (full) or lands in the freed slot,
+            // never over a datagram not yet copied.
+            let layout = Layout::new(0, 2, 8);
+            let w = words(layout.words());
+            let mut p = Producer::new(layout);
+            p.push(&**w, [&[10u8; 8][..]].into_iter()).unwrap();
+            p.push(&**w, [&[11u8; 8][..]].into_iter()).unwrap();
+            let consumer = {
+                let w = w.clone();
+                loom::thread::spawn(move || {
+                    let mut c = Consumer::new(layout);
+                    let mut out = [0u8; 8];
+                    assert_eq!(c.pop(&**w, &mut out).unwrap(), Some(8));
+                    assert_eq!(out, [10u8; 8], "the first datagram, whole");
+                    c
+                })
+            };
+            let third = p.push(&**w, [&[12u8; 8][..]].into_iter());
+            let mut c = consumer.join().unwrap();
+            let mut out = [0u8; 8];
+            assert_eq!(c.pop(&**w, &mut out).unwrap(), Some(8));
+            assert_eq!(out, [11u8; 8]);
+            match third {
+                Ok(_) => {
+                    assert_eq!(c.pop(&**w, &mut out).unwrap(), Some(8));
+                    assert_eq!(out, [12u8; 8]);
+                }
+                Err(e) => assert_eq!(e, RingError::Full),
+            }
+            assert_eq!(c.pop(&**w, &mut out).unwrap(), None);
         });
     }
 }
