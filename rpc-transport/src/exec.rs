@@ -188,26 +188,39 @@ impl<F: Future> Completions<F> {
         if self.live == 0 {
             return None;
         }
-        let mut cx = Context::from_waker(&self.waker);
-        let _own = Entered::new();
         loop {
-            next_pass();
-            let n = self.slots.len();
-            // Every live future is polled each pass: a call's poll is what drives its
-            // client's link (once per pass, however many of its calls are polled).
-            for k in 0..n {
-                let i = (self.cursor + k) % n;
-                let Some(fut) = self.slots[i].as_mut().as_pin_mut() else {
-                    continue;
-                };
-                if let Poll::Ready(v) = fut.poll(&mut cx) {
-                    self.slots[i].as_mut().set(None);
-                    self.live -= 1;
-                    self.cursor = (i + 1) % n;
-                    return Some((self.indexes[i], v));
-                }
+            if let Some(done) = self.try_next() {
+                return Some(done);
             }
             std::hint::spin_loop();
         }
+    }
+
+    /// Polls every live future once (which drives their links once) and gives the output of
+    /// the first that ended, if any: for a caller that has other work between polls, such as
+    /// a pacer sending calls at fixed times.
+    pub fn try_next(&mut self) -> Option<(usize, F::Output)> {
+        if self.live == 0 {
+            return None;
+        }
+        let mut cx = Context::from_waker(&self.waker);
+        let _own = Entered::new();
+        next_pass();
+        let n = self.slots.len();
+        // Every live future is polled each pass: a call's poll is what drives its client's
+        // link (once per pass, however many of its calls are polled).
+        for k in 0..n {
+            let i = (self.cursor + k) % n;
+            let Some(fut) = self.slots[i].as_mut().as_pin_mut() else {
+                continue;
+            };
+            if let Poll::Ready(v) = fut.poll(&mut cx) {
+                self.slots[i].as_mut().set(None);
+                self.live -= 1;
+                self.cursor = (i + 1) % n;
+                return Some((self.indexes[i], v));
+            }
+        }
+        None
     }
 }
