@@ -115,14 +115,52 @@ pub fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Outpu
     out.into_iter().flatten().collect()
 }
 
+/// The slots whose wakers fired since the executor last looked.
+#[derive(Debug, Default)]
+struct Woken {
+    any: AtomicBool,
+    slots: std::sync::Mutex<Vec<usize>>,
+}
+
+/// The waker of one slot of a [`Completions`]: it queues the slot's index (once until the
+/// slot is polled again).
+#[derive(Debug)]
+struct SlotWaker {
+    slot: usize,
+    queued: AtomicBool,
+    woken: Arc<Woken>,
+}
+
+impl Wake for SlotWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            let mut slots = self.woken.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots.push(self.slot);
+            self.woken.any.store(true, Ordering::Release);
+        }
+    }
+}
+
 /// Many futures polled together on this thread; [`Completions::next`] gives each one's output
 /// (with its index) as it ends. Slots are refilled in place ([`Completions::push`]), so a
-/// pipeline that keeps `n` calls in flight allocates its `n` slots once and nothing per call.
+/// pipeline that keeps `n` calls in flight allocates its `n` slots (and their wakers) once
+/// and nothing per call.
+///
+/// A pass polls the futures whose wakers fired (a call's waker fires when another call's
+/// poll, driving the link, received its reply), so that taking one result costs a few polls
+/// however many calls are in flight; a pass in which none fired polls every live future,
+/// which drives the link of every client among them.
 pub struct Completions<F: Future> {
     /// Each slot is allocated once and pinned; a future is written into it in place.
     slots: Vec<Pin<Box<Option<F>>>>,
     indexes: Vec<usize>,
-    waker: Waker,
+    wakers: Vec<(Arc<SlotWaker>, Waker)>,
+    woken: Arc<Woken>,
+    /// Woken slots taken from `woken`, to poll.
+    run: std::collections::VecDeque<usize>,
     live: usize,
     next_index: usize,
     cursor: usize,
@@ -142,7 +180,9 @@ impl<F: Future> Completions<F> {
         let mut c = Self {
             slots: Vec::new(),
             indexes: Vec::new(),
-            waker: Waker::from(Arc::new(Flag::default())),
+            wakers: Vec::new(),
+            woken: Arc::default(),
+            run: std::collections::VecDeque::new(),
             live: 0,
             next_index: 0,
             cursor: 0,
@@ -168,16 +208,28 @@ impl<F: Future> Completions<F> {
     pub fn push(&mut self, future: F) -> usize {
         let index = self.next_index;
         self.next_index += 1;
-        match self.slots.iter().position(|s| s.is_none()) {
+        let slot = match self.slots.iter().position(|s| s.is_none()) {
             Some(i) => {
                 self.slots[i].as_mut().set(Some(future));
                 self.indexes[i] = index;
+                i
             }
             None => {
+                let i = self.slots.len();
                 self.slots.push(Box::pin(Some(future)));
                 self.indexes.push(index);
+                let w = Arc::new(SlotWaker {
+                    slot: i,
+                    queued: AtomicBool::new(false),
+                    woken: self.woken.clone(),
+                });
+                let waker = Waker::from(w.clone());
+                self.wakers.push((w, waker));
+                i
             }
-        }
+        };
+        // A new future is polled first in the next pass.
+        self.wakers[slot].1.wake_by_ref();
         self.live += 1;
         index
     }
@@ -196,31 +248,188 @@ impl<F: Future> Completions<F> {
         }
     }
 
-    /// Polls every live future once (which drives their links once) and gives the output of
-    /// the first that ended, if any: for a caller that has other work between polls, such as
-    /// a pacer sending calls at fixed times.
+    /// Moves the slots woken since the last look to `run`.
+    fn take_woken(&mut self) {
+        if self.woken.any.swap(false, Ordering::AcqRel) {
+            let mut slots = self.woken.slots.lock().unwrap_or_else(|e| e.into_inner());
+            self.run.extend(slots.drain(..));
+        }
+    }
+
+    /// Polls slot `i` if it holds a future; its output if it ended.
+    fn poll_slot(&mut self, i: usize) -> Option<(usize, F::Output)> {
+        let (w, waker) = &self.wakers[i];
+        // Cleared before the poll, so that a wake during or after it queues the slot again.
+        w.queued.store(false, Ordering::Release);
+        let mut cx = Context::from_waker(waker);
+        let fut = self.slots[i].as_mut().as_pin_mut()?;
+        match fut.poll(&mut cx) {
+            Poll::Ready(v) => {
+                self.slots[i].as_mut().set(None);
+                self.live -= 1;
+                Some((self.indexes[i], v))
+            }
+            Poll::Pending => None,
+        }
+    }
+
+    /// One pass: polls the futures woken since the last (or, if none was, every live future,
+    /// which drives their links) and gives the output of the first that ended, if any: for a
+    /// caller that has other work between polls, such as a pacer sending calls at fixed times.
     pub fn try_next(&mut self) -> Option<(usize, F::Output)> {
         if self.live == 0 {
             return None;
         }
-        let mut cx = Context::from_waker(&self.waker);
         let _own = Entered::new();
         next_pass();
-        let n = self.slots.len();
-        // Every live future is polled each pass: a call's poll is what drives its client's
-        // link (once per pass, however many of its calls are polled).
-        for k in 0..n {
-            let i = (self.cursor + k) % n;
-            let Some(fut) = self.slots[i].as_mut().as_pin_mut() else {
-                continue;
-            };
-            if let Poll::Ready(v) = fut.poll(&mut cx) {
-                self.slots[i].as_mut().set(None);
-                self.live -= 1;
-                self.cursor = (i + 1) % n;
-                return Some((self.indexes[i], v));
+        self.take_woken();
+        if self.run.is_empty() {
+            // Nothing was woken: poll everything once. The first poll of each client's
+            // futures drives its link (once per pass), which may wake others.
+            let n = self.slots.len();
+            for k in 0..n {
+                let i = (self.cursor + k) % n;
+                if let Some(done) = self.poll_slot(i) {
+                    self.cursor = (i + 1) % n;
+                    return Some(done);
+                }
             }
+            self.take_woken();
+        }
+        // The woken ones, at most as many as there are slots (a future that wakes itself at
+        // every poll cannot keep this pass going).
+        for _ in 0..self.slots.len() {
+            let Some(i) = self.run.pop_front() else {
+                break;
+            };
+            if let Some(done) = self.poll_slot(i) {
+                return Some(done);
+            }
+            self.take_woken();
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use super::*;
+
+    /// What the gates of a test share: which are open, their wakers, how often each was
+    /// polled.
+    #[derive(Default)]
+    struct Gates {
+        open: Vec<bool>,
+        wakers: Vec<Option<Waker>>,
+        polls: Vec<u32>,
+    }
+
+    /// Ready with its id once its gate is open; wakes itself at every poll if `restless`.
+    struct Gate {
+        id: usize,
+        gates: Rc<RefCell<Gates>>,
+        restless: bool,
+    }
+
+    impl Future for Gate {
+        type Output = usize;
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+            let mut g = self.gates.borrow_mut();
+            g.polls[self.id] += 1;
+            if g.open[self.id] {
+                return Poll::Ready(self.id);
+            }
+            g.wakers[self.id] = Some(cx.waker().clone());
+            if self.restless {
+                cx.waker().wake_by_ref();
+            }
+            Poll::Pending
+        }
+    }
+
+    fn gates(n: usize) -> (Rc<RefCell<Gates>>, Vec<Gate>) {
+        let g = Rc::new(RefCell::new(Gates {
+            open: vec![false; n],
+            wakers: vec![None; n],
+            polls: vec![0; n],
+        }));
+        let futures = (0..n)
+            .map(|id| Gate {
+                id,
+                gates: g.clone(),
+                restless: false,
+            })
+            .collect();
+        (g, futures)
+    }
+
+    #[test]
+    fn a_woken_future_is_polled_alone() {
+        let (g, futures) = gates(64);
+        let mut c = Completions::new(futures);
+        assert!(c.try_next().is_none());
+        assert!(g.borrow().polls.iter().all(|&p| p == 1));
+        let waker = {
+            let mut g = g.borrow_mut();
+            g.open[10] = true;
+            g.wakers[10].take().unwrap()
+        };
+        waker.wake();
+        assert_eq!(c.try_next(), Some((10, 10)));
+        let g = g.borrow();
+        assert_eq!(g.polls[10], 2);
+        assert!(g.polls.iter().enumerate().all(|(i, &p)| i == 10 || p == 1));
+        assert_eq!(c.len(), 63);
+    }
+
+    #[test]
+    fn with_nothing_woken_every_future_is_polled() {
+        // What drives a link is a poll: a reply that arrived without a wake-up is found.
+        let (g, futures) = gates(8);
+        let mut c = Completions::new(futures);
+        assert!(c.try_next().is_none());
+        g.borrow_mut().open[5] = true;
+        assert_eq!(c.try_next(), Some((5, 5)));
+        for i in 0..8 {
+            g.borrow_mut().open[i] = true;
+        }
+        let mut ended: Vec<usize> = std::iter::from_fn(|| c.next()).map(|(i, _)| i).collect();
+        ended.sort_unstable();
+        assert_eq!(ended, vec![0, 1, 2, 3, 4, 6, 7]);
+        assert!(c.next().is_none());
+    }
+
+    #[test]
+    fn a_future_waking_itself_does_not_hold_a_pass() {
+        let (g, mut futures) = gates(4);
+        futures[0].restless = true;
+        let mut c = Completions::new(futures);
+        for _ in 0..10 {
+            assert!(c.try_next().is_none());
+        }
+        // At most one poll per slot per pass, plus the first.
+        assert!(g.borrow().polls[0] <= 10 * 4 + 1, "{}", g.borrow().polls[0]);
+    }
+
+    #[test]
+    fn slots_are_reused_and_indexes_keep_counting() {
+        let (g, futures) = gates(3);
+        let mut c = Completions::new(futures);
+        g.borrow_mut().open = vec![true; 3];
+        assert!(c.next().is_some());
+        let gates = g.clone();
+        let i = c.push(Gate {
+            id: 0,
+            gates,
+            restless: false,
+        });
+        assert_eq!(i, 3);
+        let mut ended: Vec<usize> = std::iter::from_fn(|| c.next()).map(|(i, _)| i).collect();
+        ended.sort_unstable();
+        assert_eq!(ended.len(), 3);
+        assert_eq!(c.slots.len(), 3);
     }
 }
