@@ -163,8 +163,8 @@ impl Pair {
         let mut pair = Self {
             client,
             server,
-            requests: vec![Vec::with_capacity(HEADER_LEN); BATCH],
-            replies: vec![Vec::with_capacity(HEADER_LEN); BATCH],
+            requests: (0..BATCH).map(|_| Vec::with_capacity(HEADER_LEN)).collect(),
+            replies: (0..BATCH).map(|_| Vec::with_capacity(HEADER_LEN)).collect(),
         };
         pair.handshake(now);
         pair
