@@ -1,11 +1,13 @@
 //! A quick check of the suite's peer modules (tarpc, tonic): starts each peer's server, runs
 //! closed-loop round trips at each payload size and a throughput run with calls in flight, and
-//! prints percentiles. Client on cpu 0, server on cpu 1 (when the machine has two). Short by
+//! prints percentiles. Client on cpu 0, server on cpu 1 (when the machine has two, unless
+//! `--unpinned`). Short by
 //! default; the suite itself does the real runs.
 //!
 //! ```text
 //! cargo bench -p benches --bench peers_check
 //! cargo bench -p benches --bench peers_check -- --peers tonic --payloads 32,1048576 --iterations 2000
+//! cargo bench -p benches --bench peers_check -- --payloads 32 --in-flight 64 --unpinned
 //! ```
 
 use anyhow::Context as _;
@@ -47,6 +49,9 @@ struct Args {
     /// Seconds measured per throughput run.
     #[arg(long, default_value_t = 0.5)]
     seconds: f64,
+    /// Leave the server unpinned (two workers on any cpu) instead of on cpu 1.
+    #[arg(long)]
+    unpinned: bool,
 }
 
 fn histogram(times: &[u64]) -> anyhow::Result<Histogram<u64>> {
@@ -156,12 +161,10 @@ fn run<P: Peer>(name: &str, args: &Args, server_cpu: Option<usize>) -> anyhow::R
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let two_cpus = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
-    let server_cpu = if two_cpus {
+    if two_cpus {
         rpc_transport::pin_to_cpu(0).context("pinning the client to cpu 0")?;
-        Some(1)
-    } else {
-        None
-    };
+    }
+    let server_cpu = (two_cpus && !args.unpinned).then_some(1);
     println!("client on cpu 0, server on {server_cpu:?}");
     for peer in &args.peers {
         match peer.as_str() {
