@@ -10,8 +10,10 @@
 //! Setup, the fastest this peer offers here:
 //! - `TCP_NODELAY` on both ends (tonic's default, set explicitly).
 //! - HTTP/2 flow-control windows of 4 MiB per stream and 16 MiB per connection on both ends
-//!   (the protocol's default is 64 KiB), so a 1 MiB message is not held up by window
-//!   updates; message size limits of 16 MiB (tonic's default is 4 MiB for decoding).
+//!   (hyper's server defaults are 1 MiB each, just short of a 1 MiB message with its gRPC
+//!   prefix, which would then wait on a window update); message size limits of 16 MiB
+//!   (tonic's default is 4 MiB for decoding). Frames stay at 16 KiB: the client side has no
+//!   setting for them. Codec buffers are tonic's defaults.
 //! - Server: its own thread running a multi-thread tokio runtime. Given a cpu, one worker and
 //!   every runtime thread pinned to it; without one, two unpinned workers. hyper runs each
 //!   request on a task of its own.
