@@ -1,6 +1,9 @@
 //! Shared code of the examples and the latency demo: a counting allocator, the raw UDP floor,
 //! histograms with a progress bar, the percentile table and the plot.
 
+pub mod mesh;
+pub mod mutex;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::IoSlice;
 use std::net::{SocketAddr, UdpSocket};
