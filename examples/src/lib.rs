@@ -1,6 +1,7 @@
 //! Shared code of the examples and the latency demo: a counting allocator, the raw UDP floor,
 //! histograms with a progress bar, the percentile table and the plot.
 
+pub mod kvstore;
 pub mod mesh;
 pub mod mutex;
 
