@@ -4,6 +4,7 @@
 pub mod kvstore;
 pub mod mesh;
 pub mod mutex;
+pub mod tom;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::IoSlice;
