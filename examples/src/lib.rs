@@ -2,6 +2,8 @@
 //! histograms with a progress bar, the percentile table and the plot.
 
 pub mod kvstore;
+pub mod linearizability;
+pub mod lockservice;
 pub mod mesh;
 pub mod mutex;
 pub mod tom;
