@@ -15,7 +15,7 @@
 //! lockservice clients --primary 10.0.1.2:7000 --backup 10.0.2.2:7001 --clients 8 --ops 60
 //! ```
 //!
-//! The servers print `ready <addr>` once serving; the clients print one `op ...` line per
+//! The servers print `ready <addr> pid <pid>` once serving; the clients print one `op ...` line per
 //! operation as it ends (see `examples::lockservice::to_line`).
 
 use std::io::Write;
@@ -118,7 +118,7 @@ fn serve_forever(addr: SocketAddr, backup: Option<SocketAddr>) -> anyhow::Result
     let handle = node
         .bind_udp(addr, server_config(addr))?
         .serve(LockServiceServer::new(Arc::new(server)))?;
-    println!("ready {}", handle.local_addr());
+    println!("ready {} pid {}", handle.local_addr(), std::process::id());
     std::io::stdout().flush()?;
     loop {
         thread::park();
