@@ -48,14 +48,14 @@ fn check(algorithm: Algorithm, n: usize, runs: u64, entries_per_process: usize) 
 
 #[test]
 fn lamport_sends_3_n_minus_1_per_entry_and_excludes() {
-    check(Algorithm::Lamport, 3, 6, 6);
-    check(Algorithm::Lamport, 5, 3, 4);
-    check(Algorithm::Lamport, 8, 2, 3);
+    check(Algorithm::Lamport, 3, 12, 6);
+    check(Algorithm::Lamport, 5, 6, 4);
+    check(Algorithm::Lamport, 8, 4, 3);
 }
 
 #[test]
 fn ricart_agrawala_sends_2_n_minus_1_per_entry_and_excludes() {
-    check(Algorithm::RicartAgrawala, 3, 6, 6);
-    check(Algorithm::RicartAgrawala, 5, 3, 4);
-    check(Algorithm::RicartAgrawala, 8, 2, 3);
+    check(Algorithm::RicartAgrawala, 3, 12, 6);
+    check(Algorithm::RicartAgrawala, 5, 6, 4);
+    check(Algorithm::RicartAgrawala, 8, 4, 3);
 }
