@@ -133,6 +133,8 @@ impl Replica {
                     self.anomalies.fetch_add(1, Ordering::Relaxed);
                 }
                 if Self::is_past(&s, (ts, from)) {
+                    // Earlier than something delivered: the order is broken.
+                    self.anomalies.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
                 let e = s.queue.entry((ts, from)).or_default();
@@ -302,6 +304,13 @@ pub fn run(config: TomConfig) -> anyhow::Result<TomReport> {
         while s.delivered.len() < total {
             if let Some((link, err)) = failures.first() {
                 bail!("{link} failed: {err}");
+            }
+            let late = replicas
+                .iter()
+                .map(|r| r.anomalies.load(Ordering::Relaxed))
+                .sum::<u64>();
+            if late > 0 {
+                bail!("{late} messages arrived after a later one was delivered");
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

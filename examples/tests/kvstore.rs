@@ -16,7 +16,7 @@ fn every_client_style_reads_back_what_it_wrote() {
     let kv =
         KvStoreClient::new(UdpClient::connect(server.local_addr(), mesh::client_config()).unwrap());
     let done = exercise(&kv, "a/", 500, 100).unwrap();
-    assert_eq!(done.calls, 7 + 2 * 500);
+    assert_eq!(done.calls, 7 + 2 * 500 + 16);
     let stats = kv.stats().unwrap();
     assert_eq!(stats.keys, 500);
     assert_eq!(stats.bytes, 500 * 100);

@@ -112,7 +112,7 @@ struct History {
 #[test]
 fn many_clients_with_the_primary_halted_midway_stay_linearizable() {
     let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
-    let (clerks, ops_each, runs) = (8u64, 40usize, 12u64);
+    let (clerks, ops_each, runs) = (8u64, 40usize, 20u64);
     let mut histories = 0;
     let mut failovers = Vec::new();
     for seed in 0..runs {

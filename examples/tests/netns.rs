@@ -177,7 +177,7 @@ fn a_key_value_client_calls_its_server_across_two_namespaces() {
 #[test]
 fn the_lock_service_survives_its_primary_killed_across_three_namespaces() {
     let mut histories = 0;
-    for run in 0..3 {
+    for run in 0..5 {
         match lock_run(run) {
             Some(h) => histories += h,
             None => return,
