@@ -1,6 +1,13 @@
 //! Shared code of the examples and the latency demo: a counting allocator, the raw UDP floor,
 //! histograms with a progress bar, the percentile table and the plot.
 
+pub mod kvstore;
+pub mod linearizability;
+pub mod lockservice;
+pub mod mesh;
+pub mod mutex;
+pub mod tom;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::IoSlice;
 use std::net::{SocketAddr, UdpSocket};
