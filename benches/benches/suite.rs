@@ -33,6 +33,14 @@ mod ours;
 #[path = "suite/report.rs"]
 mod report;
 
+/// The peers over TCP, from their files under `suite/peers/`.
+mod suite {
+    pub mod peers {
+        pub mod tarpc;
+        pub mod tonic;
+    }
+}
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -376,6 +384,22 @@ fn plan(args: &Args) -> Vec<Spec> {
         }
     }
 
+    if !args.no_peers {
+        for peer in ["tarpc", "tonic"] {
+            for p in PAYLOADS {
+                add(
+                    format!("{peer} {}", size_label(p)),
+                    Group::Peer,
+                    Kind::Latency,
+                    peer,
+                    p,
+                    Some(raw_udp(p)),
+                    Box::new(move |b| tcp_latency(peer, p, b)),
+                );
+            }
+        }
+    }
+
     // Throughput.
     let window = "floor: raw udp mmsg window of 32".to_string();
     add(
@@ -420,6 +444,22 @@ fn plan(args: &Args) -> Vec<Spec> {
         Box::new(move |b| ours::pipelined(setup, 64, b)),
     );
 
+    if !args.no_peers {
+        for peer in ["tarpc", "tonic"] {
+            for n in IN_FLIGHT {
+                add(
+                    format!("{peer} {n} in flight"),
+                    Group::Peer,
+                    Kind::Throughput(n),
+                    peer,
+                    0,
+                    Some(window.clone()),
+                    Box::new(move |b| tcp_throughput(peer, n, b)),
+                );
+            }
+        }
+    }
+
     // Open loop: null calls at fixed offered rates.
     let rates: [(Net, &[f64]); 3] = [
         (Net::Udp, &[25e3, 50e3, 100e3, 200e3, 400e3]),
@@ -449,24 +489,75 @@ fn plan(args: &Args) -> Vec<Spec> {
     v
 }
 
-/// iceoryx2's request-response, for as many round trips as the budget is likely to hold.
-fn iceoryx2(payload: usize, b: &Budget) -> anyhow::Result<Sample> {
-    // A guess of its round trip (about a microsecond plus the copies), to size the run.
-    let guess_ns = 1_500.0 + payload as f64 * 0.5;
-    let iterations = ((b.seconds * 1e9 / guess_ns) as u64).max(50);
-    let times =
-        iceoryx2_peer::round_trips(payload.max(8), iterations / 5, iterations, b.server_cpu)?;
-    measured(|h| {
+/// Closed-loop round trips of a peer, `rt(warmup, iterations)`, as many as the budget is
+/// likely to hold (sized by a short probe first).
+fn sized(
+    b: &Budget,
+    mut rt: impl FnMut(u64, u64) -> anyhow::Result<Vec<u64>>,
+) -> anyhow::Result<Sample> {
+    let probe = rt(5, 20)?;
+    let mean = probe.iter().sum::<u64>() as f64 / probe.len().max(1) as f64;
+    let iterations = ((b.seconds * 1e9 / mean.max(100.0)) as u64).clamp(20, 2_000_000);
+    let times = rt(iterations / 5, iterations)?;
+    let mut s = measured(|h| {
         for &t in &times {
             h.saturating_record(t);
         }
         Ok(times.len() as u64)
+    })?;
+    // The peer timed each round trip itself; their sum is the run's length.
+    s.wall = Duration::from_nanos(times.iter().sum());
+    s.cpu = Duration::ZERO;
+    Ok(s)
+}
+
+/// iceoryx2's request-response (a server thread of its own per run).
+fn iceoryx2(payload: usize, b: &Budget) -> anyhow::Result<Sample> {
+    sized(b, |w, n| {
+        iceoryx2_peer::round_trips(payload.max(8), w, n, b.server_cpu)
     })
-    .map(|mut s| {
-        // The run's own clock readings stand for its length (the peer ran before `measured`).
-        s.wall = Duration::from_nanos(times.iter().sum());
-        s.cpu = Duration::ZERO;
-        s
+}
+
+/// A TCP peer's closed loop: `payload` bytes echoed.
+fn tcp_latency(peer: &'static str, payload: usize, b: &Budget) -> anyhow::Result<Sample> {
+    match peer {
+        "tarpc" => {
+            let server = suite::peers::tarpc::Server::start(b.server_cpu)?;
+            sized(b, |w, n| {
+                suite::peers::tarpc::round_trips(&server, payload, w, n)
+            })
+        }
+        _ => {
+            let server = suite::peers::tonic::Server::start(b.server_cpu)?;
+            sized(b, |w, n| {
+                suite::peers::tonic::round_trips(&server, payload, w, n)
+            })
+        }
+    }
+}
+
+/// A TCP peer with `n` null calls in flight from a current-thread runtime.
+fn tcp_throughput(peer: &'static str, n: usize, b: &Budget) -> anyhow::Result<Sample> {
+    let (calls, wall, cpu, times) = match peer {
+        "tarpc" => {
+            let server = suite::peers::tarpc::Server::start(b.server_cpu)?;
+            suite::peers::tarpc::throughput(&server, n, b.seconds)?
+        }
+        _ => {
+            let server = suite::peers::tonic::Server::start(b.server_cpu)?;
+            suite::peers::tonic::throughput(&server, n, b.seconds)?
+        }
+    };
+    let mut h = hist();
+    for &t in &times {
+        h.saturating_record(t);
+    }
+    Ok(Sample {
+        hist: h,
+        calls,
+        wall: Duration::from_secs_f64(wall),
+        cpu,
+        allocs: 0,
     })
 }
 

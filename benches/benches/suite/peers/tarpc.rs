@@ -124,11 +124,6 @@ impl Server {
             thread: Some(thread),
         })
     }
-
-    /// The address the server listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
 }
 
 impl Drop for Server {

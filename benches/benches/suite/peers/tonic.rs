@@ -166,11 +166,6 @@ impl Server {
             thread: Some(thread),
         })
     }
-
-    /// The address the server listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
 }
 
 impl Drop for Server {
