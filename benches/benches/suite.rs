@@ -567,6 +567,8 @@ pub struct Outcome {
     /// Per round: its p50 in ns and its calls per second.
     pub rounds: Vec<(u64, f64)>,
     pub errors: Vec<String>,
+    /// Wall time spent on the case, setup included.
+    pub spent: Duration,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -616,6 +618,7 @@ fn main() -> anyhow::Result<()> {
             total: None,
             rounds: Vec::new(),
             errors: Vec::new(),
+            spent: Duration::ZERO,
         })
         .collect();
     for round in 0..rounds {
@@ -626,7 +629,10 @@ fn main() -> anyhow::Result<()> {
                 Kind::Latency => &latency_budget,
                 _ => &load_budget,
             };
-            match (spec.run)(budget) {
+            let t0 = Instant::now();
+            let result = (spec.run)(budget);
+            outcome.spent += t0.elapsed();
+            match result {
                 Ok(sample) => {
                     outcome
                         .rounds
@@ -657,6 +663,18 @@ fn main() -> anyhow::Result<()> {
         quick: args.quick,
     };
     report::write(&run, &out)?;
+    let mut slowest: Vec<(Duration, &str)> = outcomes
+        .iter()
+        .zip(&specs)
+        .map(|(o, s)| (o.spent, s.name.as_str()))
+        .collect();
+    slowest.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    let slowest: Vec<String> = slowest
+        .iter()
+        .take(5)
+        .map(|(d, n)| format!("{n} {:.1} s", d.as_secs_f64()))
+        .collect();
+    println!("slowest cases: {}", slowest.join(", "));
     let missing: Vec<&str> = specs
         .iter()
         .zip(&outcomes)
