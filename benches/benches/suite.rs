@@ -79,7 +79,8 @@ pub struct Args {
     /// Leave out the peers (tarpc, tonic, iceoryx2).
     #[arg(long)]
     no_peers: bool,
-    /// Where to write the report (default: target/bench/<unix time>).
+    /// Where to write the report, relative to the workspace (default: target/bench/<unix
+    /// time>).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Set two runs' reports side by side: `--compare OLD NEW` (directories or report.json).
@@ -602,7 +603,10 @@ fn main() -> anyhow::Result<()> {
     let specs = plan(&args);
     anyhow::ensure!(!specs.is_empty(), "no case matches {:?}", args.only);
     let out = match &args.out {
-        Some(o) => o.clone(),
+        // Relative to the workspace (cargo runs benchmarks in their package's directory).
+        Some(o) => std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(o),
         None => report::default_dir()?,
     };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
