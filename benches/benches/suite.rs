@@ -365,6 +365,7 @@ fn plan(args: &Args) -> Vec<Spec> {
     ours_latency(&mut add, Net::Uring, spin, false, &small, &raw_uring);
     ours_latency(&mut add, Net::Uring, park, false, &[0], &raw_uring);
     ours_latency(&mut add, Net::Uring, block, false, &[0], &raw_block);
+    ours_latency(&mut add, Net::Uring, spin, true, &[0], &raw_uring);
     ours_latency(&mut add, Net::Shm, spin, false, &all, &raw_shm);
     ours_latency(&mut add, Net::Shm, park, false, &small, &raw_shm);
     ours_latency(&mut add, Net::Shm, block, false, &[0], &|_| eventfd.clone());
