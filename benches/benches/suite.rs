@@ -677,7 +677,7 @@ fn main() -> anyhow::Result<()> {
         .zip(&specs)
         .map(|(o, s)| (o.spent, s.name.as_str()))
         .collect();
-    slowest.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    slowest.sort_unstable_by_key(|s| std::cmp::Reverse(s.0));
     let slowest: Vec<String> = slowest
         .iter()
         .take(5)

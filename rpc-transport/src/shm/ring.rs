@@ -368,7 +368,7 @@ mod tests {
         for n in 0..50u32 {
             let body: Vec<u8> = (0..(n % 97) as u8).collect();
             let head = n.to_le_bytes();
-            push(&mut p, &*w, &[&head, &body, b"x"]).unwrap();
+            push(&mut p, &w, &[&head, &body, b"x"]).unwrap();
             let len = c.pop(&*w, &mut out).unwrap().unwrap();
             assert_eq!(&out[..4], &head);
             assert_eq!(&out[4..len - 1], &body[..]);
@@ -382,13 +382,13 @@ mod tests {
         let (w, mut p, mut c) = ring(4, 16);
         let mut out = vec![0u8; 16];
         for i in 0..4u8 {
-            push(&mut p, &*w, &[&[i; 3]]).unwrap();
+            push(&mut p, &w, &[&[i; 3]]).unwrap();
         }
-        assert_eq!(push(&mut p, &*w, &[b"no"]), Err(RingError::Full));
-        assert_eq!(push(&mut p, &*w, &[&[0; 17]]), Err(RingError::TooLarge));
+        assert_eq!(push(&mut p, &w, &[b"no"]), Err(RingError::Full));
+        assert_eq!(push(&mut p, &w, &[&[0; 17]]), Err(RingError::TooLarge));
         assert_eq!(c.pop(&*w, &mut out).unwrap(), Some(3));
         assert_eq!(&out[..3], &[0; 3]);
-        push(&mut p, &*w, &[b"yes"]).unwrap();
+        push(&mut p, &w, &[b"yes"]).unwrap();
         for i in 1..4u8 {
             assert_eq!(c.pop(&*w, &mut out).unwrap(), Some(3));
             assert_eq!(&out[..3], &[i; 3]);
@@ -416,22 +416,22 @@ mod tests {
         // A head that goes backwards, seen by the producer.
         let mut p = Producer::new(layout);
         for _ in 0..4 {
-            push(&mut p, &*w, &[b"a"]).unwrap();
+            push(&mut p, &w, &[b"a"]).unwrap();
         }
         w.store(HEAD, 7, Ordering::Relaxed);
-        assert_eq!(push(&mut p, &*w, &[b"a"]), Err(RingError::Corrupt));
+        assert_eq!(push(&mut p, &w, &[b"a"]), Err(RingError::Corrupt));
     }
 
     #[test]
     fn the_doorbell_is_rung_only_for_a_sleeper() {
         let (w, mut p, mut c) = ring(8, 8);
-        assert!(!push(&mut p, &*w, &[b"1"]).unwrap().wake);
+        assert!(!push(&mut p, &w, &[b"1"]).unwrap().wake);
         let mut out = [0u8; 8];
         c.pop(&*w, &mut out).unwrap();
         assert!(!c.sleep(&*w), "nothing came");
-        assert!(push(&mut p, &*w, &[b"2"]).unwrap().wake);
+        assert!(push(&mut p, &w, &[b"2"]).unwrap().wake);
         c.wake(&*w);
-        assert!(!push(&mut p, &*w, &[b"3"]).unwrap().wake);
+        assert!(!push(&mut p, &w, &[b"3"]).unwrap().wake);
         assert!(c.sleep(&*w), "two came: do not wait");
     }
 
@@ -490,7 +490,7 @@ mod tests {
                 let _ = c.pop(&*w, &mut out);
             }
             let mut p = Producer::new(layout);
-            let _ = push(&mut p, &*w, &[b"abc"]);
+            let _ = push(&mut p, &w, &[b"abc"]);
         }
     }
 }
