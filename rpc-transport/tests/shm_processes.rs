@@ -106,6 +106,23 @@ fn signal(c: &Child, sig: Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig).unwrap();
 }
 
+/// Stops the child and returns once it is stopped (a signal is delivered asynchronously: the
+/// child could otherwise still answer a call sent right after `kill`).
+fn stop(c: &Child) {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+    nix::sys::signal::kill(pid, Signal::SIGSTOP).unwrap();
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WUNTRACED)).unwrap() {
+            WaitStatus::Stopped(_, Signal::SIGSTOP) => return,
+            other => assert!(
+                !matches!(other, WaitStatus::Exited(..) | WaitStatus::Signaled(..)),
+                "the server ended instead of stopping: {other:?}"
+            ),
+        }
+    }
+}
+
 // ---- the child roles
 
 fn serve_forever(dir: &Path) -> ! {
@@ -186,7 +203,7 @@ fn a_stopped_server_is_taken_for_hung_after_the_peer_timeout() {
     ready(&mut server);
     let client = PeerClient::new(ShmClient::connect(dir.join("s.sock"), client_config()).unwrap());
     assert_eq!(client.add(2, 2).unwrap(), 4);
-    signal(&server, Signal::SIGSTOP);
+    stop(&server);
     // Alive (its lock held) but silent: its heartbeat stops, and after 300 ms the call ends.
     assert_eq!(client.add(3, 3), Err(CallError::PeerDied));
     signal(&server, Signal::SIGKILL);
