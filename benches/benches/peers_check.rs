@@ -18,6 +18,7 @@ use hdrhistogram::Histogram;
 pub mod suite {
     /// The peer modules.
     pub mod peers {
+        pub mod serving;
         pub mod tarpc;
         pub mod tonic;
     }
@@ -87,7 +88,7 @@ struct Tarpc;
 impl Peer for Tarpc {
     type Server = peers::tarpc::Server;
     fn start(cpu: Option<usize>) -> anyhow::Result<Self::Server> {
-        peers::tarpc::Server::start(cpu)
+        peers::tarpc::start(cpu)
     }
     fn round_trips(s: &Self::Server, p: usize, w: u64, n: u64) -> anyhow::Result<Vec<u64>> {
         peers::tarpc::round_trips(s, p, w, n)
@@ -105,7 +106,7 @@ struct Tonic;
 impl Peer for Tonic {
     type Server = peers::tonic::Server;
     fn start(cpu: Option<usize>) -> anyhow::Result<Self::Server> {
-        peers::tonic::Server::start(cpu)
+        peers::tonic::start(cpu)
     }
     fn round_trips(s: &Self::Server, p: usize, w: u64, n: u64) -> anyhow::Result<Vec<u64>> {
         peers::tonic::round_trips(s, p, w, n)

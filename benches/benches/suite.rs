@@ -36,6 +36,7 @@ mod report;
 /// The peers over TCP, from their files under `suite/peers/`.
 mod suite {
     pub mod peers {
+        pub mod serving;
         pub mod tarpc;
         pub mod tonic;
     }
@@ -526,13 +527,13 @@ fn iceoryx2(payload: usize, b: &Budget) -> anyhow::Result<Sample> {
 fn tcp_latency(peer: &'static str, payload: usize, b: &Budget) -> anyhow::Result<Sample> {
     match peer {
         "tarpc" => {
-            let server = suite::peers::tarpc::Server::start(None)?;
+            let server = suite::peers::tarpc::start(None)?;
             sized(b, |w, n| {
                 suite::peers::tarpc::round_trips(&server, payload, w, n)
             })
         }
         _ => {
-            let server = suite::peers::tonic::Server::start(None)?;
+            let server = suite::peers::tonic::start(None)?;
             sized(b, |w, n| {
                 suite::peers::tonic::round_trips(&server, payload, w, n)
             })
@@ -546,11 +547,11 @@ fn tcp_latency(peer: &'static str, payload: usize, b: &Budget) -> anyhow::Result
 fn tcp_throughput(peer: &'static str, n: usize, b: &Budget) -> anyhow::Result<Sample> {
     let (calls, wall, cpu, times) = match peer {
         "tarpc" => {
-            let server = suite::peers::tarpc::Server::start(None)?;
+            let server = suite::peers::tarpc::start(None)?;
             suite::peers::tarpc::throughput(&server, n, b.seconds)?
         }
         _ => {
-            let server = suite::peers::tonic::Server::start(b.server_cpu)?;
+            let server = suite::peers::tonic::start(b.server_cpu)?;
             suite::peers::tonic::throughput(&server, n, b.seconds)?
         }
     };

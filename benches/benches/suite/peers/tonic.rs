@@ -30,9 +30,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::mpsc;
 use std::task::{Context, Poll};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use ::tonic::codegen::http::uri::PathAndQuery;
@@ -129,87 +127,16 @@ impl Service<http::Request<::tonic::body::Body>> for PeerService {
     }
 }
 
-/// A running tonic server (its own thread and runtime), stopped on drop.
-#[derive(Debug)]
-pub struct Server {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<thread::JoinHandle<anyhow::Result<()>>>,
+pub use super::serving::Server;
+use super::serving::{Ready, Stop, client_runtime, nanos};
+
+/// Starts the tonic server on loopback, its runtime's threads pinned to `server_cpu` if given.
+pub fn start(server_cpu: Option<usize>) -> anyhow::Result<Server> {
+    Server::start("tonic", server_cpu, serve)
 }
 
-impl Server {
-    /// Starts the server on loopback, its runtime's threads pinned to `server_cpu` if given.
-    pub fn start(server_cpu: Option<usize>) -> anyhow::Result<Server> {
-        let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<SocketAddr>>();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = thread::Builder::new()
-            .name("tonic-server".into())
-            .spawn(move || serve(server_cpu, &ready_tx, stop_rx))
-            .context("spawning the tonic server thread")?;
-        let addr = match ready_rx.recv() {
-            Ok(Ok(addr)) => addr,
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                return Err(e.context("tonic server setup"));
-            }
-            Err(_) => {
-                return Err(match thread.join() {
-                    Ok(Err(e)) => e.context("tonic server setup"),
-                    Ok(Ok(())) => anyhow::anyhow!("tonic server ended before it was ready"),
-                    Err(_) => anyhow::anyhow!("tonic server thread panicked during setup"),
-                });
-            }
-        };
-        Ok(Server {
-            addr,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// The server thread: pins itself, builds the runtime, serves until `stop`.
-fn serve(
-    cpu: Option<usize>,
-    ready: &mpsc::Sender<anyhow::Result<SocketAddr>>,
-    stop: tokio::sync::oneshot::Receiver<()>,
-) -> anyhow::Result<()> {
-    let setup = || -> anyhow::Result<tokio::runtime::Runtime> {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.enable_all();
-        match cpu {
-            Some(cpu) => {
-                rpc_transport::pin_to_cpu(cpu)
-                    .with_context(|| format!("pinning the tonic server to cpu {cpu}"))?;
-                builder.worker_threads(1).on_thread_start(move || {
-                    // The same cpu as just above, so it cannot fail where that did not.
-                    let _ = rpc_transport::pin_to_cpu(cpu);
-                });
-            }
-            None => {
-                builder.worker_threads(2);
-            }
-        }
-        Ok(builder.build()?)
-    };
-    let runtime = match setup() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return Ok(());
-        }
-    };
+/// The server: listens, says where, serves until `stop`.
+fn serve(runtime: &tokio::runtime::Runtime, ready: &Ready, stop: Stop) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let incoming = match TcpIncoming::bind(SocketAddr::from(([127, 0, 0, 1], 0))) {
             Ok(incoming) => incoming.with_nodelay(Some(true)),
@@ -236,10 +163,7 @@ type Client = ::tonic::client::Grpc<Channel>;
 
 /// A current-thread runtime and a client connected to `server` on it.
 fn connect(server: &Server) -> anyhow::Result<(tokio::runtime::Runtime, Client)> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("client runtime")?;
+    let runtime = client_runtime()?;
     let client = runtime.block_on(async {
         let channel = Endpoint::from_shared(format!("http://{}", server.addr))?
             .tcp_nodelay(true)
@@ -269,10 +193,6 @@ async fn null(client: &mut Client) -> anyhow::Result<()> {
         .await
         .context("tonic null call")?;
     Ok(())
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Closed loop: one call at a time from the calling thread, `payload` bytes echoed (0: the
