@@ -8,6 +8,7 @@
 //! drops duplicates and runs each call at most once). Before each call the link waits a
 //! seeded random delay, so messages on different links overtake one another.
 
+use std::net::SocketAddr;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -16,9 +17,10 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rpc_core::CallError;
+use rpc_transport::Node;
 use rpc_transport::PollStrategy;
-use rpc_transport::proxy::Faults;
-use rpc_transport::udp::{UdpClientConfig, UdpServerConfig};
+use rpc_transport::proxy::{FaultProxy, Faults};
+use rpc_transport::udp::{ServerHandle, UdpClientConfig, UdpServerConfig};
 
 /// How the network between the processes misbehaves.
 #[derive(Clone, Copy, Debug)]
@@ -130,4 +132,41 @@ where
 /// A seed for the link from `from` to `to` in a run seeded `seed`.
 pub fn link_seed(seed: u64, from: u64, to: u64) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (from << 32) ^ to
+}
+
+/// The servers of a mesh, each behind a fault proxy when there are faults. Dropping it stops
+/// the proxies, then the servers.
+#[derive(Debug)]
+pub struct Served {
+    proxies: Vec<FaultProxy>,
+    servers: Vec<ServerHandle>,
+    /// The address each process's peers call, in process order.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Serves each process on loopback: its node, its service, and the seed of the fault proxy
+/// put in front of it if `faults` is given.
+pub fn serve_all<'a, D: rpc_core::service::Dispatch + 'static>(
+    each: impl IntoIterator<Item = (&'a Node, D, u64)>,
+    faults: Option<Faults>,
+) -> anyhow::Result<Served> {
+    let mut served = Served {
+        proxies: Vec::new(),
+        servers: Vec::new(),
+        addrs: Vec::new(),
+    };
+    for (node, service, seed) in each {
+        let server = node
+            .bind_udp(([127, 0, 0, 1], 0).into(), server_config())?
+            .serve(service)?;
+        let mut addr = server.local_addr();
+        if let Some(faults) = faults {
+            let proxy = FaultProxy::start(addr, faults, seed)?;
+            addr = proxy.local_addr();
+            served.proxies.push(proxy);
+        }
+        served.addrs.push(addr);
+        served.servers.push(server);
+    }
+    Ok(served)
 }

@@ -9,7 +9,6 @@
 //! of [`crate::mesh`], one RPC call each.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -22,8 +21,7 @@ use rand_chacha::ChaCha8Rng;
 use rpc_core::service::CallContext;
 use rpc_core::{Marshal, rpc};
 use rpc_transport::Node;
-use rpc_transport::proxy::FaultProxy;
-use rpc_transport::udp::{ServerHandle, UdpClient};
+use rpc_transport::udp::UdpClient;
 
 use crate::mesh::{self, LinkFailures, Turbulence};
 
@@ -365,23 +363,17 @@ pub fn run(config: RunConfig) -> anyhow::Result<RunReport> {
             })
         })
         .collect();
-    let mut servers: Vec<ServerHandle> = Vec::new();
-    let mut proxies: Vec<FaultProxy> = Vec::new();
-    let mut addrs: Vec<SocketAddr> = Vec::new();
-    for p in &processes {
-        let server = p
-            .node
-            .bind_udp(([127, 0, 0, 1], 0).into(), mesh::server_config())?
-            .serve(MutexPeerServer::new(Inbox(p.clone())))?;
-        let mut addr = server.local_addr();
-        if let Some(faults) = config.turbulence.faults {
-            let proxy = FaultProxy::start(addr, faults, config.seed ^ (p.me << 48))?;
-            addr = proxy.local_addr();
-            proxies.push(proxy);
-        }
-        addrs.push(addr);
-        servers.push(server);
-    }
+    let served = mesh::serve_all(
+        processes.iter().map(|p| {
+            (
+                &p.node,
+                MutexPeerServer::new(Inbox(p.clone())),
+                config.seed ^ (p.me << 48),
+            )
+        }),
+        config.turbulence.faults,
+    )?;
+    let addrs = &served.addrs;
     let failures = Arc::new(LinkFailures::default());
     let mut link_threads: Vec<JoinHandle<()>> = Vec::new();
     for p in &processes {
@@ -468,8 +460,7 @@ pub fn run(config: RunConfig) -> anyhow::Result<RunReport> {
     if let Some((link, err)) = failures.first() {
         bail!("{link} failed: {err}");
     }
-    drop(proxies);
-    drop(servers);
+    drop(served);
 
     let monitor = monitor.lock().unwrap_or_else(|e| e.into_inner());
     let out_of_order = monitor.entries.windows(2).filter(|w| w[0] > w[1]).count() as u64;

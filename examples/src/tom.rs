@@ -10,7 +10,6 @@
 //! fully acknowledged queue safe to deliver.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -23,8 +22,7 @@ use rand_chacha::ChaCha8Rng;
 use rpc_core::service::CallContext;
 use rpc_core::{Marshal, rpc};
 use rpc_transport::Node;
-use rpc_transport::proxy::FaultProxy;
-use rpc_transport::udp::{ServerHandle, UdpClient};
+use rpc_transport::udp::UdpClient;
 
 use crate::mesh::{self, LinkFailures, Turbulence};
 
@@ -230,23 +228,17 @@ pub fn run(config: TomConfig) -> anyhow::Result<TomReport> {
             })
         })
         .collect();
-    let mut servers: Vec<ServerHandle> = Vec::new();
-    let mut proxies: Vec<FaultProxy> = Vec::new();
-    let mut addrs: Vec<SocketAddr> = Vec::new();
-    for r in &replicas {
-        let server = r
-            .node
-            .bind_udp(([127, 0, 0, 1], 0).into(), mesh::server_config())?
-            .serve(TomPeerServer::new(Inbox(r.clone())))?;
-        let mut addr = server.local_addr();
-        if let Some(faults) = config.turbulence.faults {
-            let proxy = FaultProxy::start(addr, faults, config.seed ^ (r.me << 40))?;
-            addr = proxy.local_addr();
-            proxies.push(proxy);
-        }
-        addrs.push(addr);
-        servers.push(server);
-    }
+    let served = mesh::serve_all(
+        replicas.iter().map(|r| {
+            (
+                &r.node,
+                TomPeerServer::new(Inbox(r.clone())),
+                config.seed ^ (r.me << 40),
+            )
+        }),
+        config.turbulence.faults,
+    )?;
+    let addrs = &served.addrs;
     let failures = Arc::new(LinkFailures::default());
     let mut link_threads: Vec<JoinHandle<()>> = Vec::new();
     for r in &replicas {
@@ -334,8 +326,7 @@ pub fn run(config: TomConfig) -> anyhow::Result<TomReport> {
     for t in link_threads {
         let _ = t.join();
     }
-    drop(proxies);
-    drop(servers);
+    drop(served);
     let mut report = TomReport {
         delivered: Vec::new(),
         values: Vec::new(),
