@@ -21,6 +21,26 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rpc_transport::PollStrategy;
 use rustix::net::{RecvFlags, SendAncillaryBuffer, SendFlags};
 
+/// The interface of the latency demo and the benchmark suite.
+#[rpc_core::rpc]
+pub trait Bench {
+    /// Does nothing: the round trip of an empty call.
+    fn null(&self);
+    /// Returns its argument, in a pooled buffer (no allocation per call on either side).
+    fn echo(&self, data: &[u8]) -> rpc_core::marshal::PooledBytes;
+}
+
+/// [`Bench`]'s handlers.
+#[derive(Debug)]
+pub struct Handlers;
+
+impl Bench for Handlers {
+    fn null(&self) {}
+    fn echo(&self, data: &[u8]) -> rpc_core::marshal::PooledBytes {
+        rpc_core::marshal::PooledBytes::copy_from(data)
+    }
+}
+
 /// A global allocator that counts allocations, to measure allocations per call.
 #[derive(Debug)]
 pub struct CountingAlloc;

@@ -7,9 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use rpc_core::marshal::PooledBytes;
 use rpc_core::service::{AsyncTransport, Transport};
-use rpc_core::{AuthKey, CallError, rpc};
+use rpc_core::{AuthKey, CallError};
 use rpc_transport::shm::{ShmClient, ShmClientConfig, ShmServer, ShmServerConfig};
 use rpc_transport::udp::{Io, UdpClient, UdpClientConfig, UdpServer, UdpServerConfig};
 use rpc_transport::uring::UringConfig;
@@ -17,23 +16,7 @@ use rpc_transport::{Completions, PollStrategy};
 
 use crate::{Budget, Sample, closed_loop, hist, measured};
 
-/// The suite's interface.
-#[rpc]
-pub trait Bench {
-    /// Does nothing: the round trip of an empty call.
-    fn null(&self);
-    /// Returns its argument, in a pooled buffer (no allocation per call on either side).
-    fn echo(&self, data: &[u8]) -> PooledBytes;
-}
-
-struct Handlers;
-
-impl Bench for Handlers {
-    fn null(&self) {}
-    fn echo(&self, data: &[u8]) -> PooledBytes {
-        PooledBytes::copy_from(data)
-    }
-}
+use examples::{BenchClient, BenchServer, Handlers};
 
 /// A transport of the framework.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,11 +12,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use examples::{
-    Case, CountingAlloc, NullResponder, RawEcho, RawPing, RawStyle, UringEcho, UringPing, measure,
-    plot, print_table,
+    BenchClient, BenchServer, Case, CountingAlloc, Handlers, NullResponder, RawEcho, RawPing,
+    RawStyle, UringEcho, UringPing, measure, plot, print_table,
 };
-use rpc_core::marshal::PooledBytes;
-use rpc_core::{AuthKey, rpc};
+use rpc_core::AuthKey;
 use rpc_transport::PollStrategy;
 use rpc_transport::udp::{Io, UdpClient, UdpClientConfig, UdpServer, UdpServerConfig};
 use rpc_transport::uring::UringConfig;
@@ -54,24 +53,6 @@ struct Args {
     /// Where to write the percentile plot.
     #[arg(long, default_value = "results/latency.svg")]
     plot: PathBuf,
-}
-
-/// The benchmark's interface.
-#[rpc]
-pub trait Bench {
-    /// Does nothing: the round trip of an empty call.
-    fn null(&self);
-    /// Returns its argument, in a pooled buffer (no allocation per call on either side).
-    fn echo(&self, data: &[u8]) -> PooledBytes;
-}
-
-struct Handlers;
-
-impl Bench for Handlers {
-    fn null(&self) {}
-    fn echo(&self, data: &[u8]) -> PooledBytes {
-        PooledBytes::copy_from(data)
-    }
 }
 
 fn null_call(client: &BenchClient<UdpClient>) {
