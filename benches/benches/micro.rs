@@ -145,18 +145,24 @@ fn null_call() -> CallRequest {
 }
 
 impl Pair {
-    fn new() -> Self {
+    /// With `auth`, both sides in authenticated mode (one pre-shared key).
+    fn new(auth: bool) -> Self {
         let now = Instant::now();
         let unix = 1_700_000_000_000_000_000;
+        let key = auth.then(|| AuthKey::from_bytes([0x42; 32]));
+        let mut client_config = ClientConfig::default();
+        client_config.auth = key.clone();
+        let mut server_config = ServerConfig::default();
+        server_config.auth = key;
         let client = Client::new(
-            ClientConfig::default(),
+            client_config,
             0x1234_5678,
             7,
             Arc::new(LamportClock::new(1, unix, now)),
         )
         .expect("client config");
         let server = Server::new(
-            ServerConfig::default(),
+            server_config,
             3,
             Arc::new(LamportClock::new(2, unix, now)),
             ChaCha8Rng::seed_from_u64(11),
@@ -206,6 +212,9 @@ impl Pair {
             let transmit = transmit.expect("a call in an open session is sent at once");
             request.clear();
             request.extend_from_slice(&transmit.header);
+            if let Some(tag) = transmit.tag([]) {
+                request.extend_from_slice(&tag);
+            }
         }
     }
 
@@ -244,8 +253,8 @@ impl Pair {
 }
 
 /// Runs `iters` calls in batches, timing only `measured` (one of the three steps).
-fn stepped(iters: u64, measured: Step) -> Duration {
-    let mut pair = Pair::new();
+fn stepped(iters: u64, measured: Step, auth: bool) -> Duration {
+    let mut pair = Pair::new(auth);
     let mut total = Duration::ZERO;
     let mut left = iters;
     while left > 0 {
@@ -279,20 +288,24 @@ enum Step {
 
 fn client(c: &mut Criterion) {
     let mut group = c.benchmark_group("client");
-    group.bench_function("start_null_call", |b| {
-        b.iter_custom(|iters| stepped(iters, Step::Start))
-    });
-    group.bench_function("handle_reply", |b| {
-        b.iter_custom(|iters| stepped(iters, Step::Finish))
-    });
+    for (auth, suffix) in [(false, ""), (true, "_authenticated")] {
+        group.bench_function(format!("start_null_call{suffix}"), |b| {
+            b.iter_custom(|iters| stepped(iters, Step::Start, auth))
+        });
+        group.bench_function(format!("handle_reply{suffix}"), |b| {
+            b.iter_custom(|iters| stepped(iters, Step::Finish, auth))
+        });
+    }
     group.finish();
 }
 
 fn server(c: &mut Criterion) {
     let mut group = c.benchmark_group("server");
-    group.bench_function("null_call", |b| {
-        b.iter_custom(|iters| stepped(iters, Step::Serve))
-    });
+    for (auth, name) in [(false, "null_call"), (true, "null_call_authenticated")] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| stepped(iters, Step::Serve, auth))
+        });
+    }
     group.finish();
 }
 

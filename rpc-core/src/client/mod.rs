@@ -320,7 +320,9 @@ pub struct Client {
     /// dropped once the queue holds twice the window).
     tx_queue: VecDeque<u64>,
     events: VecDeque<Event>,
-    /// Earliest timer, recomputed when `timers_dirty`.
+    /// A lower bound of the earliest timer: lowered when a timer is set, left as it is when
+    /// one is cancelled or pushed back (so that starting or ending a call costs no scan of
+    /// the calls in flight), and recomputed exactly when `timers_dirty`.
     next_timeout: Option<Instant>,
     timers_dirty: bool,
     reassembly_bytes: usize,
@@ -570,7 +572,7 @@ impl Client {
         self.calls[slot] = Some(call);
         self.in_flight += 1;
         self.stats.calls += 1;
-        self.timers_dirty = true;
+        self.timer_set(deadline);
         match (usable, &self.conn) {
             (Some((session, max_datagram)), _) => {
                 let single = FragmentPlan::new(req.len, max_datagram).filter(|p| p.count() == 1);
@@ -636,8 +638,9 @@ impl Client {
                         .is_some_and(|c| c.seq == q && matches!(c.phase, Phase::Sending { .. }))
             });
         }
+        // The call's retransmission timer, if it had one, is off while it sends: the bound
+        // stays valid.
         self.tx_queue.push_back(seq);
-        self.timers_dirty = true;
         if let Some(r) = stale_reply {
             self.reassembly_bytes -= r.message_len();
             self.give_back(r);
@@ -668,7 +671,11 @@ impl Client {
         while self.oldest < self.next_seq && self.call(self.oldest).is_none() {
             self.oldest += 1;
         }
-        self.timers_dirty = true;
+        // Its timers are gone: the bound stays valid, and with nothing in flight the exact
+        // value costs no scan.
+        if self.in_flight == 0 {
+            self.timers_dirty = true;
+        }
         true
     }
 
@@ -826,8 +833,9 @@ impl Client {
                 len => len.saturating_mul(1_000_000_000) / bandwidth,
             };
             let wait = rtt.backoff_nanos(call.attempts).saturating_add(transfer);
-            call.retransmit_at = Some(deadline_after(now, Duration::from_nanos(wait)));
-            self.timers_dirty = true;
+            let at = deadline_after(now, Duration::from_nanos(wait));
+            call.retransmit_at = Some(at);
+            self.timer_set(at);
         }
         self.stats.datagrams_sent += 1;
         Some(Transmit {
@@ -875,7 +883,17 @@ impl Client {
                 .is_some_and(|c| matches!(c.phase, Phase::Sending { .. }))
     }
 
-    /// When [`Client::handle_timeout`] should next be called.
+    /// Lowers the bound of the earliest timer to `at`, a timer just set.
+    fn timer_set(&mut self, at: Instant) {
+        if !self.timers_dirty {
+            self.next_timeout = Some(self.next_timeout.map_or(at, |n| n.min(at)));
+        }
+    }
+
+    /// When [`Client::handle_timeout`] should next be called. This may be earlier than any
+    /// timer still set (one cancelled since, when its call ended, is not searched out), never
+    /// later; [`Client::handle_timeout`] at such a time finds nothing due and brings this up
+    /// to date.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         if self.timers_dirty {
             let mut next: Option<Instant> = None;
@@ -1301,6 +1319,7 @@ impl Client {
                 // The round that follows counts as the attempt (`begin_round`).
                 call.phase = Phase::Waiting;
                 call.retransmit_at = Some(now + backoff);
+                // Pushed back, and rare: recomputed exactly.
                 self.timers_dirty = true;
                 None
             }

@@ -555,6 +555,38 @@ fn retransmissions_follow_the_rto_with_exponential_backoff() {
 }
 
 #[test]
+fn the_timer_after_a_call_ends_is_never_late_and_an_early_one_changes_nothing() {
+    let t0 = Instant::now();
+    let mut c = established(t0);
+    let rto = estimator();
+    let deadline = t0 + Duration::from_secs(10);
+    let first = c.start_call(t0, call_until(0, deadline)).unwrap();
+    assert_eq!(drain(&mut c, t0).len(), 1);
+    let t1 = t0 + us(100);
+    c.start_call(t1, call_until(0, deadline)).unwrap();
+    assert_eq!(drain(&mut c, t1).len(), 1);
+    assert_eq!(c.poll_timeout(), Some(t0 + rto.backoff(0)));
+    // The first call ends: its timer is gone, and the one reported may still be its (it is
+    // not searched out), but never later than the second call's.
+    assert_reply(c.handle_datagram(t1, &reply(1, 5, b"")), first, b"");
+    let reported = c.poll_timeout().unwrap();
+    let second = t1 + rto.backoff(0);
+    assert!(reported <= second, "{reported:?} is after {second:?}");
+    // Handling the timeout at the reported time sends nothing and brings it up to date.
+    c.handle_timeout(reported);
+    assert!(drain(&mut c, reported).is_empty());
+    assert_eq!(c.stats().retransmissions, 0);
+    assert_eq!(c.poll_timeout(), Some(second));
+    // With nothing in flight there is no timer at all.
+    c.handle_timeout(second);
+    assert_eq!(drain(&mut c, second).len(), 1);
+    let id = CallId(2);
+    let done = second + us(10);
+    assert_reply(c.handle_datagram(done, &reply(2, 6, b"")), id, b"");
+    assert_eq!(c.poll_timeout(), None);
+}
+
+#[test]
 fn karns_rule_takes_samples_only_from_calls_sent_once() {
     let t0 = Instant::now();
     let mut c = established(t0);
