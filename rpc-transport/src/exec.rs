@@ -165,6 +165,8 @@ pub struct Completions<F: Future> {
     polled: Vec<u64>,
     /// Slots woken again in the pass that polled them: they wait for the next.
     later: Vec<usize>,
+    /// Empty slots, to refill.
+    free: Vec<usize>,
     live: usize,
     next_index: usize,
     cursor: usize,
@@ -189,6 +191,7 @@ impl<F: Future> Completions<F> {
             run: std::collections::VecDeque::new(),
             polled: Vec::new(),
             later: Vec::new(),
+            free: Vec::new(),
             live: 0,
             next_index: 0,
             cursor: 0,
@@ -214,7 +217,7 @@ impl<F: Future> Completions<F> {
     pub fn push(&mut self, future: F) -> usize {
         let index = self.next_index;
         self.next_index += 1;
-        let slot = match self.slots.iter().position(|s| s.is_none()) {
+        let slot = match self.free.pop() {
             Some(i) => {
                 self.slots[i].as_mut().set(Some(future));
                 self.indexes[i] = index;
@@ -274,6 +277,7 @@ impl<F: Future> Completions<F> {
         match fut.poll(&mut cx) {
             Poll::Ready(v) => {
                 self.slots[i].as_mut().set(None);
+                self.free.push(i);
                 self.live -= 1;
                 Some((self.indexes[i], v))
             }

@@ -72,6 +72,41 @@ fn hundreds_of_calls_in_flight_from_one_thread_through_loss() {
     assert!(proxy.counters().dropped > 0);
 }
 
+/// A combinator that polls only the futures whose wakers fired (`FuturesUnordered`), inside
+/// this crate's `block_on`: the calls still drive their link, through loss, because a call
+/// polled through wakers that are not the executor's own wakes itself.
+#[test]
+fn calls_under_a_combinator_that_polls_only_woken_futures_finish_through_loss() {
+    use futures::StreamExt as _;
+    use futures::stream::FuturesUnordered;
+    let book = Book::default();
+    let server = UdpServer::bind(localhost(), server_config(park()))
+        .unwrap()
+        .serve(LedgerServer::new(book.clone()))
+        .unwrap();
+    let proxy = FaultProxy::start(server.local_addr(), Faults::lossy(0.05, 0.05, 0.1), 12).unwrap();
+    let client =
+        LedgerClient::new(UdpClient::connect(proxy.local_addr(), client_config(park())).unwrap());
+    let tags: Vec<u64> = (0..200).map(|_| tag()).collect();
+    let ok = block_on(async {
+        let client = &client;
+        let mut calls: FuturesUnordered<_> = tags
+            .iter()
+            .map(|&t| async move { (t, client.record_async(t, 1).await) })
+            .collect();
+        let mut ok = 0;
+        while let Some((t, r)) = calls.next().await {
+            if settled(&book, t, r) {
+                ok += 1;
+            }
+        }
+        ok
+    });
+    assert_eq!(ok, tags.len(), "{ok} of {} succeeded", tags.len());
+    assert!(book.twice().is_empty());
+    assert!(proxy.counters().dropped > 0);
+}
+
 #[test]
 fn several_threads_pipeline_on_one_client() {
     let book = Book::default();

@@ -51,17 +51,27 @@ pub use schema::Schema;
 use core::ops::Range;
 use std::io::IoSlice;
 
-use arrayvec::ArrayVec;
+use smallvec::SmallVec;
 
 pub use crate::error::DecodeError;
 
-/// Segments an [`Encoder`] holds without allocating. The last one is reserved for spilled
+/// The most segments a descriptor has. Past [`INLINE_SEGMENTS`] the list of segments moves to
+/// the heap (the bytes are still the caller's own); the last one is reserved for spilled
 /// bytes, so a descriptor never has more than this many segments.
 pub const MAX_SEGMENTS: usize = 64;
 
-/// Inline bytes (length prefixes, scalars, small copied slices) an [`Encoder`] holds without
-/// allocating.
-pub const INLINE_CAPACITY: usize = 512;
+/// Segments an [`Encoder`] holds in place, without allocating. An async call's future holds
+/// its descriptor, and moves with it (into an executor's slot, into an `.await`): the fixed
+/// part is kept small, a few hundred bytes, for that.
+pub const INLINE_SEGMENTS: usize = 16;
+
+/// Inline bytes (length prefixes, scalars, small copied slices) an [`Encoder`] holds in
+/// place, without allocating. Past it the inline area moves to the heap, up to
+/// [`MAX_INLINE`] bytes.
+pub const INLINE_CAPACITY: usize = 256;
+
+/// The most bytes the inline area holds; later bytes spill.
+pub const MAX_INLINE: usize = u16::MAX as usize;
 
 /// Borrowed slices up to this length are copied inline rather than given a segment: copying
 /// a few bytes costs less than another entry in the kernel's gather list.
@@ -80,13 +90,15 @@ enum Seg<'a> {
 /// A shared descriptor under construction: the bytes of a message as a list of segments over
 /// the caller's own memory and a small inline area.
 ///
-/// No allocation happens while the descriptor fits in [`MAX_SEGMENTS`] segments and
-/// [`INLINE_CAPACITY`] inline bytes; beyond that, further bytes are copied into one growable
-/// spill segment (correct, but no longer zero-copy).
+/// No allocation happens while the descriptor fits in [`INLINE_SEGMENTS`] segments and
+/// [`INLINE_CAPACITY`] inline bytes. Past those, the segment list or the inline area moves to
+/// the heap (one allocation each; borrowed bytes are still not copied). Past
+/// [`MAX_SEGMENTS`] segments or [`MAX_INLINE`] inline bytes, further bytes are copied into
+/// one growable spill segment (correct, but no longer zero-copy).
 #[derive(Clone, Debug, Default)]
 pub struct Encoder<'a> {
-    segs: ArrayVec<Seg<'a>, MAX_SEGMENTS>,
-    inline: ArrayVec<u8, INLINE_CAPACITY>,
+    segs: SmallVec<[Seg<'a>; INLINE_SEGMENTS]>,
+    inline: SmallVec<[u8; INLINE_CAPACITY]>,
     spill: Vec<u8>,
     len: usize,
 }
@@ -115,10 +127,16 @@ impl<'a> Encoder<'a> {
         self.segs.len()
     }
 
-    /// Whether some bytes had to be copied into the spill area (the descriptor outgrew its
-    /// fixed capacity).
+    /// Whether some bytes had to be copied into the spill area (the descriptor outgrew
+    /// [`MAX_SEGMENTS`] or [`MAX_INLINE`]).
     pub fn spilled(&self) -> bool {
         !self.spill.is_empty()
+    }
+
+    /// Whether the descriptor outgrew its in-place capacity ([`INLINE_SEGMENTS`],
+    /// [`INLINE_CAPACITY`]) and allocated.
+    pub fn allocated(&self) -> bool {
+        self.segs.spilled() || self.inline.spilled() || self.spill.capacity() > 0
     }
 
     #[inline]
@@ -166,13 +184,13 @@ impl<'a> Encoder<'a> {
             return;
         }
         self.len += bytes.len();
-        if self.spilling() || self.inline.remaining_capacity() < bytes.len() {
+        if self.spilling() || MAX_INLINE - self.inline.len() < bytes.len() {
             self.spill(bytes);
             return;
         }
+        // Both fit in a u16: at most MAX_INLINE, checked above.
         let start = self.inline.len() as u16;
-        // Cannot fail: capacity checked above.
-        let _ = self.inline.try_extend_from_slice(bytes);
+        self.inline.extend_from_slice(bytes);
         let end = self.inline.len() as u16;
         if let Some(Seg::Inline { end: e, .. }) = self.segs.last_mut() {
             if *e == start {

@@ -89,7 +89,8 @@ fn more_slices_than_segments_spill_and_still_round_trip() {
 
 #[test]
 fn more_inline_bytes_than_capacity_spill_and_still_round_trip() {
-    let values: Vec<u64> = (0..1000).map(|i| i * 0x0101_0101).collect();
+    let values: Vec<u64> = (0..10_000).map(|i| i * 0x0101_0101).collect();
+    assert!(8 * values.len() > MAX_INLINE);
     let enc = encode(&values);
     assert!(enc.spilled());
     assert!(enc.segment_count() <= MAX_SEGMENTS);
@@ -100,13 +101,42 @@ fn more_inline_bytes_than_capacity_spill_and_still_round_trip() {
 
 #[test]
 fn a_descriptor_within_capacity_does_not_allocate() {
+    // Each slice takes two segments: its length prefix (inline) and its bytes.
+    let storage: Vec<Vec<u8>> = (0..(INLINE_SEGMENTS as u32 / 2))
+        .map(|i| vec![i as u8; 100])
+        .collect();
+    let (enc, expected) = many_slices(&storage);
+    assert_eq!(enc.segment_count(), INLINE_SEGMENTS);
+    assert!(!enc.spilled());
+    assert!(!enc.allocated());
+    assert_eq!(enc.to_vec(), expected);
+}
+
+#[test]
+fn past_its_in_place_capacity_a_descriptor_allocates_but_still_borrows() {
     let storage: Vec<Vec<u8>> = (0..(MAX_SEGMENTS as u32 / 2 - 1))
         .map(|i| vec![i as u8; 100])
         .collect();
     let (enc, expected) = many_slices(&storage);
+    assert_eq!(enc.segment_count(), MAX_SEGMENTS - 2);
+    assert!(enc.allocated());
     assert!(!enc.spilled());
-    assert_eq!(enc.spill.capacity(), 0);
+    // Every slice is still the caller's own memory, the last ones included.
+    for (i, s) in storage.iter().enumerate() {
+        let seg = enc.segments().nth(2 * i + 1).unwrap();
+        assert_eq!(addr(seg), addr(s));
+    }
     assert_eq!(enc.to_vec(), expected);
+    // As is a slice after more inline bytes than the in-place area holds.
+    let big = vec![7u8; 100];
+    let mut enc = Encoder::new();
+    for v in 0..INLINE_CAPACITY as u64 {
+        enc.put_u64(v);
+    }
+    enc.put_bytes(&big);
+    assert!(enc.allocated());
+    assert!(!enc.spilled());
+    assert_eq!(addr(enc.segments().last().unwrap()), addr(&big));
 }
 
 /// The bytes that `gather` reports for `range`.
