@@ -87,12 +87,38 @@ pub struct Case {
     pub allocs_per_call: Option<f64>,
     /// Which floor this case is compared with, by name.
     pub floor: Option<String>,
+    /// The p50 of each interleaved round, in microseconds, in order.
+    pub rounds: Vec<f64>,
 }
 
 impl Case {
     /// A percentile in microseconds.
     pub fn us(&self, q: f64) -> f64 {
         self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// The p50 against `floor`'s: the median over rounds of the ratio of the two cases' p50s
+    /// in the same round (so that a slow spell of the host during one round, which one case
+    /// may have caught and the other not, counts once), or of the pooled p50s when the cases
+    /// were not measured round by round alike.
+    pub fn p50_ratio(&self, floor: &Case) -> f64 {
+        if self.rounds.len() > 1 && self.rounds.len() == floor.rounds.len() {
+            let mut r: Vec<f64> = self
+                .rounds
+                .iter()
+                .zip(&floor.rounds)
+                .map(|(a, b)| a / b)
+                .collect();
+            r.sort_by(f64::total_cmp);
+            let n = r.len();
+            if n % 2 == 1 {
+                r[n / 2]
+            } else {
+                (r[n / 2 - 1] + r[n / 2]) / 2.0
+            }
+        } else {
+            self.us(0.5) / floor.us(0.5)
+        }
     }
 }
 
@@ -125,11 +151,13 @@ pub fn measure(name: &str, warmup: u64, iterations: u64, mut op: impl FnMut()) -
     }
     let allocs = allocations() - before;
     bar.finish_and_clear();
+    let p50 = hist.value_at_quantile(0.5) as f64 / 1000.0;
     Case {
         name: name.to_string(),
         hist,
         allocs_per_call: Some(allocs as f64 / iterations as f64),
         floor: None,
+        rounds: vec![p50],
     }
 }
 
@@ -517,8 +545,16 @@ pub fn print_table(cases: &[Case]) {
             .floor
             .as_ref()
             .and_then(|f| cases.iter().find(|x| &x.name == f));
-        let ratio =
-            |q: f64| floor.map_or(String::from("-"), |f| format!("{:.2}x", c.us(q) / f.us(q)));
+        let ratio = |q: f64| {
+            floor.map_or(String::from("-"), |f| {
+                let r = if q == 0.5 {
+                    c.p50_ratio(f)
+                } else {
+                    c.us(q) / f.us(q)
+                };
+                format!("{r:.2}x")
+            })
+        };
         let allocs = c
             .allocs_per_call
             .map_or(String::from("-"), |a| format!("{a:.2}"));

@@ -92,6 +92,7 @@ fn merge(into: &mut Option<Case>, round: Case, name: &str) {
         }
         Some(case) => {
             let _ = case.hist.add(&round.hist);
+            case.rounds.extend_from_slice(&round.rounds);
             case.allocs_per_call = match (case.allocs_per_call, round.allocs_per_call) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 _ => None,
@@ -193,6 +194,16 @@ fn main() -> anyhow::Result<()> {
             floor: Some(floor_name(floor_poll, 32)),
         });
         if poll == PollStrategy::Spin {
+            // Authenticated mode, against the same call without it, measured right after it
+            // in every round.
+            plan.push(Planned {
+                name: format!("rpc {} null call, authenticated", label(poll)),
+                kind: Kind::AuthNull,
+                poll,
+                floor: Some(format!("rpc {} null call", label(poll))),
+            });
+        }
+        if poll == PollStrategy::Spin {
             plan.push(Planned {
                 name: format!("rpc {} null call, client only", label(poll)),
                 kind: Kind::ClientOnly,
@@ -206,6 +217,18 @@ fn main() -> anyhow::Result<()> {
             poll,
             floor: Some(floor_name(floor_poll, args.echo_bytes)),
         });
+        if poll == PollStrategy::Spin {
+            plan.push(Planned {
+                name: format!(
+                    "rpc {} echo {} B, authenticated",
+                    label(poll),
+                    args.echo_bytes
+                ),
+                kind: Kind::AuthEcho,
+                poll,
+                floor: Some(format!("rpc {} echo {} B", label(poll), args.echo_bytes)),
+            });
+        }
         if poll == PollStrategy::Spin && !args.no_uring {
             // io_uring: its own raw floor (a datagram echoed through the link, no protocol),
             // and the calls against the same calls over plain sockets.
@@ -224,25 +247,6 @@ fn main() -> anyhow::Result<()> {
             plan.push(Planned {
                 name: format!("rpc {} echo {} B, io_uring", label(poll), args.echo_bytes),
                 kind: Kind::UringEcho,
-                poll,
-                floor: Some(format!("rpc {} echo {} B", label(poll), args.echo_bytes)),
-            });
-        }
-        if poll == PollStrategy::Spin {
-            // Authenticated mode, against the same call without it.
-            plan.push(Planned {
-                name: format!("rpc {} null call, authenticated", label(poll)),
-                kind: Kind::AuthNull,
-                poll,
-                floor: Some(format!("rpc {} null call", label(poll))),
-            });
-            plan.push(Planned {
-                name: format!(
-                    "rpc {} echo {} B, authenticated",
-                    label(poll),
-                    args.echo_bytes
-                ),
-                kind: Kind::AuthEcho,
                 poll,
                 floor: Some(format!("rpc {} echo {} B", label(poll), args.echo_bytes)),
             });
@@ -335,6 +339,10 @@ fn main() -> anyhow::Result<()> {
     );
     println!();
     print_table(&cases);
+    println!(
+        "p50/floor: the median over the rounds of the two cases' p50 ratio in the same round; \
+         p99/floor: the pooled p99s"
+    );
     plot(&cases, &args.plot)?;
     println!("\nplot: {}", args.plot.display());
     Ok(())
