@@ -1519,9 +1519,12 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
                     inner.pump();
                     let after = inner.signals[slot].load(Ordering::Acquire);
                     if after >> 2 != id.seq() || after & DONE == 0 {
-                        // Polled again soon: by this crate's executors every pass, by any
-                        // other because it is woken now (it then spins, as a caller does).
-                        cx.waker().wake_by_ref();
+                        // Polled again soon: by this crate's executors in turn (its reply,
+                        // or a retransmission due, wakes it before that), by any other
+                        // because it is woken now (it then spins, as a caller does).
+                        if !crate::exec::polled_directly(cx.waker()) {
+                            cx.waker().wake_by_ref();
+                        }
                         return Poll::Pending;
                     }
                 }

@@ -52,6 +52,38 @@ pub(crate) fn in_own_executor() -> bool {
     OWN.with(Cell::get)
 }
 
+thread_local! {
+    /// The data pointer of the waker this crate's executor is polling with right now (null
+    /// when none is): a future polled with exactly that waker is polled by the executor
+    /// itself, not through a combinator with wakers of its own.
+    static DIRECT: Cell<*const ()> = const { Cell::new(std::ptr::null()) };
+}
+
+/// Whether `waker` is the one this crate's executor polls with right now. Then a call that
+/// only needs to be polled again soon (to drive its link) need not wake itself: the executor
+/// polls its futures in turn in every pass where none was woken. Under any other executor,
+/// or a combinator (a `FuturesUnordered`, say) that polls only what was woken, this is false
+/// and the call wakes itself.
+pub(crate) fn polled_directly(waker: &Waker) -> bool {
+    let direct = DIRECT.with(Cell::get);
+    !direct.is_null() && std::ptr::eq(waker.data(), direct)
+}
+
+/// Marks `waker` as the executor's own for the duration of one poll.
+struct Direct(*const ());
+
+impl Direct {
+    fn new(waker: &Waker) -> Self {
+        Self(DIRECT.with(|d| d.replace(waker.data())))
+    }
+}
+
+impl Drop for Direct {
+    fn drop(&mut self) {
+        DIRECT.with(|d| d.set(self.0));
+    }
+}
+
 /// Marks this thread as polling with one of this crate's executors, until dropped.
 pub(crate) struct Entered(bool);
 
@@ -94,6 +126,7 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
     let _own = Entered::new();
     BLOCK_ON_WAKER.with(|(_, waker)| {
         let mut cx = Context::from_waker(waker);
+        let _direct = Direct::new(waker);
         loop {
             next_pass();
             if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
@@ -151,8 +184,9 @@ impl Wake for SlotWaker {
 ///
 /// A pass polls the futures whose wakers fired (a call's waker fires when another call's
 /// poll, driving the link, received its reply), so that taking one result costs a few polls
-/// however many calls are in flight; a pass in which none fired polls every live future,
-/// which drives the link of every client among them.
+/// however many calls are in flight; a pass in which none fired polls the next live future
+/// in turn, which drives its client's link (a call polled by this executor does not wake
+/// itself only to drive its link again).
 pub struct Completions<F: Future> {
     /// Each slot is allocated once and pinned; a future is written into it in place.
     slots: Vec<Pin<Box<Option<F>>>>,
@@ -274,7 +308,10 @@ impl<F: Future> Completions<F> {
         w.queued.store(false, Ordering::Release);
         let mut cx = Context::from_waker(waker);
         let fut = self.slots[i].as_mut().as_pin_mut()?;
-        match fut.poll(&mut cx) {
+        let direct = Direct::new(waker);
+        let polled = fut.poll(&mut cx);
+        drop(direct);
+        match polled {
             Poll::Ready(v) => {
                 self.slots[i].as_mut().set(None);
                 self.free.push(i);
@@ -296,15 +333,21 @@ impl<F: Future> Completions<F> {
         next_pass();
         self.take_woken();
         if self.run.is_empty() {
-            // Nothing was woken: poll everything once. The first poll of each client's
-            // futures drives its link (once per pass), which may wake others.
+            // Nothing was woken: poll the next live future in turn. Its poll drives its
+            // client's link, which wakes the calls whose replies came; taking turns, every
+            // future is polled within as many such passes as there are futures (so every
+            // client among them is driven).
             let n = self.slots.len();
             for k in 0..n {
                 let i = (self.cursor + k) % n;
+                if self.slots[i].is_none() {
+                    continue;
+                }
+                self.cursor = (i + 1) % n;
                 if let Some(done) = self.poll_slot(i) {
-                    self.cursor = (i + 1) % n;
                     return Some(done);
                 }
+                break;
             }
             self.take_woken();
         }
@@ -402,13 +445,22 @@ mod tests {
     }
 
     #[test]
-    fn with_nothing_woken_every_future_is_polled() {
+    fn with_nothing_woken_the_futures_are_polled_in_turn() {
         // What drives a link is a poll: a reply that arrived without a wake-up is found.
         let (g, futures) = gates(8);
         let mut c = Completions::new(futures);
+        // The first pass polls every new future (each is woken once, when pushed).
         assert!(c.try_next().is_none());
+        assert_eq!(g.borrow().polls, vec![1; 8]);
+        // Then, with nothing woken, one future per pass, in turn.
+        for _ in 0..8 {
+            assert!(c.try_next().is_none());
+        }
+        assert_eq!(g.borrow().polls, vec![2; 8]);
         g.borrow_mut().open[5] = true;
-        assert_eq!(c.try_next(), Some((5, 5)));
+        // Found within as many passes as there are futures.
+        let got = (0..8).find_map(|_| c.try_next());
+        assert_eq!(got, Some((5, 5)));
         for i in 0..8 {
             g.borrow_mut().open[i] = true;
         }
