@@ -31,6 +31,26 @@ impl<T> Pool<T> {
         }
     }
 
+    /// A cleared vector for `need` items, from the free list when it holds one with room for
+    /// them and at most twice that (or 64 items, for small needs): a small message never
+    /// takes, and holds, the buffer of a large one, and alternating sizes find each their
+    /// own. Otherwise a new vector (it grows when filled).
+    pub(crate) fn take_fit(&mut self, need: usize) -> Vec<T> {
+        let most = need.saturating_mul(2).max(64);
+        match self
+            .free
+            .iter()
+            .rposition(|v| v.capacity() >= need && v.capacity() <= most)
+        {
+            Some(i) => {
+                let v = self.free.swap_remove(i);
+                self.held -= v.capacity() * size_of::<T>();
+                v
+            }
+            None => Vec::new(),
+        }
+    }
+
     /// Returns a vector to the free list, or frees it if the list is full.
     pub(crate) fn give(&mut self, mut v: Vec<T>) {
         let bytes = v.capacity() * size_of::<T>();
@@ -70,5 +90,23 @@ mod tests {
         p.give(Vec::with_capacity(10));
         p.give(Vec::with_capacity(10)); // over the item bound
         assert_eq!(p.held_bytes(), 20);
+    }
+
+    #[test]
+    fn take_fit_picks_a_buffer_of_about_the_size_needed() {
+        let mut p: Pool<u8> = Pool::new(1 << 20, 8);
+        p.give(Vec::with_capacity(100));
+        p.give(Vec::with_capacity(4096));
+        // Too small for one, too big for the other: a new one.
+        assert_eq!(p.take_fit(1000).capacity(), 0);
+        let big = p.take_fit(3000);
+        assert_eq!(big.capacity(), 4096);
+        let small = p.take_fit(72);
+        assert_eq!(small.capacity(), 100);
+        assert_eq!(p.held_bytes(), 0);
+        // A small need never takes a large buffer.
+        p.give(big);
+        assert_eq!(p.take_fit(10).capacity(), 0);
+        assert_eq!(p.held_bytes(), 4096);
     }
 }

@@ -1687,8 +1687,10 @@ impl<A: PeerAddr> Server<A> {
         }
         let overhead = plan.header.overhead();
         let total = overhead + len;
-        let mut buf = self.buffers.take();
-        buf.reserve(total);
+        // Of about this reply's size, so that the cache holds no more memory than
+        // `cached_bytes` counts, with nothing freed or grown when sizes alternate.
+        let mut buf = self.buffers.take_fit(total);
+        buf.reserve_exact(total);
         let header = plan.header(0);
         buf.extend_from_slice(&header);
         buf.resize(overhead, 0);
@@ -1700,11 +1702,6 @@ impl<A: PeerAddr> Server<A> {
         if let Some(seal) = &plan.seal {
             let tag = seal.tag(&header, [&buf[overhead..]]);
             buf[HEADER_LEN..overhead].copy_from_slice(&tag);
-        }
-        if buf.capacity() > 2 * total {
-            // A pooled buffer of an earlier, larger reply: keeping it for this one would hold
-            // memory that `cached_bytes` does not count.
-            buf.shrink_to(total);
         }
         let cached = Cached {
             kind: plan.header.kind,

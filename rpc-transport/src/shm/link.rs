@@ -321,6 +321,8 @@ struct ServerRx {
     cursor: usize,
     polls: u32,
     looked: Instant,
+    /// The connections a wait sleeps on, kept so that a wait allocates nothing.
+    sleepers: Vec<Arc<Conn>>,
 }
 
 impl ShmServerLink {
@@ -366,6 +368,7 @@ impl ShmServerLink {
                 cursor: 0,
                 polls: 0,
                 looked: Instant::now(),
+                sleepers: Vec::new(),
             }),
             acceptor: Mutex::new(Some(acceptor)),
         })
@@ -598,15 +601,16 @@ impl Link for ShmServerLink {
         if now.duration_since(rx.looked) >= LOOK_EVERY {
             self.look(&mut rx, now);
         }
-        let conns: Vec<Arc<Conn>> = self
-            .shared
-            .conns
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .flatten()
-            .cloned()
-            .collect();
+        let mut conns = std::mem::take(&mut rx.sleepers);
+        conns.extend(
+            self.shared
+                .conns
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .flatten()
+                .cloned(),
+        );
         let mut ready = self.shared.has_pending.load(Ordering::Acquire);
         for c in &conns {
             ready |= lock(&c.consumer).sleep(c.seg.words());
@@ -622,6 +626,9 @@ impl Link for ShmServerLink {
         for c in &conns {
             lock(&c.consumer).wake(c.seg.words());
         }
+        // Emptied, so that a closed connection is not held; its capacity is kept.
+        conns.clear();
+        rx.sleepers = conns;
         Ok(())
     }
 
