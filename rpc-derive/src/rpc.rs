@@ -847,12 +847,18 @@ impl Method {
         let encode = self.encode_args(krate, &enc);
         let decode = self.decode_fn(krate);
         let mut_ = (!self.args.is_empty()).then(|| quote!(mut));
+        // The descriptor is built in a block of its own, so that its storage ends when it is
+        // moved into the call: the future then holds one descriptor, not two.
         let call = quote! {
             <#t as #krate::service::AsyncTransport>::call_async(
                 #transport,
                 &#table[#index],
                 #options,
-                #enc,
+                {
+                    let #mut_ #enc = #krate::marshal::Encoder::new();
+                    #encode
+                    #enc
+                },
                 #decode,
             )
             .await
@@ -863,11 +869,7 @@ impl Method {
             call
         };
         quote! {
-            async move {
-                let #mut_ #enc = #krate::marshal::Encoder::new();
-                #encode
-                #result
-            }
+            async move { #result }
         }
     }
 
