@@ -396,6 +396,15 @@ impl<A: Copy + PartialEq> Outbox<A> {
         if packed > 0 {
             shared.packed.fetch_add(packed, Ordering::Relaxed);
         }
+        if self.used == 1 {
+            // One datagram (a single call's reply): straight to the link.
+            let (dest, buf, _) = &self.out[0];
+            if link.send(dest, &[IoSlice::new(buf)]).is_err() {
+                shared.io_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            self.used = 0;
+            return;
+        }
         let slices: arrayvec::ArrayVec<[IoSlice<'_>; 1], { RECV_BATCH * 2 }> = self.out
             [..self.used]
             .iter()
