@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -299,12 +299,26 @@ struct Accepted {
 #[derive(Debug)]
 struct Shared {
     shape: ServerShape,
-    conns: RwLock<Vec<Option<Arc<Conn>>>>,
+    conns: RwLock<Conns>,
     generations: Mutex<Vec<u32>>,
     pending: Mutex<Vec<Accepted>>,
     has_pending: AtomicBool,
     bell: OwnedFd,
     stop: AtomicBool,
+}
+
+type Conns = Vec<Option<Arc<Conn>>>;
+
+impl Shared {
+    /// The connections, to read (a panic elsewhere while they were held leaves them usable).
+    fn conns(&self) -> RwLockReadGuard<'_, Conns> {
+        self.conns.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connections, to change.
+    fn conns_mut(&self) -> RwLockWriteGuard<'_, Conns> {
+        self.conns.write().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The server's side: one segment per client, accepted on a Unix socket.
@@ -376,13 +390,7 @@ impl ShmServerLink {
 
     /// Connections open now.
     pub fn connections(&self) -> usize {
-        self.shared
-            .conns
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .flatten()
-            .count()
+        self.shared.conns().iter().flatten().count()
     }
 
     /// Takes in the connections the acceptor made.
@@ -391,7 +399,7 @@ impl ShmServerLink {
             return;
         }
         let accepted: Vec<Accepted> = std::mem::take(&mut *lock(&self.shared.pending));
-        let mut conns = self.shared.conns.write().unwrap_or_else(|p| p.into_inner());
+        let mut conns = self.shared.conns_mut();
         let mut generations = lock(&self.shared.generations);
         for a in accepted {
             let i = conns.iter().position(Option::is_none).unwrap_or_else(|| {
@@ -422,7 +430,7 @@ impl ShmServerLink {
         rx.looked = now;
         let mut dead = Vec::new();
         {
-            let conns = self.shared.conns.read().unwrap_or_else(|p| p.into_inner());
+            let conns = self.shared.conns();
             for c in conns.iter().flatten() {
                 let w = c.seg.words();
                 w[HEARTBEAT].fetch_add(1, Ordering::Relaxed);
@@ -437,7 +445,7 @@ impl ShmServerLink {
         if dead.is_empty() {
             return;
         }
-        let mut conns = self.shared.conns.write().unwrap_or_else(|p| p.into_inner());
+        let mut conns = self.shared.conns_mut();
         for i in dead {
             if let Some(c) = conns.get_mut(i).and_then(Option::take) {
                 c.seg.unlink();
@@ -446,7 +454,7 @@ impl ShmServerLink {
     }
 
     fn conn(&self, to: &ShmAddr) -> Option<Arc<Conn>> {
-        let conns = self.shared.conns.read().unwrap_or_else(|p| p.into_inner());
+        let conns = self.shared.conns();
         conns
             .get(to.conn as usize)?
             .as_ref()
@@ -484,14 +492,7 @@ fn handshake(stream: &UnixStream, shared: &Shared) -> io::Result<Accepted> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let open = shared
-        .conns
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .flatten()
-        .count()
-        + lock(&shared.pending).len();
+    let open = shared.conns().iter().flatten().count() + lock(&shared.pending).len();
     if open >= shared.shape.max_connections {
         return Err(io::Error::new(
             io::ErrorKind::ConnectionRefused,
@@ -552,7 +553,7 @@ impl Link for ShmServerLink {
         let mut rx = lock(&self.rx);
         let mut got = 0;
         {
-            let conns = self.shared.conns.read().unwrap_or_else(|p| p.into_inner());
+            let conns = self.shared.conns();
             let n = conns.len();
             for k in 0..n {
                 let i = (rx.cursor + k) % n;
@@ -602,15 +603,7 @@ impl Link for ShmServerLink {
             self.look(&mut rx, now);
         }
         let mut conns = std::mem::take(&mut rx.sleepers);
-        conns.extend(
-            self.shared
-                .conns
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .flatten()
-                .cloned(),
-        );
+        conns.extend(self.shared.conns().iter().flatten().cloned());
         let mut ready = self.shared.has_pending.load(Ordering::Acquire);
         for c in &conns {
             ready |= lock(&c.consumer).sleep(c.seg.words());
@@ -637,7 +630,7 @@ impl Link for ShmServerLink {
         if let Some(t) = lock(&self.acceptor).take() {
             let _ = t.join();
         }
-        let mut conns = self.shared.conns.write().unwrap_or_else(|p| p.into_inner());
+        let mut conns = self.shared.conns_mut();
         for c in conns.iter_mut().filter_map(Option::take) {
             c.seg.words()[SERVER_CLOSED].store(1, Ordering::Release);
             ring_bell(&c.client_bell);
