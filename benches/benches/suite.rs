@@ -7,6 +7,7 @@
 //! cargo xtask bench                 # the default run, at most 10 minutes
 //! cargo xtask bench --quick         # every case briefly, under a minute
 //! cargo xtask bench --only shm      # the cases whose names contain "shm"
+//! cargo xtask bench --only "=udp 64 in flight"   # that case alone
 //! cargo xtask bench --compare target/bench/OLD target/bench/NEW
 //! ```
 //!
@@ -74,7 +75,8 @@ pub struct Args {
     /// Seconds per throughput or open-loop case per round (default 1; 0.05 with --quick).
     #[arg(long)]
     load_seconds: Option<f64>,
-    /// Only the cases whose names contain one of these (comma-separated).
+    /// Only the cases whose names contain one of these (comma-separated); one that starts
+    /// with `=` names one case exactly (`--only "=udp 64 in flight"`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Leave out the peers (tarpc, tonic, iceoryx2).
@@ -488,7 +490,11 @@ fn plan(args: &Args) -> Vec<Spec> {
         }
     }
 
-    v.retain(|s| args.only.is_empty() || args.only.iter().any(|o| s.name.contains(o.as_str())));
+    let wanted = |name: &str, o: &str| match o.strip_prefix('=') {
+        Some(exact) => name == exact,
+        None => name.contains(o),
+    };
+    v.retain(|s| args.only.is_empty() || args.only.iter().any(|o| wanted(&s.name, o)));
     v
 }
 

@@ -364,6 +364,26 @@ pub struct RawPing {
 }
 
 impl RawPing {
+    /// One round trip of a direct-style ping, timed by phase as [`UringPing::ping_phases`]
+    /// times its own.
+    pub fn ping_phases(&mut self) -> Phases {
+        let t = Instant::now();
+        let _ = rustix::net::send(&self.socket, &self.payload, SendFlags::empty());
+        let send = t.elapsed();
+        loop {
+            let t = Instant::now();
+            match rustix::net::recv(&self.socket, &mut self.buf[..], RecvFlags::empty()) {
+                Err(e) if e == rustix::io::Errno::WOULDBLOCK => std::hint::spin_loop(),
+                _ => {
+                    return Phases {
+                        send,
+                        receive: t.elapsed(),
+                    };
+                }
+            }
+        }
+    }
+
     /// Connects to a [`RawEcho`]. A gathered ping carries the payload behind a 76-byte head,
     /// as the RPC's datagrams do.
     pub fn connect(
@@ -520,6 +540,27 @@ impl UringPing {
         })
     }
 
+    /// One round trip, timed by phase: how long the send took, and how long the receive
+    /// call that returned the datagram took (the spinning before it is not counted).
+    pub fn ping_phases(&mut self) -> Phases {
+        use rpc_transport::link::Link;
+        let t = Instant::now();
+        let _ = self.link.send(&self.to, &[IoSlice::new(&self.payload)]);
+        let send = t.elapsed();
+        loop {
+            let t = Instant::now();
+            match self.link.recv(&mut self.batch) {
+                Ok(0) => std::hint::spin_loop(),
+                _ => {
+                    return Phases {
+                        send,
+                        receive: t.elapsed(),
+                    };
+                }
+            }
+        }
+    }
+
     /// One round trip.
     pub fn ping(&mut self) {
         use rpc_transport::link::Link;
@@ -531,6 +572,15 @@ impl UringPing {
             }
         }
     }
+}
+
+/// Where a raw round trip's time goes on the client's side: see [`UringPing::ping_phases`].
+#[derive(Clone, Copy, Debug)]
+pub struct Phases {
+    /// The send call.
+    pub send: Duration,
+    /// The receive call that returned the datagram.
+    pub receive: Duration,
 }
 
 /// Prints the percentile table, with each case's p50 and p99 against its floor's.

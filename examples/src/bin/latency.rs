@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use examples::{
-    BenchClient, BenchServer, Case, CountingAlloc, Handlers, NullResponder, RawEcho, RawPing,
-    RawStyle, UringEcho, UringPing, measure, plot, print_table,
+    BenchClient, BenchServer, Case, CountingAlloc, Handlers, NullResponder, Phases, RawEcho,
+    RawPing, RawStyle, UringEcho, UringPing, measure, plot, print_table,
 };
 use rpc_core::AuthKey;
 use rpc_transport::PollStrategy;
@@ -343,7 +343,49 @@ fn main() -> anyhow::Result<()> {
         "p50/floor: the median over the rounds of the two cases' p50 ratio in the same round; \
          p99/floor: the pooled p99s"
     );
+    if args.modes.iter().any(|m| m == "spin") && !args.no_uring {
+        phases(server_cpu, (args.iterations / 5) as usize, rounds as usize)?;
+    }
     plot(&cases, &args.plot)?;
     println!("\nplot: {}", args.plot.display());
+    Ok(())
+}
+
+/// Where the two raw floors' time goes, on the client's side: the send call, and the receive
+/// call that returned the datagram (p50s over `n` round trips, in `rounds` interleaved rounds).
+fn phases(server_cpu: Option<usize>, n: usize, rounds: usize) -> anyhow::Result<()> {
+    let n = (n / rounds).max(1);
+    let (mut udp, mut uring) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let echo = RawEcho::start(PollStrategy::Spin, server_cpu, RawStyle::Direct)?;
+        let mut ping = RawPing::connect(echo.addr(), PollStrategy::Spin, 32, RawStyle::Direct)?;
+        (0..n / 5).for_each(|_| ping.ping());
+        udp.extend((0..n).map(|_| ping.ping_phases()));
+        drop(echo);
+        let echo = UringEcho::start(server_cpu)?;
+        let mut ping = UringPing::connect(echo.addr(), 32)?;
+        (0..n / 5).for_each(|_| ping.ping());
+        uring.extend((0..n).map(|_| ping.ping_phases()));
+    }
+    let p50 = |v: &[Phases], f: fn(&Phases) -> Duration| {
+        let mut d: Vec<Duration> = v.iter().map(f).collect();
+        d.sort_unstable();
+        d[d.len() / 2].as_secs_f64() * 1e6
+    };
+    println!(
+        "\nwhere a raw 32 B round trip's time goes on the client (p50 µs over {} round trips each):",
+        udp.len()
+    );
+    println!(
+        "{:<14} {:>10} {:>18}",
+        "floor", "send call", "completing receive"
+    );
+    for (name, v) in [("raw udp", &udp), ("raw io_uring", &uring)] {
+        println!(
+            "{name:<14} {:>10.2} {:>18.2}",
+            p50(v, |p| p.send),
+            p50(v, |p| p.receive)
+        );
+    }
     Ok(())
 }
