@@ -21,6 +21,12 @@ use crate::link::{Link, RecvBatch};
 
 /// How often a side looks whether its peer lives (and a server bumps its heartbeat).
 const LOOK_EVERY: Duration = Duration::from_millis(10);
+
+/// When the next look is due, `LOOK_EVERY` after `now` (kept as a time, so that the hot paths
+/// compare two instants instead of subtracting them).
+fn next_look(now: Instant) -> Instant {
+    now.checked_add(LOOK_EVERY).unwrap_or(now)
+}
 /// Empty polls between two readings of the clock for that.
 const POLLS_PER_LOOK: u32 = 1024;
 
@@ -109,7 +115,8 @@ pub struct ShmClientLink {
 struct ClientRx {
     consumer: Consumer,
     polls: u32,
-    looked: Instant,
+    /// When the next look at the server is due.
+    look_at: Instant,
     heartbeat: u64,
     beat_at: Instant,
 }
@@ -137,7 +144,7 @@ impl ShmClientLink {
             rx: Mutex::new(ClientRx {
                 consumer: Consumer::new(seg.replies),
                 polls: 0,
-                looked: now,
+                look_at: next_look(now),
                 heartbeat,
                 beat_at: now,
             }),
@@ -166,7 +173,7 @@ impl ShmClientLink {
 
     /// Looks whether the server lives: its lock, its closing flag, its heartbeat.
     fn look(&self, rx: &mut ClientRx, now: Instant) -> io::Result<()> {
-        rx.looked = now;
+        rx.look_at = next_look(now);
         let w = self.seg.words();
         if w[SERVER_CLOSED].load(Ordering::Acquire) != 0 || !self.seg.peer_alive(SERVER_BYTE) {
             return Err(self.die());
@@ -228,7 +235,7 @@ impl Link for ShmClientLink {
             rx.polls = rx.polls.wrapping_add(1);
             if rx.polls % POLLS_PER_LOOK == 0 {
                 let now = Instant::now();
-                if now.duration_since(rx.looked) >= LOOK_EVERY {
+                if now >= rx.look_at {
                     self.look(&mut rx, now)?;
                 }
             }
@@ -240,7 +247,7 @@ impl Link for ShmClientLink {
         let mut rx = lock(&self.rx);
         let w = self.seg.words();
         let now = Instant::now();
-        if now.duration_since(rx.looked) >= LOOK_EVERY {
+        if now >= rx.look_at {
             self.look(&mut rx, now)?;
         }
         if !rx.consumer.sleep(w) {
@@ -334,7 +341,8 @@ pub struct ShmServerLink {
 struct ServerRx {
     cursor: usize,
     polls: u32,
-    looked: Instant,
+    /// When the next look at the clients is due.
+    look_at: Instant,
     /// The connections a wait sleeps on, kept so that a wait allocates nothing.
     sleepers: Vec<Arc<Conn>>,
 }
@@ -381,7 +389,7 @@ impl ShmServerLink {
             rx: Mutex::new(ServerRx {
                 cursor: 0,
                 polls: 0,
-                looked: Instant::now(),
+                look_at: next_look(Instant::now()),
                 sleepers: Vec::new(),
             }),
             acceptor: Mutex::new(Some(acceptor)),
@@ -427,7 +435,7 @@ impl ShmServerLink {
     /// Bumps the heartbeat of every connection and drops those whose client died, closed or
     /// broke the rings.
     fn look(&self, rx: &mut ServerRx, now: Instant) {
-        rx.looked = now;
+        rx.look_at = next_look(now);
         let mut dead = Vec::new();
         {
             let conns = self.shared.conns();
@@ -589,7 +597,7 @@ impl Link for ShmServerLink {
         rx.polls = rx.polls.wrapping_add(1);
         if got == 0 && rx.polls % POLLS_PER_LOOK == 0 || rx.polls % (POLLS_PER_LOOK * 16) == 0 {
             let now = Instant::now();
-            if now.duration_since(rx.looked) >= LOOK_EVERY {
+            if now >= rx.look_at {
                 self.look(&mut rx, now);
             }
         }
@@ -599,7 +607,7 @@ impl Link for ShmServerLink {
     fn wait(&self, deadline: Option<Instant>, cap: Duration) -> io::Result<()> {
         let mut rx = lock(&self.rx);
         let now = Instant::now();
-        if now.duration_since(rx.looked) >= LOOK_EVERY {
+        if now >= rx.look_at {
             self.look(&mut rx, now);
         }
         let mut conns = std::mem::take(&mut rx.sleepers);
