@@ -367,21 +367,17 @@ impl RawPing {
     /// One round trip of a direct-style ping, timed by phase as [`UringPing::ping_phases`]
     /// times its own.
     pub fn ping_phases(&mut self) -> Phases {
-        let t = Instant::now();
-        let _ = rustix::net::send(&self.socket, &self.payload, SendFlags::empty());
-        let send = t.elapsed();
-        loop {
-            let t = Instant::now();
-            match rustix::net::recv(&self.socket, &mut self.buf[..], RecvFlags::empty()) {
-                Err(e) if e == rustix::io::Errno::WOULDBLOCK => std::hint::spin_loop(),
-                _ => {
-                    return Phases {
-                        send,
-                        receive: t.elapsed(),
-                    };
-                }
-            }
-        }
+        Phases::time(
+            || {
+                let _ = rustix::net::send(&self.socket, &self.payload, SendFlags::empty());
+            },
+            || {
+                !matches!(
+                    rustix::net::recv(&self.socket, &mut self.buf[..], RecvFlags::empty()),
+                    Err(rustix::io::Errno::WOULDBLOCK)
+                )
+            },
+        )
     }
 
     /// Connects to a [`RawEcho`]. A gathered ping carries the payload behind a 76-byte head,
@@ -544,21 +540,12 @@ impl UringPing {
     /// call that returned the datagram took (the spinning before it is not counted).
     pub fn ping_phases(&mut self) -> Phases {
         use rpc_transport::link::Link;
-        let t = Instant::now();
-        let _ = self.link.send(&self.to, &[IoSlice::new(&self.payload)]);
-        let send = t.elapsed();
-        loop {
-            let t = Instant::now();
-            match self.link.recv(&mut self.batch) {
-                Ok(0) => std::hint::spin_loop(),
-                _ => {
-                    return Phases {
-                        send,
-                        receive: t.elapsed(),
-                    };
-                }
-            }
-        }
+        Phases::time(
+            || {
+                let _ = self.link.send(&self.to, &[IoSlice::new(&self.payload)]);
+            },
+            || !matches!(self.link.recv(&mut self.batch), Ok(0)),
+        )
     }
 
     /// One round trip.
@@ -581,6 +568,26 @@ pub struct Phases {
     pub send: Duration,
     /// The receive call that returned the datagram.
     pub receive: Duration,
+}
+
+impl Phases {
+    /// Times `send`, then `try_receive` until it says the datagram came (or the link failed),
+    /// counting only its last call.
+    fn time(send: impl FnOnce(), mut try_receive: impl FnMut() -> bool) -> Self {
+        let t = Instant::now();
+        send();
+        let send = t.elapsed();
+        loop {
+            let t = Instant::now();
+            if try_receive() {
+                return Self {
+                    send,
+                    receive: t.elapsed(),
+                };
+            }
+            std::hint::spin_loop();
+        }
+    }
 }
 
 /// Prints the percentile table, with each case's p50 and p99 against its floor's.

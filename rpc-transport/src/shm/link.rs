@@ -21,14 +21,14 @@ use crate::link::{Link, RecvBatch};
 
 /// How often a side looks whether its peer lives (and a server bumps its heartbeat).
 const LOOK_EVERY: Duration = Duration::from_millis(10);
+/// Empty polls between two readings of the clock for that.
+const POLLS_PER_LOOK: u32 = 1024;
 
 /// When the next look is due, `LOOK_EVERY` after `now` (kept as a time, so that the hot paths
 /// compare two instants instead of subtracting them).
 fn next_look(now: Instant) -> Instant {
     now.checked_add(LOOK_EVERY).unwrap_or(now)
 }
-/// Empty polls between two readings of the clock for that.
-const POLLS_PER_LOOK: u32 = 1024;
 
 /// A peer over shared memory: its connection (slot and generation) and its process id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
