@@ -850,7 +850,7 @@ fn authenticated_mode_drops_forged_and_modified_datagrams() {
     };
     // A modified request (sequence number, ack, body), a forged one without the key, a
     // forged ack: all dropped for their tags.
-    let before = server.stats().bad_tag;
+    let before = server.stats();
     let mut modified = seen.bytes.clone();
     modified[32..40].copy_from_slice(&(genuine.seq + 1).to_le_bytes());
     send(&modified);
@@ -862,12 +862,22 @@ fn authenticated_mode_drops_forged_and_modified_datagrams() {
     acked[32..40].copy_from_slice(&((1u64 << 40) + 1).to_le_bytes());
     acked[40..48].copy_from_slice(&(1u64 << 40).to_le_bytes());
     send(&acked);
+    // The ids the session's key binds (client id, incarnation, session id) changed: no
+    // session of that name, so a Stale for it, which the victim drops; nothing executes.
+    for range in [8..16, 16..20, 24..32] {
+        let mut renamed = seen.bytes.clone();
+        renamed[range.start] ^= 1;
+        send(&renamed);
+    }
     // Replayed exactly: at most a duplicate, answered from the cache to the victim.
     send(&seen.bytes);
     // The drops are counted before anything else reaches the server, so a call of the
     // victim's after them proves they were handled.
     assert_eq!(victim.record(tag(), 1).unwrap(), 1);
-    assert_eq!(server.stats().bad_tag, before + 3);
+    let after = server.stats();
+    assert_eq!(after.bad_tag, before.bad_tag + 3);
+    // Each renamed request named no session the server holds, and was answered Stale.
+    assert_eq!(after.stale, before.stale + 3);
     assert!(book.twice().is_empty());
     for _ in 0..20 {
         assert_eq!(victim.record(tag(), 1).unwrap(), 1);
