@@ -343,13 +343,98 @@ fn main() -> anyhow::Result<()> {
         "p50/floor: the median over the rounds of the two cases' p50 ratio in the same round; \
          p99/floor: the pooled p99s"
     );
-    if args.modes.iter().any(|m| m == "spin") && !args.no_uring {
-        phases(server_cpu, (args.iterations / 5) as usize, rounds as usize)?;
+    if args.modes.iter().any(|m| m == "spin") {
+        auth_paired(server_cpu, args.warmup, args.iterations)?;
+        if !args.no_uring {
+            phases(server_cpu, (args.iterations / 5) as usize, rounds as usize)?;
+        }
     }
     plot(&cases, &args.plot)?;
     println!("\nplot: {}", args.plot.display());
     Ok(())
 }
+
+/// What authenticated mode costs a null call, measured finely interleaved: a plain and an
+/// authenticated server run side by side on the server's cpu, and the client alternates
+/// between them every [`PAIR_BLOCK`] calls, so that a change of the host's speed over the run
+/// falls on both alike. Both clients spin; the servers spin while calls keep coming and park
+/// 50 µs after the last, so the idle one leaves the cpu to the busy one (a server that
+/// spins while calls keep coming is a spinning server).
+fn auth_paired(server_cpu: Option<usize>, warmup: u64, n: u64) -> anyhow::Result<()> {
+    let poll = PollStrategy::SpinThenPark(Duration::from_micros(50));
+    let start = |key: Option<AuthKey>| -> anyhow::Result<_> {
+        let mut config = UdpServerConfig::loopback()
+            .poll(poll)
+            .pin(server_cpu.into_iter().collect());
+        config.protocol.auth = key.clone();
+        let server = UdpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)?
+            .serve(BenchServer::new(Handlers))?;
+        let mut client_config = UdpClientConfig::loopback().poll(PollStrategy::Spin);
+        client_config.protocol.auth = key;
+        let client = BenchClient::new(UdpClient::connect(server.local_addr(), client_config)?);
+        Ok((server, client))
+    };
+    let plain = start(None)?;
+    let auth = start(Some(AuthKey::from_bytes([0x42; 32])))?;
+    let clients = [&plain.1, &auth.1];
+    let hist =
+        || hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("bounds");
+    let mut hists = [hist(), hist()];
+    let blocks = (n / PAIR_BLOCK).max(1);
+    let bar = indicatif::ProgressBar::new(blocks);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:<34} [{bar:30}] {pos:>7}/{len:7}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message("authenticated and plain, paired");
+    let mut block_ratios = Vec::new();
+    for b in 0..blocks + 2 {
+        let mut p50s = [0.0; 2];
+        // Alternate which of the two goes first, so neither always follows the other.
+        for k in [b % 2, 1 - b % 2] {
+            let client = clients[k as usize];
+            if b < 2 {
+                (0..warmup / 2).for_each(|_| null_call(client));
+                continue;
+            }
+            let mut block = hist();
+            for _ in 0..PAIR_BLOCK {
+                let t = std::time::Instant::now();
+                null_call(client);
+                let ns = (t.elapsed().as_nanos() as u64).max(1);
+                hists[k as usize].saturating_record(ns);
+                block.saturating_record(ns);
+            }
+            p50s[k as usize] = block.value_at_quantile(0.5) as f64;
+        }
+        if b >= 2 {
+            block_ratios.push(p50s[1] / p50s[0]);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    block_ratios.sort_by(f64::total_cmp);
+    let p50 = |h: &hdrhistogram::Histogram<u64>| h.value_at_quantile(0.5) as f64 / 1000.0;
+    let (a, b) = (p50(&hists[0]), p50(&hists[1]));
+    println!(
+        "\nauthenticated null call against plain, alternating every {PAIR_BLOCK} calls \
+         ({} calls each): p50 {b:.2} µs against {a:.2} µs, {:.3}x; \
+         median of the {} blocks' ratios {:.3}x",
+        hists[0].len(),
+        b / a,
+        block_ratios.len(),
+        block_ratios[block_ratios.len() / 2],
+    );
+    for (server, client) in [plain, auth] {
+        drop(client);
+        server.shutdown();
+    }
+    Ok(())
+}
+
+/// Calls per block of [`auth_paired`].
+const PAIR_BLOCK: u64 = 1000;
 
 /// Where the two raw floors' time goes, on the client's side: the send call, and the receive
 /// call that returned the datagram (p50s over `n` round trips, in `rounds` interleaved rounds).
