@@ -7,14 +7,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
 use examples::{
     BenchClient, BenchServer, Case, CountingAlloc, Handlers, NullResponder, Phases, RawEcho,
-    RawPing, RawStyle, UringEcho, UringPing, measure, plot, print_table,
+    RawPing, RawStyle, UringEcho, UringPing, allocations, measure, plot, print_table,
 };
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
 use rpc_core::AuthKey;
 use rpc_transport::PollStrategy;
 use rpc_transport::udp::{Io, UdpClient, UdpClientConfig, UdpServer, UdpServerConfig};
@@ -71,9 +73,6 @@ enum Kind {
     /// Our client against a stateless responder: the client's share of a null call.
     ClientOnly,
     Echo,
-    /// Authenticated mode (a tag on every datagram): compared with the plain call.
-    AuthNull,
-    AuthEcho,
     /// A datagram echoed through io_uring links, no protocol: io_uring's own floor.
     RawUring(usize),
     /// The calls over io_uring links: compared with the same over plain sockets.
@@ -194,16 +193,6 @@ fn main() -> anyhow::Result<()> {
             floor: Some(floor_name(floor_poll, 32)),
         });
         if poll == PollStrategy::Spin {
-            // Authenticated mode, against the same call without it, measured right after it
-            // in every round.
-            plan.push(Planned {
-                name: format!("rpc {} null call, authenticated", label(poll)),
-                kind: Kind::AuthNull,
-                poll,
-                floor: Some(format!("rpc {} null call", label(poll))),
-            });
-        }
-        if poll == PollStrategy::Spin {
             plan.push(Planned {
                 name: format!("rpc {} null call, client only", label(poll)),
                 kind: Kind::ClientOnly,
@@ -217,18 +206,6 @@ fn main() -> anyhow::Result<()> {
             poll,
             floor: Some(floor_name(floor_poll, args.echo_bytes)),
         });
-        if poll == PollStrategy::Spin {
-            plan.push(Planned {
-                name: format!(
-                    "rpc {} echo {} B, authenticated",
-                    label(poll),
-                    args.echo_bytes
-                ),
-                kind: Kind::AuthEcho,
-                poll,
-                floor: Some(format!("rpc {} echo {} B", label(poll), args.echo_bytes)),
-            });
-        }
         if poll == PollStrategy::Spin && !args.no_uring {
             // io_uring: its own raw floor (a datagram echoed through the link, no protocol),
             // and the calls against the same calls over plain sockets.
@@ -289,31 +266,22 @@ fn main() -> anyhow::Result<()> {
                     case.allocs_per_call = None;
                     case
                 }
-                Kind::Null
-                | Kind::Echo
-                | Kind::AuthNull
-                | Kind::AuthEcho
-                | Kind::UringNull
-                | Kind::UringEcho => {
-                    let key = matches!(p.kind, Kind::AuthNull | Kind::AuthEcho)
-                        .then(|| AuthKey::from_bytes([0x42; 32]));
+                Kind::Null | Kind::Echo | Kind::UringNull | Kind::UringEcho => {
                     let io = if matches!(p.kind, Kind::UringNull | Kind::UringEcho) {
                         Io::Uring(UringConfig::default())
                     } else {
                         Io::Sockets
                     };
-                    let mut config = UdpServerConfig::loopback()
+                    let config = UdpServerConfig::loopback()
                         .poll(p.poll)
                         .pin(server_cpu.into_iter().collect())
                         .io(io.clone());
-                    config.protocol.auth = key.clone();
                     let server = UdpServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)?
                         .serve(BenchServer::new(Handlers))?;
-                    let mut client_config = UdpClientConfig::loopback().poll(p.poll).io(io);
-                    client_config.protocol.auth = key;
+                    let client_config = UdpClientConfig::loopback().poll(p.poll).io(io);
                     let client =
                         BenchClient::new(UdpClient::connect(server.local_addr(), client_config)?);
-                    let case = if matches!(p.kind, Kind::Null | Kind::AuthNull | Kind::UringNull) {
+                    let case = if matches!(p.kind, Kind::Null | Kind::UringNull) {
                         measure(&label, w, n, || null_call(&client))
                     } else {
                         measure(&label, w, n, || echo_call(&client, &echo))
@@ -334,6 +302,22 @@ fn main() -> anyhow::Result<()> {
             cases.push(case);
         }
     }
+    if args.modes.iter().any(|m| m == "spin") {
+        // Authenticated mode against the same call without it, measured side by side.
+        let null = |c: &BenchClient<UdpClient>| null_call(c);
+        let echo_1 = |c: &BenchClient<UdpClient>| echo_call(c, &echo);
+        let names = [
+            "null call".to_string(),
+            format!("echo {} B", args.echo_bytes),
+        ];
+        let ops: [&dyn Fn(&BenchClient<UdpClient>); 2] = [&null, &echo_1];
+        for (what, op) in names.iter().zip(ops) {
+            let (plain, auth) = auth_paired(what, server_cpu, args.warmup, args.iterations, op)?;
+            retransmissions += plain.1 + auth.1;
+            cases.push(plain.0);
+            cases.push(auth.0);
+        }
+    }
     println!(
         "{rounds} interleaved rounds; retransmissions {retransmissions}, duplicates answered from the cache {from_cache}"
     );
@@ -343,25 +327,35 @@ fn main() -> anyhow::Result<()> {
         "p50/floor: the median over the rounds of the two cases' p50 ratio in the same round; \
          p99/floor: the pooled p99s"
     );
-    if args.modes.iter().any(|m| m == "spin") {
-        auth_paired(server_cpu, args.warmup, args.iterations)?;
-        if !args.no_uring {
-            phases(server_cpu, (args.iterations / 5) as usize, rounds as usize)?;
-        }
+    println!(
+        "authenticated rows: against the plain call beside them (\"paired\"), the client \
+         alternating between the two servers in {PAIR_BLOCKS} blocks each; their p50/floor is \
+         the median over the blocks"
+    );
+    if args.modes.iter().any(|m| m == "spin") && !args.no_uring {
+        phases(server_cpu, (args.iterations / 5) as usize, rounds as usize)?;
     }
     plot(&cases, &args.plot)?;
     println!("\nplot: {}", args.plot.display());
     Ok(())
 }
 
-/// What authenticated mode costs a null call, measured finely interleaved: a plain and an
+/// What authenticated mode costs a call, measured finely interleaved: a plain and an
 /// authenticated server run side by side on the server's cpu, and the client alternates
-/// between them every [`PAIR_BLOCK`] calls, so that a change of the host's speed over the run
+/// between them in [`PAIR_BLOCKS`] blocks each, so that a change of the host's speed over the run
 /// falls on both alike. Both clients spin; the servers spin while calls keep coming and park
-/// 50 µs after the last, so the idle one leaves the cpu to the busy one (a server that
-/// spins while calls keep coming is a spinning server).
-fn auth_paired(server_cpu: Option<usize>, warmup: u64, n: u64) -> anyhow::Result<()> {
-    let poll = PollStrategy::SpinThenPark(Duration::from_micros(50));
+/// [`PAIR_PARK_US`] after the last, so the idle one leaves the cpu to the busy one (a server that
+/// spins while calls keep coming is a spinning server). Returns the plain case and the
+/// authenticated one (its floor the plain one), each with its retransmissions; their
+/// `rounds` are the blocks' p50s.
+fn auth_paired(
+    what: &str,
+    server_cpu: Option<usize>,
+    warmup: u64,
+    n: u64,
+    op: &dyn Fn(&BenchClient<UdpClient>),
+) -> anyhow::Result<((Case, u64), (Case, u64))> {
+    let poll = PollStrategy::SpinThenPark(Duration::from_micros(PAIR_PARK_US));
     let start = |key: Option<AuthKey>| -> anyhow::Result<_> {
         let mut config = UdpServerConfig::loopback()
             .poll(poll)
@@ -374,67 +368,72 @@ fn auth_paired(server_cpu: Option<usize>, warmup: u64, n: u64) -> anyhow::Result
         let client = BenchClient::new(UdpClient::connect(server.local_addr(), client_config)?);
         Ok((server, client))
     };
-    let plain = start(None)?;
-    let auth = start(Some(AuthKey::from_bytes([0x42; 32])))?;
-    let clients = [&plain.1, &auth.1];
-    let hist =
-        || hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("bounds");
-    let mut hists = [hist(), hist()];
-    let blocks = (n / PAIR_BLOCK).max(1);
-    let bar = indicatif::ProgressBar::new(blocks);
+    let pair = [start(None)?, start(Some(AuthKey::from_bytes([0x42; 32])))?];
+    let hist = || Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("valid bounds");
+    let mut cases = [
+        format!("rpc spin {what}, paired"),
+        format!("rpc spin {what}, authenticated"),
+    ]
+    .map(|name| Case {
+        name,
+        hist: hist(),
+        allocs_per_call: None,
+        floor: None,
+        rounds: Vec::new(),
+    });
+    cases[1].floor = Some(cases[0].name.clone());
+    let (blocks, size) = (PAIR_BLOCKS, (n / PAIR_BLOCKS).max(1));
+    let bar = ProgressBar::new(blocks);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg:<34} [{bar:30}] {pos:>7}/{len:7}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        ProgressStyle::with_template("{msg:<34} [{bar:30}] {pos:>7}/{len:7}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
-    bar.set_message("authenticated and plain, paired");
-    let mut block_ratios = Vec::new();
-    for b in 0..blocks + 2 {
-        let mut p50s = [0.0; 2];
+    bar.set_message(format!("rpc spin {what}, auth and plain"));
+    for (_, client) in &pair {
+        (0..warmup).for_each(|_| op(client));
+    }
+    let before = allocations();
+    for b in 0..blocks {
         // Alternate which of the two goes first, so neither always follows the other.
-        for k in [b % 2, 1 - b % 2] {
-            let client = clients[k as usize];
-            if b < 2 {
-                (0..warmup / 2).for_each(|_| null_call(client));
-                continue;
-            }
+        for k in [b % 2, 1 - b % 2].map(|k| k as usize) {
             let mut block = hist();
-            for _ in 0..PAIR_BLOCK {
-                let t = std::time::Instant::now();
-                null_call(client);
+            for _ in 0..size {
+                let t = Instant::now();
+                op(&pair[k].1);
                 let ns = (t.elapsed().as_nanos() as u64).max(1);
-                hists[k as usize].saturating_record(ns);
+                cases[k].hist.saturating_record(ns);
                 block.saturating_record(ns);
             }
-            p50s[k as usize] = block.value_at_quantile(0.5) as f64;
+            cases[k]
+                .rounds
+                .push(block.value_at_quantile(0.5) as f64 / 1000.0);
         }
-        if b >= 2 {
-            block_ratios.push(p50s[1] / p50s[0]);
-            bar.inc(1);
-        }
+        bar.inc(1);
     }
+    let allocs = (allocations() - before) as f64 / (2 * blocks * size) as f64;
     bar.finish_and_clear();
-    block_ratios.sort_by(f64::total_cmp);
-    let p50 = |h: &hdrhistogram::Histogram<u64>| h.value_at_quantile(0.5) as f64 / 1000.0;
-    let (a, b) = (p50(&hists[0]), p50(&hists[1]));
-    println!(
-        "\nauthenticated null call against plain, alternating every {PAIR_BLOCK} calls \
-         ({} calls each): p50 {b:.2} µs against {a:.2} µs, {:.3}x; \
-         median of the {} blocks' ratios {:.3}x",
-        hists[0].len(),
-        b / a,
-        block_ratios.len(),
-        block_ratios[block_ratios.len() / 2],
-    );
-    for (server, client) in [plain, auth] {
+    let [plain, auth] = cases.map(|c| Case {
+        allocs_per_call: Some(allocs),
+        ..c
+    });
+    let [p, a] = pair.map(|(server, client)| {
+        let r = client.transport().stats().retransmissions;
         drop(client);
         server.shutdown();
-    }
-    Ok(())
+        r
+    });
+    Ok(((plain, p), (auth, a)))
 }
 
-/// Calls per block of [`auth_paired`].
-const PAIR_BLOCK: u64 = 1000;
+/// Blocks of [`auth_paired`] for each of its two servers.
+const PAIR_BLOCKS: u64 = 20;
+
+/// How long [`auth_paired`]'s servers spin after their last call: well above the gap between
+/// two calls of a busy client (a round trip, with its stalls), so that a busy server never
+/// parks, and short against a block, so the server a block leaves soon gives the cpu to the
+/// other.
+const PAIR_PARK_US: u64 = 50;
 
 /// Where the two raw floors' time goes, on the client's side: the send call, and the receive
 /// call that returned the datagram (p50s over `n` round trips, in `rounds` interleaved rounds).
