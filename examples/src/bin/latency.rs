@@ -306,16 +306,16 @@ fn main() -> anyhow::Result<()> {
         // Authenticated mode against the same call without it, measured side by side.
         let null = |c: &BenchClient<UdpClient>| null_call(c);
         let echo_1 = |c: &BenchClient<UdpClient>| echo_call(c, &echo);
-        let names = [
-            "null call".to_string(),
-            format!("echo {} B", args.echo_bytes),
+        let ops: [(String, &Call<'_>); 2] = [
+            ("null call".to_string(), &null),
+            (format!("echo {} B", args.echo_bytes), &echo_1),
         ];
-        let ops: [&dyn Fn(&BenchClient<UdpClient>); 2] = [&null, &echo_1];
-        for (what, op) in names.iter().zip(ops) {
-            let (plain, auth) = auth_paired(what, server_cpu, args.warmup, args.iterations, op)?;
-            retransmissions += plain.1 + auth.1;
-            cases.push(plain.0);
-            cases.push(auth.0);
+        for (what, op) in ops {
+            for (case, resent) in auth_paired(&what, server_cpu, args.warmup, args.iterations, op)?
+            {
+                retransmissions += resent;
+                cases.push(case);
+            }
         }
     }
     println!(
@@ -353,8 +353,8 @@ fn auth_paired(
     server_cpu: Option<usize>,
     warmup: u64,
     n: u64,
-    op: &dyn Fn(&BenchClient<UdpClient>),
-) -> anyhow::Result<((Case, u64), (Case, u64))> {
+    op: &Call<'_>,
+) -> anyhow::Result<[(Case, u64); 2]> {
     let poll = PollStrategy::SpinThenPark(Duration::from_micros(PAIR_PARK_US));
     let start = |key: Option<AuthKey>| -> anyhow::Result<_> {
         let mut config = UdpServerConfig::loopback()
@@ -423,8 +423,11 @@ fn auth_paired(
         server.shutdown();
         r
     });
-    Ok(((plain, p), (auth, a)))
+    Ok([(plain, p), (auth, a)])
 }
+
+/// One call of a paired case.
+type Call<'a> = dyn Fn(&BenchClient<UdpClient>) + 'a;
 
 /// Blocks of [`auth_paired`] for each of its two servers.
 const PAIR_BLOCKS: u64 = 20;
