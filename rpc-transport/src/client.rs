@@ -1112,9 +1112,11 @@ impl<L: Link> Inner<L> {
 
     /// Starts a call: assigns its sequence number and registers its waiter (waiting for room
     /// in the window as long as `deadline` allows; a future registers its waker and returns
-    /// `None` instead). Returns the call and its first datagram, if it is one.
+    /// `None` instead), `now` being the time the caller read just before. Returns the call and
+    /// its first datagram, if it is one.
     fn start(
         &self,
+        mut now: Instant,
         method: &'static MethodDesc,
         len: usize,
         deadline: Instant,
@@ -1125,7 +1127,6 @@ impl<L: Link> Inner<L> {
         if self.dead.load(Ordering::Relaxed) {
             return Err(CallError::Disconnected);
         }
-        let mut now = Instant::now();
         let req = CallRequest {
             interface: method.interface,
             method: method.id,
@@ -1348,15 +1349,22 @@ impl<L: Link> Transport for Client<L> {
         let now = Instant::now();
         let deadline = deadline_after(now, options.timeout.unwrap_or(inner.default_deadline));
         // Not sent if no turn comes before the deadline: not executed, like a full window.
-        if !inner.turnstile.enter(deadline) {
+        let Some(entered) = inner.turnstile.enter(deadline, now) else {
             return Err(CallError::WindowFull);
-        }
+        };
         let _turn = Turn(&inner.turnstile);
         // Built in place and passed by reference: a batch is a few kilobytes.
         let mut batch = ArrayVec::new();
-        let Some((me, first)) =
-            inner.start(method, request.len(), deadline, &mut None, None, &mut batch)?
-        else {
+        let started = inner.start(
+            entered,
+            method,
+            request.len(),
+            deadline,
+            &mut None,
+            None,
+            &mut batch,
+        );
+        let Some((me, first)) = started? else {
             return Err(CallError::WindowFull);
         };
         match first {
@@ -1369,7 +1377,7 @@ impl<L: Link> Transport for Client<L> {
             None => inner.send_own(me, request, &mut batch),
         }
         let mut leading = false;
-        let own = inner.wait(now, me, request, &mut leading);
+        let own = inner.wait(entered, me, request, &mut leading);
         let (result, buf) = decoded(own, decode);
         // The waiter is forgotten (and its signal slot reused) only under the lock, so a
         // registered signal still naming this call means it has not been retired yet.
@@ -1426,6 +1434,7 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
                     let mut wake = Some(Wake::Task(cx.waker().clone()));
                     let mut batch = ArrayVec::new();
                     let started = inner.start(
+                        now,
                         this.method,
                         this.request.len(),
                         deadline,

@@ -91,23 +91,26 @@ impl Turnstile {
         TURN.with(|t| t.set(Some((self.id(), now))));
     }
 
-    /// Waits for a place, until `deadline`; false if it passed first.
-    pub(crate) fn enter(&self, deadline: Instant) -> bool {
+    /// Waits for a place, until `deadline`; `None` if it passed first. `now` is the time of
+    /// asking; the time of entry is returned (`now` itself unless this thread had to wait), so
+    /// a caller that did not wait reads the clock no second time.
+    pub(crate) fn enter(&self, deadline: Instant, now: Instant) -> Option<Instant> {
         if self.waiting.load(Ordering::SeqCst) == 0 {
             // No one waits: no turns to keep (a thread that entered here hands its place on
             // as soon as someone waits).
             if self.try_enter() {
-                return true;
+                return Some(now);
             }
-        } else if self.turn(Instant::now()).is_some() && self.try_enter() {
+        } else if self.turn(now).is_some() && self.try_enter() {
             // Within its turn, a thread comes back ahead of those waiting.
-            return true;
+            return Some(now);
         }
-        let entered = self.wait_turn(deadline);
-        if entered {
-            self.start_turn(Instant::now());
+        if !self.wait_turn(deadline) {
+            return None;
         }
-        entered
+        let entered = Instant::now();
+        self.start_turn(entered);
+        Some(entered)
     }
 
     fn wait_turn(&self, deadline: Instant) -> bool {
@@ -209,7 +212,10 @@ mod tests {
                 let (t, inside, max) = (t.clone(), inside.clone(), max.clone());
                 thread::spawn(move || {
                     for _ in 0..2_000 {
-                        assert!(t.enter(Instant::now() + Duration::from_secs(60)));
+                        assert!(
+                            t.enter(Instant::now() + Duration::from_secs(60), Instant::now())
+                                .is_some()
+                        );
                         let n = inside.fetch_add(1, Ordering::SeqCst) + 1;
                         max.fetch_max(n, Ordering::SeqCst);
                         thread::yield_now();
@@ -230,9 +236,12 @@ mod tests {
     #[test]
     fn a_wait_ends_at_its_deadline() {
         let t = Turnstile::new(1);
-        assert!(t.enter(Instant::now()));
-        assert!(!t.enter(Instant::now() + Duration::from_millis(5)));
+        assert!(t.enter(Instant::now(), Instant::now()).is_some());
+        assert!(
+            t.enter(Instant::now() + Duration::from_millis(5), Instant::now())
+                .is_none()
+        );
         t.leave();
-        assert!(t.enter(Instant::now()));
+        assert!(t.enter(Instant::now(), Instant::now()).is_some());
     }
 }
