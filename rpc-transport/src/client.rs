@@ -1112,14 +1112,12 @@ impl<L: Link> Inner<L> {
 
     /// Starts a call: assigns its sequence number and registers its waiter (waiting for room
     /// in the window as long as `deadline` allows; a future registers its waker and returns
-    /// `None` instead), `now` being the time the caller read just before. Returns the call and
-    /// its first datagram, if it is one.
+    /// `None` instead). Returns the call and its first datagram, if it is one.
     fn start(
         &self,
-        mut now: Instant,
+        Span { mut now, deadline }: Span,
         method: &'static MethodDesc,
         len: usize,
-        deadline: Instant,
         wake: &mut Option<Wake>,
         cx: Option<&mut Context<'_>>,
         batch: &mut ArrayVec<Transmit, BATCH>,
@@ -1302,6 +1300,13 @@ impl<L: Link> Inner<L> {
     }
 }
 
+/// When a call starts (the caller's latest reading of the clock) and when it must have ended.
+#[derive(Clone, Copy)]
+struct Span {
+    now: Instant,
+    deadline: Instant,
+}
+
 /// A thread's turn in blocking calls, passed on when its call ends.
 struct Turn<'a>(&'a crate::turnstile::Turnstile);
 
@@ -1355,15 +1360,11 @@ impl<L: Link> Transport for Client<L> {
         let _turn = Turn(&inner.turnstile);
         // Built in place and passed by reference: a batch is a few kilobytes.
         let mut batch = ArrayVec::new();
-        let started = inner.start(
-            entered,
-            method,
-            request.len(),
+        let span = Span {
+            now: entered,
             deadline,
-            &mut None,
-            None,
-            &mut batch,
-        );
+        };
+        let started = inner.start(span, method, request.len(), &mut None, None, &mut batch);
         let Some((me, first)) = started? else {
             return Err(CallError::WindowFull);
         };
@@ -1434,10 +1435,9 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
                     let mut wake = Some(Wake::Task(cx.waker().clone()));
                     let mut batch = ArrayVec::new();
                     let started = inner.start(
-                        now,
+                        Span { now, deadline },
                         this.method,
                         this.request.len(),
-                        deadline,
                         &mut wake,
                         Some(cx),
                         &mut batch,
