@@ -122,15 +122,21 @@ impl Case {
     }
 }
 
-/// Runs `op` `warmup` times, then `iterations` times timing each, with a progress bar.
-pub fn measure(name: &str, warmup: u64, iterations: u64, mut op: impl FnMut()) -> Case {
-    let bar = ProgressBar::new(warmup + iterations);
+/// The demo's progress bar: `len` steps of the case `name`.
+pub fn progress(len: u64, name: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
     bar.set_style(
         ProgressStyle::with_template("{msg:<34} [{bar:30}] {pos:>7}/{len:7} {per_sec:>12}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
     bar.set_message(name.to_string());
+    bar
+}
+
+/// Runs `op` `warmup` times, then `iterations` times timing each, with a progress bar.
+pub fn measure(name: &str, warmup: u64, iterations: u64, mut op: impl FnMut()) -> Case {
+    let bar = progress(warmup + iterations, name);
     let tick = ((warmup + iterations) / 200).max(1);
     for i in 0..warmup {
         op();

@@ -13,10 +13,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use examples::{
     BenchClient, BenchServer, Case, CountingAlloc, Handlers, NullResponder, Phases, RawEcho,
-    RawPing, RawStyle, UringEcho, UringPing, allocations, measure, plot, print_table,
+    RawPing, RawStyle, UringEcho, UringPing, allocations, measure, plot, print_table, progress,
 };
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressStyle};
 use rpc_core::AuthKey;
 use rpc_transport::PollStrategy;
 use rpc_transport::udp::{Io, UdpClient, UdpClientConfig, UdpServer, UdpServerConfig};
@@ -383,13 +382,7 @@ fn auth_paired(
     });
     cases[1].floor = Some(cases[0].name.clone());
     let (blocks, size) = (PAIR_BLOCKS, (n / PAIR_BLOCKS).max(1));
-    let bar = ProgressBar::new(blocks);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:<34} [{bar:30}] {pos:>7}/{len:7}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_message(format!("rpc spin {what}, auth and plain"));
+    let bar = progress(blocks, &format!("rpc spin {what}, auth and plain"));
     for (_, client) in &pair {
         (0..warmup).for_each(|_| op(client));
     }
