@@ -135,7 +135,8 @@ const CLIENT_IDS: core::ops::Range<usize> = 8..20;
 const SESSION_ID: core::ops::Range<usize> = 24..32;
 
 /// How many header bytes a session's tag covers.
-const UNBOUND_LEN: usize = HEADER_LEN - (CLIENT_IDS.end - CLIENT_IDS.start) - 8;
+const UNBOUND_LEN: usize =
+    HEADER_LEN - (CLIENT_IDS.end - CLIENT_IDS.start) - (SESSION_ID.end - SESSION_ID.start);
 
 impl core::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
