@@ -62,6 +62,9 @@ pub struct LamportClock {
     /// Wall-clock nanoseconds since the Unix epoch at `base`.
     base_unix: u64,
     base: Instant,
+    /// The ceiling at `base`, below every later one: a stamp up to it is adopted without
+    /// reading the time (honest stamps, which count messages, always are).
+    base_ceiling: u64,
     refused: AtomicU64,
     clamped: AtomicU64,
 }
@@ -76,6 +79,7 @@ impl LamportClock {
             node,
             base_unix: unix_nanos,
             base: at,
+            base_ceiling: unix_nanos.saturating_add(ADOPT_AHEAD).min(MAX_LAMPORT - 1),
             refused: AtomicU64::new(0),
             clamped: AtomicU64::new(0),
         }
@@ -114,7 +118,7 @@ impl LamportClock {
 
     /// Whether `stamp` would be accepted at `now`, without observing it.
     pub fn accepts(&self, stamp: u64, now: Instant) -> Result<(), StampRefused> {
-        if stamp <= self.now() {
+        if stamp <= self.now() || stamp <= self.base_ceiling {
             return Ok(());
         }
         let limit = self.ceiling(now).saturating_add(ACCEPT_AHEAD);
@@ -131,7 +135,9 @@ impl LamportClock {
         // Computed on the first jump only: honest stamps at or below the clock need no limit.
         let mut ceiling = None;
         loop {
-            let target = if stamp > cur {
+            let target = if stamp <= self.base_ceiling {
+                stamp.max(cur)
+            } else if stamp > cur {
                 let c = *ceiling.get_or_insert_with(|| self.ceiling(now));
                 let limit = c.saturating_add(ACCEPT_AHEAD);
                 if stamp >= MAX_LAMPORT || stamp > limit {
