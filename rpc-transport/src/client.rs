@@ -219,6 +219,8 @@ struct State {
     handed_to_threads: u64,
     /// Threads to wake once the lock is released.
     unparks: ArrayVec<Thread, UNPARKS>,
+    /// The protocol timer last stored in `next_timer`, as the state machine gave it.
+    timer_stored: Option<Instant>,
 }
 
 struct Waiter {
@@ -413,6 +415,7 @@ impl<L: Link> Client<L> {
                 window_tasks: Vec::new(),
                 handed_to_threads: 0,
                 unparks: ArrayVec::new(),
+                timer_stored: None,
             }),
             room: Condvar::new(),
             leader: AtomicBool::new(false),
@@ -486,8 +489,15 @@ impl<L: Link> Inner<L> {
         (seq & self.slot_mask) as usize
     }
 
-    fn store_timer(&self, core: &mut Core) {
-        let t = core.poll_timeout().map_or(u64::MAX, |t| {
+    fn store_timer(&self, st: &mut State) {
+        let next = st.core.poll_timeout();
+        // Most often the bound the state machine keeps has not moved (it is lowered when a
+        // timer is set earlier, and raised only when the timers run): nothing to store.
+        if next == st.timer_stored {
+            return;
+        }
+        st.timer_stored = next;
+        let t = next.map_or(u64::MAX, |t| {
             t.saturating_duration_since(self.epoch).as_nanos() as u64
         });
         self.next_timer.store(t, Ordering::Release);
@@ -568,7 +578,7 @@ impl<L: Link> Inner<L> {
                 }
                 if st.core.session().is_some() {
                     st.sessions_seen = st.core.stats().sessions_opened;
-                    self.store_timer(&mut st.core);
+                    self.store_timer(&mut st);
                     return Ok(());
                 }
                 if st.core.poll_timeout().is_some_and(|t| t <= now) {
@@ -623,7 +633,7 @@ impl<L: Link> Inner<L> {
                 None => break,
             }
         }
-        self.store_timer(&mut st.core);
+        self.store_timer(st);
     }
 
     /// Sends the batch, then everything else `call` has waiting.
@@ -770,7 +780,7 @@ impl<L: Link> Inner<L> {
                 self.notify_transmits(st, me);
             }
         }
-        self.store_timer(&mut st.core);
+        self.store_timer(st);
         mine
     }
 
@@ -1373,7 +1383,7 @@ impl<L: Link> Transport for Client<L> {
                 // The common call: one datagram, sent straight away. Its timers are published
                 // after it left, off the path its reply waits on.
                 inner.send(&t, Some(request));
-                inner.store_timer(&mut inner.lock().core);
+                inner.store_timer(&mut inner.lock());
             }
             None => inner.send_own(me, request, &mut batch),
         }
@@ -1460,7 +1470,7 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
                     let company = inner.lock().core.in_flight() > 1;
                     match first {
                         Some(t) if company && inner.coalesce(&t, &this.request) => {
-                            inner.store_timer(&mut inner.lock().core);
+                            inner.store_timer(&mut inner.lock());
                             // Whoever drives the link next sends them: this crate's executors
                             // in their next pass, a driver task once woken (after the tasks
                             // woken before it, which may add theirs).
@@ -1475,7 +1485,7 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
                         Some(t) => {
                             inner.flush_coalesced();
                             inner.send(&t, Some(&this.request));
-                            inner.store_timer(&mut inner.lock().core);
+                            inner.store_timer(&mut inner.lock());
                         }
                         None => inner.send_own(id, &this.request, &mut batch),
                     }
