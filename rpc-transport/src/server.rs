@@ -252,7 +252,10 @@ impl<L: Link> Server<L> {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
             receivers.push(Arc::new(Rx {
                 link,
-                core: Mutex::new(core),
+                core: Mutex::new(Guarded {
+                    core,
+                    timer_stored: None,
+                }),
                 next_timer: AtomicU64::new(u64::MAX),
                 epoch: Instant::now(),
                 published: Published::default(),
@@ -309,9 +312,28 @@ struct Shared {
     io_errors: AtomicU64,
 }
 
+/// The server's state machine, with the protocol timer last published from it.
+pub(crate) struct Guarded<A> {
+    core: Core<A>,
+    timer_stored: Option<Instant>,
+}
+
+impl<A> std::ops::Deref for Guarded<A> {
+    type Target = Core<A>;
+    fn deref(&self) -> &Core<A> {
+        &self.core
+    }
+}
+
+impl<A> std::ops::DerefMut for Guarded<A> {
+    fn deref_mut(&mut self) -> &mut Core<A> {
+        &mut self.core
+    }
+}
+
 pub(crate) struct Rx<L: Link> {
     pub(crate) link: L,
-    core: Mutex<Core<L::Addr>>,
+    core: Mutex<Guarded<L::Addr>>,
     /// Earliest protocol timer, nanoseconds since `epoch`; `u64::MAX` if none.
     next_timer: AtomicU64,
     epoch: Instant,
@@ -319,12 +341,18 @@ pub(crate) struct Rx<L: Link> {
 }
 
 impl<L: Link> Rx<L> {
-    fn lock(&self) -> MutexGuard<'_, Core<L::Addr>> {
+    fn lock(&self) -> MutexGuard<'_, Guarded<L::Addr>> {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn store_timer(&self, core: &Core<L::Addr>) {
-        let t = core.poll_timeout().map_or(u64::MAX, |t| {
+    fn store_timer(&self, g: &mut Guarded<L::Addr>) {
+        let next = g.core.poll_timeout();
+        // The sweep's time moves once per sweep: most turns have nothing to store.
+        if next == g.timer_stored {
+            return;
+        }
+        g.timer_stored = next;
+        let t = next.map_or(u64::MAX, |t| {
             t.saturating_duration_since(self.epoch).as_nanos() as u64
         });
         self.next_timer.store(t, Ordering::Relaxed);
@@ -431,7 +459,7 @@ impl<A: Copy + PartialEq> Outbox<A> {
 /// outbox, or at once when large), and publishes the counters.
 fn drain_core<L: Link>(
     rx: &Rx<L>,
-    core: &mut Core<L::Addr>,
+    core: &mut Guarded<L::Addr>,
     outbox: &mut Outbox<L::Addr>,
     shared: &Shared,
 ) {
@@ -535,7 +563,9 @@ fn send_reply<L: Link>(
 /// The protocol state a reply needs: held by the receive thread already, or to be locked by
 /// a worker once its handler has returned.
 enum CoreRef<'a, L: Link> {
-    Held(&'a mut Core<L::Addr>, &'a mut Outbox<L::Addr>),
+    /// The receive thread's core, and the turn's outbox (none when the turn received one
+    /// datagram: its reply leaves at once, from the reply's memory).
+    Held(&'a mut Core<L::Addr>, Option<&'a mut Outbox<L::Addr>>),
     Shared(&'a Rx<L>),
 }
 
@@ -556,7 +586,7 @@ impl<L: Link> Sink<'_, L> {
                 self.now,
                 core,
                 self.link,
-                Some(outbox),
+                outbox.as_deref_mut(),
                 self.shared,
                 &self.ticket,
                 reply,
@@ -765,6 +795,8 @@ impl<L: Link> Loop<L> {
                     let (ticket, ctx) = (call.ticket, call.context);
                     match self.route(ctx) {
                         Route::Here => {
+                            // The turn's only datagram: nothing to pack its reply with.
+                            let outbox = (batch.len() > 1).then_some(&mut *outbox);
                             let sink = self.sink(now, &mut core, outbox, ticket);
                             execute(sink, &*self.dispatch, &ctx, &call.body);
                             if let Some(v) = call.body.into_owned_buffer() {
@@ -805,7 +837,7 @@ impl<L: Link> Loop<L> {
                 let (ticket, ctx) = (call.ticket, call.context);
                 match self.route(ctx) {
                     Route::Here => {
-                        let sink = self.sink(now, &mut core, outbox, ticket);
+                        let sink = self.sink(now, &mut core, Some(&mut *outbox), ticket);
                         execute(sink, &*self.dispatch, &ctx, &call.body);
                         if let Some(v) = call.body.into_owned_buffer() {
                             core.recycle(v);
@@ -840,7 +872,7 @@ impl<L: Link> Loop<L> {
         &'s self,
         now: Instant,
         core: &'s mut Core<L::Addr>,
-        outbox: &'s mut Outbox<L::Addr>,
+        outbox: Option<&'s mut Outbox<L::Addr>>,
         ticket: Ticket<L::Addr>,
     ) -> Sink<'s, L> {
         Sink {
