@@ -1122,7 +1122,8 @@ impl<L: Link> Inner<L> {
 
     /// Starts a call: assigns its sequence number and registers its waiter (waiting for room
     /// in the window as long as `deadline` allows; a future registers its waker and returns
-    /// `None` instead). Returns the call and its first datagram, if it is one.
+    /// `None` instead). Returns the call, its first datagram if it is one, and whether this
+    /// thread became the leader (a thread's call, when nobody led).
     fn start(
         &self,
         Span { mut now, deadline }: Span,
@@ -1131,7 +1132,7 @@ impl<L: Link> Inner<L> {
         wake: &mut Option<Wake>,
         cx: Option<&mut Context<'_>>,
         batch: &mut ArrayVec<Transmit, BATCH>,
-    ) -> Result<Option<(CallId, Option<Transmit>)>, CallError> {
+    ) -> Result<Option<(CallId, Option<Transmit>, bool)>, CallError> {
         if self.dead.load(Ordering::Relaxed) {
             return Err(CallError::Disconnected);
         }
@@ -1172,10 +1173,24 @@ impl<L: Link> Inner<L> {
                 Err(e) => return Err(e),
             }
         };
+        if first.is_none() {
+            self.take_own(&mut st, now, me, batch);
+        }
+        let wake = match wake.take() {
+            Some(w) => w,
+            // A thread that can lead from the start receives its own reply: it needs no waiter
+            // (nobody hands it anything), and keeps leading until its call is finished.
+            None if !self.leader.load(Ordering::Relaxed)
+                && self
+                    .leader
+                    .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok() =>
+            {
+                return Ok(Some((me, first, true)));
+            }
+            None => Wake::Thread(thread::current()),
+        };
         let slot = self.slot(me.seq());
-        let wake = wake
-            .take()
-            .unwrap_or_else(|| Wake::Thread(thread::current()));
         if matches!(wake, Wake::Thread(_)) {
             st.threads += 1;
             self.thread_waiters.store(st.threads, Ordering::Relaxed);
@@ -1187,10 +1202,7 @@ impl<L: Link> Inner<L> {
         });
         st.waiting += 1;
         self.signals[slot].store(me.seq() << 2, Ordering::Release);
-        if first.is_none() {
-            self.take_own(&mut st, now, me, batch);
-        }
-        Ok(Some((me, first)))
+        Ok(Some((me, first, false)))
     }
 
     /// Waits for the end of `me`, as leader or follower. Sets `leading` when this thread
@@ -1245,13 +1257,8 @@ impl<L: Link> Inner<L> {
                 b
             });
             match self.receive(Some(me), batch) {
-                (Some(own), _) => {
-                    drop(recv);
-                    let mut st = self.lock();
-                    self.retire(&mut st, me, *leading);
-                    *leading = false;
-                    return own;
-                }
+                // Retired, and leadership handed on, when the caller finishes the call.
+                (Some(own), _) => return own,
                 (None, true) => {
                     idle_since = Instant::now();
                     let mut st = self.lock();
@@ -1326,6 +1333,22 @@ impl Drop for Turn<'_> {
     }
 }
 
+/// A thread's call, finished when dropped (the waiter forgotten, leadership handed on, the
+/// reply's buffer recycled). The waiter is forgotten (and its signal slot reused) only under
+/// the lock, so a registered signal still naming the call means it has not been retired yet.
+struct End<'a, L: Link> {
+    inner: &'a Inner<L>,
+    me: CallId,
+    buf: Option<Vec<u8>>,
+    leading: bool,
+}
+
+impl<L: Link> Drop for End<'_, L> {
+    fn drop(&mut self) {
+        self.inner.finish(self.me, self.buf.take(), self.leading);
+    }
+}
+
 /// Decodes a call's reply.
 fn decoded<R>(
     own: Own,
@@ -1375,7 +1398,7 @@ impl<L: Link> Transport for Client<L> {
             deadline,
         };
         let started = inner.start(span, method, request.len(), &mut None, None, &mut batch);
-        let Some((me, first)) = started? else {
+        let Some((me, first, mut leading)) = started? else {
             return Err(CallError::WindowFull);
         };
         match first {
@@ -1387,12 +1410,17 @@ impl<L: Link> Transport for Client<L> {
             }
             None => inner.send_own(me, request, &mut batch),
         }
-        let mut leading = false;
         let own = inner.wait(entered, me, request, &mut leading);
+        // Finished even if decoding panics: leadership must be handed on.
+        let mut end = End {
+            inner,
+            me,
+            buf: None,
+            leading,
+        };
         let (result, buf) = decoded(own, decode);
-        // The waiter is forgotten (and its signal slot reused) only under the lock, so a
-        // registered signal still naming this call means it has not been retired yet.
-        inner.finish(me, buf, leading);
+        end.buf = buf;
+        drop(end);
         result
     }
 }
@@ -1453,7 +1481,7 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
                         &mut batch,
                     );
                     let (id, first) = match started {
-                        Ok(Some(s)) => s,
+                        Ok(Some((id, first, _))) => (id, first),
                         // No room in the window: woken when a call ends.
                         Ok(None) => return Poll::Pending,
                         Err(e) => {
