@@ -901,11 +901,21 @@ impl<L: Link> Inner<L> {
 
     /// Receives what has arrived, as the leader, and hands it out. Returns `me`'s outcome if
     /// it came, and whether anything arrived.
-    fn receive(&self, me: Option<CallId>, batch: &mut RecvBatch<L::Addr>) -> (Option<Own>, bool) {
+    ///
+    /// `clock` is a recent reading of the clock to take for the time of arrival, if the
+    /// caller has one (a spinning thread's latest, at most `clock_every` polls old: its error
+    /// is far below any retransmission timeout, and a call's round trip shorter than that
+    /// many polls is below the shortest timeout too).
+    fn receive(
+        &self,
+        me: Option<CallId>,
+        batch: &mut RecvBatch<L::Addr>,
+        clock: Option<Instant>,
+    ) -> (Option<Own>, bool) {
         match self.link.recv(batch) {
             Ok(0) => (None, false),
             Ok(_) => {
-                let now = Instant::now();
+                let now = clock.unwrap_or_else(Instant::now);
                 let own = self.on_batch(now, me, batch);
                 (own, true)
             }
@@ -963,7 +973,7 @@ impl<L: Link> Inner<L> {
         {
             let mut batch = self.recv.lock().unwrap_or_else(|p| p.into_inner());
             batch.set_limit(RECV_BATCH);
-            while let (_, true) = self.receive(None, &mut batch) {}
+            while let (_, true) = self.receive(None, &mut batch, None) {}
         }
         if self.timer_due(Instant::now()) {
             let _ = self.on_timers(None);
@@ -1011,7 +1021,7 @@ impl<L: Link> Inner<L> {
             };
             batch.set_limit(limit);
             loop {
-                let (_, got) = self.receive(None, &mut batch);
+                let (_, got) = self.receive(None, &mut batch, None);
                 self.last_batch.store(batch.len(), Ordering::Relaxed);
                 if !got {
                     break;
@@ -1211,6 +1221,8 @@ impl<L: Link> Inner<L> {
         let slot = self.slot(me.seq());
         let mut idle_since = started;
         let (mut empty_polls, clock_every) = (0u32, self.poll.clock_every());
+        // The latest reading of the clock, if no wait came since (see `receive`).
+        let mut clock = Some(started);
         // The receive buffers, held while this thread leads.
         let mut recv: Option<MutexGuard<'_, RecvBatch<L::Addr>>> = None;
         loop {
@@ -1247,6 +1259,8 @@ impl<L: Link> Inner<L> {
                 } else {
                     thread::yield_now();
                 }
+                // Yielded or parked: the reading is stale.
+                clock = None;
                 continue;
             }
             let batch = recv.get_or_insert_with(|| {
@@ -1256,11 +1270,12 @@ impl<L: Link> Inner<L> {
                 b.set_limit(1);
                 b
             });
-            match self.receive(Some(me), batch) {
+            match self.receive(Some(me), batch, clock) {
                 // Retired, and leadership handed on, when the caller finishes the call.
                 (Some(own), _) => return own,
                 (None, true) => {
                     idle_since = Instant::now();
+                    clock = Some(idle_since);
                     let mut st = self.lock();
                     let handed = std::mem::take(&mut st.handed_to_threads);
                     if st.core.wants_transmit(me) {
@@ -1275,6 +1290,7 @@ impl<L: Link> Inner<L> {
                         // The threads just woken may share this core: let them run now
                         // rather than at the end of this thread's time slice.
                         thread::yield_now();
+                        clock = None;
                     }
                     continue;
                 }
@@ -1291,6 +1307,7 @@ impl<L: Link> Inner<L> {
                 continue;
             }
             let now = Instant::now();
+            clock = Some(now);
             if self.timer_due(now) {
                 if let Some(own) = self.on_timers(Some(me)) {
                     return own;
@@ -1307,8 +1324,10 @@ impl<L: Link> Inner<L> {
                 let woke = self
                     .link
                     .wait(self.next_deadline(), Duration::from_millis(50));
+                clock = None;
                 if woke.is_ok() {
                     idle_since = Instant::now();
+                    clock = Some(idle_since);
                 }
             } else {
                 std::hint::spin_loop();
