@@ -5,7 +5,7 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use rustix::event::{EventfdFlags, PollFd, PollFlags};
 use super::conn::{
     self, CLIENT_BYTE, CLIENT_CLOSED, HEARTBEAT, SERVER_BYTE, SERVER_CLOSED, Segment,
 };
-use super::ring::{Consumer, Producer, RingError};
+use super::ring::{self, Consumer, Producer, RingError};
 use crate::link::{Link, RecvBatch};
 
 /// How often a side looks whether its peer lives (and a server bumps its heartbeat).
@@ -105,6 +105,9 @@ pub struct ShmClientLink {
     server: ShmAddr,
     producer: Mutex<Producer>,
     rx: Mutex<ClientRx>,
+    /// Empty polls, counted without the lock (an approximate count does: it only spaces the
+    /// looks at the server).
+    polls: AtomicU32,
     bell: OwnedFd,
     server_bell: OwnedFd,
     dead: AtomicBool,
@@ -114,7 +117,6 @@ pub struct ShmClientLink {
 #[derive(Debug)]
 struct ClientRx {
     consumer: Consumer,
-    polls: u32,
     /// When the next look at the server is due.
     look_at: Instant,
     heartbeat: u64,
@@ -143,11 +145,11 @@ impl ShmClientLink {
             producer: Mutex::new(Producer::new(seg.requests)),
             rx: Mutex::new(ClientRx {
                 consumer: Consumer::new(seg.replies),
-                polls: 0,
                 look_at: next_look(now),
                 heartbeat,
                 beat_at: now,
             }),
+            polls: AtomicU32::new(0),
             seg,
             bell,
             server_bell,
@@ -218,8 +220,21 @@ impl Link for ShmClientLink {
         if self.dead.load(Ordering::Relaxed) {
             return Err(gone());
         }
-        let mut rx = lock(&self.rx);
         let w = self.seg.words();
+        if !ring::waiting(w, &self.seg.replies) {
+            // The common poll, spinning for a reply: the shared words only, no lock.
+            let polls = self.polls.load(Ordering::Relaxed).wrapping_add(1);
+            self.polls.store(polls, Ordering::Relaxed);
+            if polls % POLLS_PER_LOOK == 0 {
+                let now = Instant::now();
+                let mut rx = lock(&self.rx);
+                if now >= rx.look_at {
+                    self.look(&mut rx, now)?;
+                }
+            }
+            return Ok(0);
+        }
+        let mut rx = lock(&self.rx);
         let mut got = 0;
         while got < batch.limit() {
             match rx.consumer.pop(w, batch.slot(got)) {
@@ -229,15 +244,6 @@ impl Link for ShmClientLink {
                 }
                 Ok(None) => break,
                 Err(_) => return Err(self.die()),
-            }
-        }
-        if got == 0 {
-            rx.polls = rx.polls.wrapping_add(1);
-            if rx.polls % POLLS_PER_LOOK == 0 {
-                let now = Instant::now();
-                if now >= rx.look_at {
-                    self.look(&mut rx, now)?;
-                }
             }
         }
         Ok(got)
@@ -403,7 +409,10 @@ impl ShmServerLink {
 
     /// Takes in the connections the acceptor made.
     fn adopt(&self) {
-        if !self.shared.has_pending.swap(false, Ordering::AcqRel) {
+        // Looked at on every poll: a plain load, the swap only when something is pending.
+        if !self.shared.has_pending.load(Ordering::Relaxed)
+            || !self.shared.has_pending.swap(false, Ordering::AcqRel)
+        {
             return;
         }
         let accepted: Vec<Accepted> = std::mem::take(&mut *lock(&self.shared.pending));
@@ -459,15 +468,6 @@ impl ShmServerLink {
                 c.seg.unlink();
             }
         }
-    }
-
-    fn conn(&self, to: &ShmAddr) -> Option<Arc<Conn>> {
-        let conns = self.shared.conns();
-        conns
-            .get(to.conn as usize)?
-            .as_ref()
-            .filter(|c| c.addr == *to)
-            .cloned()
     }
 }
 
@@ -535,7 +535,13 @@ impl Link for ShmServerLink {
     }
 
     fn send(&self, to: &ShmAddr, iov: &[IoSlice<'_>]) -> io::Result<()> {
-        let Some(c) = self.conn(to) else {
+        // Under the read guard: no reference count to take and drop on every reply.
+        let conns = self.shared.conns();
+        let Some(c) = conns
+            .get(to.conn as usize)
+            .and_then(Option::as_ref)
+            .filter(|c| c.addr == *to)
+        else {
             // Gone: as a datagram to a host that left.
             return Err(io::ErrorKind::NotConnected.into());
         };
@@ -566,7 +572,8 @@ impl Link for ShmServerLink {
             for k in 0..n {
                 let i = (rx.cursor + k) % n;
                 let Some(c) = &conns[i] else { continue };
-                if c.dead.load(Ordering::Relaxed) {
+                if c.dead.load(Ordering::Relaxed) || !ring::waiting(c.seg.words(), &c.seg.requests)
+                {
                     continue;
                 }
                 let mut consumer = lock(&c.consumer);

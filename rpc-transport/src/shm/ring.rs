@@ -148,6 +148,14 @@ impl Layout {
     }
 }
 
+/// Whether a datagram may wait in the ring at `layout`, from the shared words alone: the
+/// producer's `tail` against the consumer's own published `head`. For a poll that would find
+/// nothing, without taking the consumer's state; a lying producer only makes the caller look
+/// with [`Consumer::pop`], which checks everything.
+pub(crate) fn waiting(w: &(impl Words + ?Sized), layout: &Layout) -> bool {
+    w.load(layout.base + TAIL, Ordering::Relaxed) != w.load(layout.base + HEAD, Ordering::Relaxed)
+}
+
 /// The producing side's private state.
 #[derive(Debug)]
 pub(crate) struct Producer {
@@ -375,6 +383,22 @@ mod tests {
             assert_eq!(out[len - 1], b'x');
             assert_eq!(c.pop(&*w, &mut out).unwrap(), None);
         }
+    }
+
+    #[test]
+    fn waiting_says_whether_a_pop_would_find_a_datagram() {
+        let (w, mut p, mut c) = ring(4, 16);
+        let layout = Layout::new(8, 4, 16);
+        let mut out = [0u8; 16];
+        assert!(!waiting(&*w, &layout));
+        push(&mut p, &w, &[b"one"]).unwrap();
+        push(&mut p, &w, &[b"two"]).unwrap();
+        assert!(waiting(&*w, &layout));
+        assert_eq!(c.pop(&*w, &mut out), Ok(Some(3)));
+        assert!(waiting(&*w, &layout));
+        assert_eq!(c.pop(&*w, &mut out), Ok(Some(3)));
+        assert!(!waiting(&*w, &layout));
+        assert_eq!(c.pop(&*w, &mut out), Ok(None));
     }
 
     #[test]
