@@ -316,6 +316,14 @@ enum Own {
         request_stamp: LamportStamp,
         reply_stamp: LamportStamp,
     },
+    /// A reply left where it was received, in buffer `index` of the receive batch its leader
+    /// holds (a receive `in_place`); the call is retired already.
+    Kept {
+        index: usize,
+        body: Range<usize>,
+        request_stamp: LamportStamp,
+        reply_stamp: LamportStamp,
+    },
     Failed(CallError),
 }
 
@@ -786,11 +794,16 @@ impl<L: Link> Inner<L> {
 
     /// Feeds a received batch to the state machine and hands each reply to its waiter.
     /// Returns `me`'s own outcome, if the batch ended its call.
+    ///
+    /// `in_place`: `me`'s reply, if it comes in a datagram of its own, stays in the batch
+    /// (`Own::Kept`, for a leader that decodes it before receiving again), and `me` is retired
+    /// here, under the lock already held.
     fn on_batch(
         &self,
         now: Instant,
         me: Option<CallId>,
         batch: &mut RecvBatch<L::Addr>,
+        in_place: bool,
     ) -> Option<Own> {
         let mut st = self.lock();
         // Buffers the calls gave back become spares of the batch again.
@@ -820,6 +833,15 @@ impl<L: Link> Inner<L> {
                     continue;
                 };
                 let outcome = match result {
+                    Ok(Ok(body)) if in_place && Some(call) == me => {
+                        own = Some(Own::Kept {
+                            index: i,
+                            body,
+                            request_stamp,
+                            reply_stamp,
+                        });
+                        continue;
+                    }
                     Ok(Ok(body)) => Outcome::Reply {
                         buf: batch.take(i),
                         body,
@@ -878,6 +900,9 @@ impl<L: Link> Inner<L> {
         if let Some(e) = self.after_core(&mut st, me, false) {
             own.get_or_insert(Own::Failed(e));
         }
+        if let (Some(me), Some(Own::Kept { .. })) = (me, &own) {
+            self.retire(&mut st, me, false);
+        }
         own
     }
 
@@ -911,12 +936,13 @@ impl<L: Link> Inner<L> {
         me: Option<CallId>,
         batch: &mut RecvBatch<L::Addr>,
         clock: Option<Instant>,
+        in_place: bool,
     ) -> (Option<Own>, bool) {
         match self.link.recv(batch) {
             Ok(0) => (None, false),
             Ok(_) => {
                 let now = clock.unwrap_or_else(Instant::now);
-                let own = self.on_batch(now, me, batch);
+                let own = self.on_batch(now, me, batch, in_place);
                 (own, true)
             }
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {
@@ -973,7 +999,7 @@ impl<L: Link> Inner<L> {
         {
             let mut batch = self.recv.lock().unwrap_or_else(|p| p.into_inner());
             batch.set_limit(RECV_BATCH);
-            while let (_, true) = self.receive(None, &mut batch, None) {}
+            while let (_, true) = self.receive(None, &mut batch, None, false) {}
         }
         if self.timer_due(Instant::now()) {
             let _ = self.on_timers(None);
@@ -1021,7 +1047,7 @@ impl<L: Link> Inner<L> {
             };
             batch.set_limit(limit);
             loop {
-                let (_, got) = self.receive(None, &mut batch, None);
+                let (_, got) = self.receive(None, &mut batch, None, false);
                 self.last_batch.store(batch.len(), Ordering::Relaxed);
                 if !got {
                     break;
@@ -1217,7 +1243,16 @@ impl<L: Link> Inner<L> {
 
     /// Waits for the end of `me`, as leader or follower. Sets `leading` when this thread
     /// became the leader (it must hand leadership on when the call ends).
-    fn wait(&self, started: Instant, me: CallId, request: &Encoder<'_>, leading: &mut bool) -> Own {
+    ///
+    /// Returns the call's end, with the receive batch if this thread holds it as the leader
+    /// (where an `Own::Kept` reply lies).
+    fn wait(
+        &self,
+        started: Instant,
+        me: CallId,
+        request: &Encoder<'_>,
+        leading: &mut bool,
+    ) -> (Own, Option<MutexGuard<'_, RecvBatch<L::Addr>>>) {
         let slot = self.slot(me.seq());
         let mut idle_since = started;
         let (mut empty_polls, clock_every) = (0u32, self.poll.clock_every());
@@ -1230,7 +1265,7 @@ impl<L: Link> Inner<L> {
             if sig >> 2 == me.seq() {
                 if sig & DONE != 0 {
                     if let Some(own) = self.take_delivered(me) {
-                        return own;
+                        return (own, None);
                     }
                 }
                 if sig & TRANSMIT != 0 {
@@ -1270,9 +1305,10 @@ impl<L: Link> Inner<L> {
                 b.set_limit(1);
                 b
             });
-            match self.receive(Some(me), batch, clock) {
-                // Retired, and leadership handed on, when the caller finishes the call.
-                (Some(own), _) => return own,
+            match self.receive(Some(me), batch, clock, true) {
+                // Leadership is handed on when the caller has finished the call (decoded a
+                // reply kept in the batch, which it gets with it).
+                (Some(own), _) => return (own, recv),
                 (None, true) => {
                     idle_since = Instant::now();
                     clock = Some(idle_since);
@@ -1310,7 +1346,7 @@ impl<L: Link> Inner<L> {
             clock = Some(now);
             if self.timer_due(now) {
                 if let Some(own) = self.on_timers(Some(me)) {
-                    return own;
+                    return (own, None);
                 }
                 let mut st = self.lock();
                 if st.core.wants_transmit(me) {
@@ -1360,21 +1396,45 @@ struct End<'a, L: Link> {
     me: CallId,
     buf: Option<Vec<u8>>,
     leading: bool,
+    /// Retired already (its reply was kept in the receive batch): only leadership is left.
+    retired: bool,
 }
 
 impl<L: Link> Drop for End<'_, L> {
     fn drop(&mut self) {
-        self.inner.finish(self.me, self.buf.take(), self.leading);
+        if self.retired && self.buf.is_none() {
+            if self.leading {
+                self.inner.leader.store(false, Ordering::Release);
+            }
+        } else {
+            self.inner.finish(self.me, self.buf.take(), self.leading);
+        }
     }
 }
 
 /// Decodes a call's reply.
-fn decoded<R>(
+fn decoded<R, A: Copy>(
     own: Own,
+    batch: Option<&RecvBatch<A>>,
     decode: impl FnOnce(&[u8]) -> Result<R, DecodeError>,
 ) -> (Result<Reply<R>, CallError>, Option<Vec<u8>>) {
     match own {
         Own::Failed(e) => (Err(e), None),
+        Own::Kept {
+            index,
+            body,
+            request_stamp,
+            reply_stamp,
+        } => {
+            let bytes = batch.and_then(|b| b.buffer(index)?.get(body));
+            let value = decode(bytes.unwrap_or_default()).map_err(CallError::BadReply);
+            let reply = value.map(|value| Reply {
+                value,
+                request_stamp,
+                reply_stamp,
+            });
+            (reply, None)
+        }
         Own::Reply {
             buf,
             body,
@@ -1429,15 +1489,17 @@ impl<L: Link> Transport for Client<L> {
             }
             None => inner.send_own(me, request, &mut batch),
         }
-        let own = inner.wait(entered, me, request, &mut leading);
+        let (own, batch) = inner.wait(entered, me, request, &mut leading);
         // Finished even if decoding panics: leadership must be handed on.
         let mut end = End {
             inner,
             me,
             buf: None,
             leading,
+            retired: matches!(own, Own::Kept { .. }),
         };
-        let (result, buf) = decoded(own, decode);
+        let (result, buf) = decoded(own, batch.as_deref(), decode);
+        drop(batch);
         end.buf = buf;
         drop(end);
         result
@@ -1548,7 +1610,8 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
                     if sig >> 2 == id.seq() && sig & DONE != 0 {
                         if let Some(own) = inner.take_delivered(id) {
                             this.state = CallState::Done;
-                            let (result, buf) = decoded(own, this.decode);
+                            let (result, buf) =
+                                decoded(own, None::<&RecvBatch<L::Addr>>, this.decode);
                             inner.finish(id, buf, false);
                             return Poll::Ready(result);
                         }

@@ -126,6 +126,11 @@ impl<A: Copy> RecvBatch<A> {
         Some((self.bufs[i].get(start..start + self.lens[i])?, from))
     }
 
+    /// The whole buffer datagram `i` of the last receive lies in (at `start(i)..`).
+    pub fn buffer(&self, i: usize) -> Option<&[u8]> {
+        (i < self.count).then(|| self.bufs[i].as_slice())
+    }
+
     /// Where datagram `i` starts in its buffer (0 unless the link's receive puts something
     /// before it, as io_uring's multishot receive puts the source address).
     pub fn start(&self, i: usize) -> usize {
