@@ -38,7 +38,9 @@ use rustix::net::{
 use super::region::Mapping;
 use super::ring::Layout;
 
-const MAGIC: u64 = u64::from_le_bytes(*b"rpc-shm\x01");
+/// The segment format: `\x02` since descriptors carry a datagram's first bytes (a peer of
+/// the earlier format refuses the segment rather than misread it).
+const MAGIC: u64 = u64::from_le_bytes(*b"rpc-shm\x02");
 /// Words of the header.
 const HEADER: usize = 64;
 pub(crate) const HEARTBEAT: usize = 8;

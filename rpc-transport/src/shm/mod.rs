@@ -4,8 +4,8 @@
 //! A server listens on a Unix socket (its control channel). Each client that connects gets a
 //! segment of its own under `/dev/shm` (mode 0600, named `rpc-shm-<server pid>-...` so that
 //! stale ones can be found): a request ring, a reply ring, and their slot arenas
-//! (`ring.rs`, `conn.rs`). A datagram is written once, by its sender, into a slot (the copy
-//! the kernel makes on UDP); the receiver copies it once into its own receive buffer and
+//! (`ring.rs`, `conn.rs`). A datagram is written once, by its sender, into a descriptor and
+//! its slot (the copy the kernel makes on UDP); the receiver copies it once into its own receive buffer and
 //! decodes it there in place, so bytes the peer changes later cannot change under the parser.
 //!
 //! **Why reading the shared region is sound.** The mapping is seen only as atomic words
@@ -18,7 +18,8 @@
 //! checked wire views as bytes from the network. A peer that writes garbage or impossible
 //! indices gets its connection dropped; nothing here waits on the peer without a timeout.
 //!
-//! **Waiting.** Spinning reads the ring's indices. A side that would block (spin then park,
+//! **Waiting.** Spinning reads the next descriptor's commit word (its cache line brings the
+//! datagram's first 56 bytes with it). A side that would block (spin then park,
 //! or block) sets its ring's `sleeping` word and waits on its eventfd doorbell; the other
 //! side rings it only if that word is set, so a spinning receiver costs its sender nothing.
 //!

@@ -5,32 +5,34 @@
 //!
 //! | words | what | written by |
 //! |---|---|---|
-//! | 0 | `tail`: datagrams published so far | producer |
-//! | 8 | `head`: datagrams consumed so far | consumer |
-//! | 16 | `sleeping`: the consumer is about to wait, wake it | consumer |
-//! | 24.. | `ring_len` descriptors: `lap << 32 \| len` of the datagram in slot `i` | producer |
-//! | then | `ring_len` slots of `slot_words` words: the datagrams' bytes, little-endian | producer |
+//! | 0 | `head`: datagrams consumed so far | consumer |
+//! | 8 | `sleeping`: the consumer is about to wait, wake it | consumer |
+//! | 16.. | `ring_len` descriptors of 8 words (a cache line): word 0 `lap << 32 \| len`, the commit of the datagram in slot `i`; words 1..8 its first 56 bytes | producer |
+//! | then | `ring_len` slots of `slot_words` words: the datagrams' bytes from the 57th on, little-endian | producer |
 //!
-//! Datagram `n` lives in slot `n % ring_len`. The producer writes its bytes, then its
-//! descriptor with release ordering (the length last: the commit), then `tail = n + 1`; the
-//! consumer reads `tail` with acquire ordering, then the descriptor, checks that its lap is
-//! `n / ring_len + 1` (a descriptor not rewritten for this lap was not committed: the peer
-//! lied about `tail`), copies the bytes out, and only then publishes `head = n + 1`, freeing
-//! the slot. Each side keeps its own index privately and caches the other's, reading it again
-//! only when the cache says full (producer) or empty (consumer).
+//! Datagram `n` lives in descriptor and slot `n % ring_len`. The producer writes its bytes (the
+//! first 56 into the descriptor, the rest into the slot), then the descriptor's commit word
+//! with release ordering (the length last: the commit). The consumer reads the commit word of
+//! descriptor `head` with acquire ordering: the lap `n / ring_len + 1` says it holds datagram
+//! `n`; the lap before says nothing was committed there yet; any other lap, or an impossible
+//! length, is the peer breaking the ring. It copies the bytes out, and only then publishes
+//! `head = n + 1`, freeing the slot. The producer keeps its own count privately and caches the
+//! consumer's `head`, reading it again only when the cache says full. So a datagram of up to
+//! 56 bytes crosses in the one cache line the consumer polls, and a null call's header (72
+//! bytes) in that line and one more: no index line is read on the way.
 //!
-//! Nothing read from the other side is trusted: an index that goes backwards, runs more than
-//! a ring ahead, or a descriptor of the wrong lap or an impossible length is
+//! Nothing read from the other side is trusted: a `head` that goes backwards or runs more than
+//! a ring ahead, a descriptor of the wrong lap or an impossible length is
 //! [`RingError::Corrupt`] (the link then drops the connection); bytes changed while being
 //! copied are only bytes, checked later by the wire views like any datagram. No operation
 //! waits for the other side: full and empty are answers, so a peer cannot make this side hang.
 //!
-//! Waking: a consumer about to wait sets `sleeping` and looks once more; a producer that has
-//! published reads `sleeping` and, if set, rings the consumer's doorbell (an eventfd, outside
-//! this module). Each side puts a sequentially consistent fence between its store and its
-//! load (the producer's `tail`, then `sleeping`; the consumer's `sleeping`, then `tail`), so
-//! either the consumer sees the datagram on its second look or the producer sees it sleeping.
-//! While the consumer spins, the producer skips the doorbell.
+//! Waking: a consumer about to wait sets `sleeping` and looks at descriptor `head` once more;
+//! a producer that has committed reads `sleeping` and, if set, rings the consumer's doorbell
+//! (an eventfd, outside this module). Each side puts a sequentially consistent fence between
+//! its store and its load (the producer's commit, then `sleeping`; the consumer's `sleeping`,
+//! then the commit word), so either the consumer sees the datagram on its second look or the
+//! producer sees it sleeping. While the consumer spins, the producer skips the doorbell.
 //!
 //! The ring is written over [`Words`], so that loom can check it with its own atomics
 //! (`cfg(loom)`), Miri with heap words, and production runs it on a shared mapping.
@@ -79,10 +81,13 @@ impl Words for [loom::sync::atomic::AtomicU64] {
     }
 }
 
-const TAIL: usize = 0;
-const HEAD: usize = 8;
-const SLEEPING: usize = 16;
-const DESCRIPTORS: usize = 24;
+const HEAD: usize = 0;
+const SLEEPING: usize = 8;
+const DESCRIPTORS: usize = 16;
+/// Words of a descriptor: its commit word, then the datagram's first bytes.
+const DESCRIPTOR_WORDS: usize = 8;
+/// Words of a datagram held in its descriptor.
+const INLINE_WORDS: usize = DESCRIPTOR_WORDS - 1;
 
 /// Why a ring operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,13 +126,13 @@ impl Layout {
         self.slots() - self.base + self.ring_len * self.slot_words
     }
 
-    /// The bytes a slot holds.
+    /// The largest datagram the ring carries.
     pub(crate) fn slot_bytes(&self) -> usize {
         self.slot_words * 8
     }
 
     fn slots(&self) -> usize {
-        (self.base + DESCRIPTORS + self.ring_len).next_multiple_of(8)
+        self.base + DESCRIPTORS + self.ring_len * DESCRIPTOR_WORDS
     }
 
     fn slot(&self, n: u64) -> usize {
@@ -135,11 +140,16 @@ impl Layout {
     }
 
     fn descriptor(&self, n: u64) -> usize {
-        self.base + DESCRIPTORS + (n as usize & (self.ring_len - 1))
+        self.base + DESCRIPTORS + (n as usize & (self.ring_len - 1)) * DESCRIPTOR_WORDS
     }
 
     fn lap(&self, n: u64) -> u64 {
         (n / self.ring_len as u64 + 1) & 0xffff_ffff
+    }
+
+    /// The lap a descriptor shows before datagram `n` is committed into it.
+    fn lap_before(&self, n: u64) -> u64 {
+        self.lap(n).wrapping_sub(1) & 0xffff_ffff
     }
 
     /// Whether the ring fits in `words` words.
@@ -149,11 +159,12 @@ impl Layout {
 }
 
 /// Whether a datagram may wait in the ring at `layout`, from the shared words alone: the
-/// producer's `tail` against the consumer's own published `head`. For a poll that would find
-/// nothing, without taking the consumer's state; a lying producer only makes the caller look
-/// with [`Consumer::pop`], which checks everything.
+/// descriptor at the consumer's own published `head`. For a poll that would find nothing,
+/// without taking the consumer's state; a lying producer only makes the caller look with
+/// [`Consumer::pop`], which checks everything.
 pub(crate) fn waiting(w: &(impl Words + ?Sized), layout: &Layout) -> bool {
-    w.load(layout.base + TAIL, Ordering::Relaxed) != w.load(layout.base + HEAD, Ordering::Relaxed)
+    let head = w.load(layout.base + HEAD, Ordering::Relaxed);
+    w.load(layout.descriptor(head), Ordering::Relaxed) >> 32 != layout.lap_before(head)
 }
 
 /// The producing side's private state.
@@ -209,17 +220,13 @@ impl Producer {
             return Err(RingError::Full);
         }
         let n = self.tail;
-        write_bytes(w, self.layout.slot(n), parts);
+        let d = self.layout.descriptor(n);
+        write_bytes(w, d + 1, self.layout.slot(n), parts);
         // The commit: the length, with its lap, last, with release ordering.
-        w.store(
-            self.layout.descriptor(n),
-            self.layout.lap(n) << 32 | len as u64,
-            Ordering::Release,
-        );
+        w.store(d, self.layout.lap(n) << 32 | len as u64, Ordering::Release);
         self.tail = n + 1;
-        w.store(self.layout.base + TAIL, self.tail, Ordering::Release);
-        // Dekker with the consumer's `sleep`: the tail store and the `sleeping` load are
-        // separated by a full fence on this side, the `sleeping` store and the tail load by one
+        // Dekker with the consumer's `sleep`: the commit and the `sleeping` load are separated
+        // by a full fence on this side, the `sleeping` store and the commit word's load by one
         // on that side, so at least one of the two loads sees the other side's store.
         w.fence();
         Ok(Pushed {
@@ -233,29 +240,11 @@ impl Producer {
 pub(crate) struct Consumer {
     layout: Layout,
     head: u64,
-    cached_tail: u64,
 }
 
 impl Consumer {
     pub(crate) fn new(layout: Layout) -> Self {
-        Self {
-            layout,
-            head: 0,
-            cached_tail: 0,
-        }
-    }
-
-    /// Whether a datagram waits (reading the producer's index if the cache says none).
-    pub(crate) fn ready(&mut self, w: &(impl Words + ?Sized)) -> Result<bool, RingError> {
-        if self.head != self.cached_tail {
-            return Ok(true);
-        }
-        let tail = w.load(self.layout.base + TAIL, Ordering::Acquire);
-        if tail < self.head || tail - self.head > self.layout.ring_len as u64 {
-            return Err(RingError::Corrupt);
-        }
-        self.cached_tail = tail;
-        Ok(tail != self.head)
+        Self { layout, head: 0 }
     }
 
     /// Takes the next datagram into `out` (at least a slot long); its length, or `None` if
@@ -265,31 +254,33 @@ impl Consumer {
         w: &(impl Words + ?Sized),
         out: &mut [u8],
     ) -> Result<Option<usize>, RingError> {
-        if !self.ready(w)? {
-            return Ok(None);
-        }
         let n = self.head;
-        let d = w.load(self.layout.descriptor(n), Ordering::Acquire);
+        let at = self.layout.descriptor(n);
+        let d = w.load(at, Ordering::Acquire);
         if d >> 32 != self.layout.lap(n) {
-            return Err(RingError::Corrupt);
+            return if d >> 32 == self.layout.lap_before(n) {
+                Ok(None)
+            } else {
+                Err(RingError::Corrupt)
+            };
         }
         let len = (d & 0xffff_ffff) as usize;
         if len > self.layout.slot_bytes() || len > out.len() {
             return Err(RingError::Corrupt);
         }
-        read_bytes(w, self.layout.slot(n), &mut out[..len]);
+        read_bytes(w, at + 1, self.layout.slot(n), &mut out[..len]);
         self.head = n + 1;
         w.store(self.layout.base + HEAD, self.head, Ordering::Release);
         Ok(Some(len))
     }
 
     /// Says this side is about to wait; returns whether a datagram came meanwhile (then it
-    /// must not wait).
+    /// must not wait; so too if the descriptor is one `pop` refuses).
     pub(crate) fn sleep(&mut self, w: &(impl Words + ?Sized)) -> bool {
         w.store(self.layout.base + SLEEPING, 1, Ordering::Relaxed);
         w.fence();
-        let tail = w.load(self.layout.base + TAIL, Ordering::Acquire);
-        tail != self.head
+        let d = w.load(self.layout.descriptor(self.head), Ordering::Acquire);
+        d >> 32 != self.layout.lap_before(self.head)
     }
 
     /// Says this side waits no more.
@@ -298,54 +289,82 @@ impl Consumer {
     }
 }
 
-/// Writes `parts`, back to back, from word `at` on (little-endian bytes).
-fn write_bytes<'p>(w: &(impl Words + ?Sized), at: usize, parts: impl Iterator<Item = &'p [u8]>) {
+/// Word `k` of a datagram: in its descriptor from word `inline` on, then in its slot at `rest`.
+fn word_at(inline: usize, rest: usize, k: usize) -> usize {
+    if k < INLINE_WORDS {
+        inline + k
+    } else {
+        rest + (k - INLINE_WORDS)
+    }
+}
+
+/// Writes `parts`, back to back, as a datagram's words (little-endian bytes): the first
+/// `INLINE_WORDS` from word `inline` on, the rest from word `rest` on.
+fn write_bytes<'p>(
+    w: &(impl Words + ?Sized),
+    inline: usize,
+    rest: usize,
+    parts: impl Iterator<Item = &'p [u8]>,
+) {
     let mut word = [0u8; 8];
     let mut fill = 0;
-    let mut i = at;
+    let mut k = 0;
     for part in parts {
-        let mut rest = part;
-        while !rest.is_empty() {
-            if fill == 0 && rest.len() >= 8 {
+        let mut bytes = part;
+        while !bytes.is_empty() {
+            if fill == 0 && bytes.len() >= 8 {
                 // Whole words straight from the part.
-                let (chunks, tail) = rest.split_at(rest.len() & !7);
+                let (chunks, tail) = bytes.split_at(bytes.len() & !7);
                 for c in chunks.chunks_exact(8) {
                     let v = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
-                    w.store(i, v, Ordering::Relaxed);
-                    i += 1;
+                    w.store(word_at(inline, rest, k), v, Ordering::Relaxed);
+                    k += 1;
                 }
-                rest = tail;
+                bytes = tail;
                 continue;
             }
-            let take = (8 - fill).min(rest.len());
-            word[fill..fill + take].copy_from_slice(&rest[..take]);
+            let take = (8 - fill).min(bytes.len());
+            word[fill..fill + take].copy_from_slice(&bytes[..take]);
             fill += take;
-            rest = &rest[take..];
+            bytes = &bytes[take..];
             if fill == 8 {
-                w.store(i, u64::from_le_bytes(word), Ordering::Relaxed);
-                i += 1;
+                w.store(
+                    word_at(inline, rest, k),
+                    u64::from_le_bytes(word),
+                    Ordering::Relaxed,
+                );
+                k += 1;
                 fill = 0;
             }
         }
     }
     if fill > 0 {
         word[fill..].fill(0);
-        w.store(i, u64::from_le_bytes(word), Ordering::Relaxed);
+        w.store(
+            word_at(inline, rest, k),
+            u64::from_le_bytes(word),
+            Ordering::Relaxed,
+        );
     }
 }
 
-/// Reads `out.len()` bytes from word `at` on.
-fn read_bytes(w: &(impl Words + ?Sized), at: usize, out: &mut [u8]) {
+/// Reads `out.len()` bytes of a datagram laid out as [`write_bytes`] writes it.
+fn read_bytes(w: &(impl Words + ?Sized), inline: usize, rest: usize, out: &mut [u8]) {
     let mut chunks = out.chunks_exact_mut(8);
-    let mut i = at;
+    let mut k = 0;
     for c in &mut chunks {
-        c.copy_from_slice(&w.load(i, Ordering::Relaxed).to_le_bytes());
-        i += 1;
+        c.copy_from_slice(
+            &w.load(word_at(inline, rest, k), Ordering::Relaxed)
+                .to_le_bytes(),
+        );
+        k += 1;
     }
-    let rest = chunks.into_remainder();
-    if !rest.is_empty() {
-        let v = w.load(i, Ordering::Relaxed).to_le_bytes();
-        rest.copy_from_slice(&v[..rest.len()]);
+    let tail = chunks.into_remainder();
+    if !tail.is_empty() {
+        let v = w
+            .load(word_at(inline, rest, k), Ordering::Relaxed)
+            .to_le_bytes();
+        tail.copy_from_slice(&v[..tail.len()]);
     }
 }
 
@@ -382,6 +401,21 @@ mod tests {
             assert_eq!(&out[4..len - 1], &body[..]);
             assert_eq!(out[len - 1], b'x');
             assert_eq!(c.pop(&*w, &mut out).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn datagrams_of_every_length_cross_the_descriptor_and_the_slot_whole() {
+        let (w, mut p, mut c) = ring(4, 200);
+        let mut out = vec![0u8; 200];
+        for len in 0..=200usize {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            // Gathered from three parts of uneven lengths, as a header and its arguments are.
+            let (a, rest) = bytes.split_at(len.min(5));
+            let (b, d) = rest.split_at(rest.len() / 2);
+            push(&mut p, &w, &[a, b, d]).unwrap();
+            assert_eq!(c.pop(&*w, &mut out), Ok(Some(len)), "{len}");
+            assert_eq!(&out[..len], &bytes[..], "{len}");
         }
     }
 
@@ -427,16 +461,19 @@ mod tests {
         let w = words(layout.words());
         let mut c = Consumer::new(layout);
         let mut out = vec![0u8; 16];
-        // A tail more than a ring ahead.
-        w.store(TAIL, 9, Ordering::Relaxed);
-        assert_eq!(c.pop(&*w, &mut out), Err(RingError::Corrupt));
-        // A tail that says one datagram, with no descriptor committed for it.
-        let mut c = Consumer::new(layout);
-        w.store(TAIL, 1, Ordering::Relaxed);
+        // A descriptor of a lap that is neither the one expected nor the one before.
+        w.store(DESCRIPTORS, 5 << 32 | 3, Ordering::Relaxed);
         assert_eq!(c.pop(&*w, &mut out), Err(RingError::Corrupt));
         // A descriptor of the right lap but an impossible length.
+        let mut c = Consumer::new(layout);
         w.store(DESCRIPTORS, 1 << 32 | 4096, Ordering::Relaxed);
         assert_eq!(c.pop(&*w, &mut out), Err(RingError::Corrupt));
+        // A lying head, published where the consumer keeps its own: its polls only look.
+        let mut c = Consumer::new(layout);
+        w.store(DESCRIPTORS, 0, Ordering::Relaxed);
+        w.store(HEAD, 3, Ordering::Relaxed);
+        assert!(!waiting(&*w, &layout));
+        assert_eq!(c.pop(&*w, &mut out), Ok(None));
         // A head that goes backwards, seen by the producer.
         let mut p = Producer::new(layout);
         for _ in 0..4 {
