@@ -87,7 +87,7 @@ impl Shape {
         }
         let (len, slot) = (self.ring_len as usize, self.slot_bytes as usize);
         let requests = Layout::new(HEADER, len, slot);
-        let replies = Layout::new(HEADER + requests.words().next_multiple_of(8), len, slot);
+        let replies = Layout::new(HEADER + requests.words().next_multiple_of(16), len, slot);
         let words = replies.base + replies.words();
         (words as u64 == self.words).then_some((requests, replies))
     }
@@ -101,7 +101,7 @@ impl Shape {
         };
         let requests = Layout::new(HEADER, ring_len, slot_bytes);
         let replies = Layout::new(
-            HEADER + requests.words().next_multiple_of(8),
+            HEADER + requests.words().next_multiple_of(16),
             ring_len,
             slot_bytes,
         );

@@ -18,8 +18,8 @@
 //! checked wire views as bytes from the network. A peer that writes garbage or impossible
 //! indices gets its connection dropped; nothing here waits on the peer without a timeout.
 //!
-//! **Waiting.** Spinning reads the next descriptor's commit word (its cache line brings the
-//! datagram's first 56 bytes with it). A side that would block (spin then park,
+//! **Waiting.** Spinning reads the next descriptor's commit word (the descriptor holds the
+//! datagram's first 120 bytes). A side that would block (spin then park,
 //! or block) sets its ring's `sleeping` word and waits on its eventfd doorbell; the other
 //! side rings it only if that word is set, so a spinning receiver costs its sender nothing.
 //!

@@ -7,19 +7,19 @@
 //! |---|---|---|
 //! | 0 | `head`: datagrams consumed so far | consumer |
 //! | 8 | `sleeping`: the consumer is about to wait, wake it | consumer |
-//! | 16.. | `ring_len` descriptors of 8 words (a cache line): word 0 `lap << 32 \| len`, the commit of the datagram in slot `i`; words 1..8 its first 56 bytes | producer |
-//! | then | `ring_len` slots of `slot_words` words: the datagrams' bytes from the 57th on, little-endian | producer |
+//! | 16.. | `ring_len` descriptors of 16 words (two cache lines): word 0 `lap << 32 \| len`, the commit of the datagram in slot `i`; words 1..16 its first 120 bytes | producer |
+//! | then | `ring_len` slots of `slot_words` words: the datagrams' bytes from the 121st on, little-endian | producer |
 //!
 //! Datagram `n` lives in descriptor and slot `n % ring_len`. The producer writes its bytes (the
-//! first 56 into the descriptor, the rest into the slot), then the descriptor's commit word
+//! first 120 into the descriptor, the rest into the slot), then the descriptor's commit word
 //! with release ordering (the length last: the commit). The consumer reads the commit word of
 //! descriptor `head` with acquire ordering: the lap `n / ring_len + 1` says it holds datagram
 //! `n`; the lap before says nothing was committed there yet; any other lap, or an impossible
 //! length, is the peer breaking the ring. It copies the bytes out, and only then publishes
 //! `head = n + 1`, freeing the slot. The producer keeps its own count privately and caches the
 //! consumer's `head`, reading it again only when the cache says full. So a datagram of up to
-//! 56 bytes crosses in the one cache line the consumer polls, and a null call's header (72
-//! bytes) in that line and one more: no index line is read on the way.
+//! 120 bytes, a null call's request or reply among them, crosses in the descriptor the
+//! consumer polls: no index line and no arena line is read on the way.
 //!
 //! Nothing read from the other side is trusted: a `head` that goes backwards or runs more than
 //! a ring ahead, a descriptor of the wrong lap or an impossible length is
@@ -84,8 +84,10 @@ impl Words for [loom::sync::atomic::AtomicU64] {
 const HEAD: usize = 0;
 const SLEEPING: usize = 8;
 const DESCRIPTORS: usize = 16;
-/// Words of a descriptor: its commit word, then the datagram's first bytes.
-const DESCRIPTOR_WORDS: usize = 8;
+/// Words of a descriptor (two cache lines): its commit word, then the datagram's first 120
+/// bytes, so that a small call's request or reply (a 72-byte header and a short body) lies in
+/// its descriptor whole and the consumer reads no arena line for it.
+const DESCRIPTOR_WORDS: usize = 16;
 /// Words of a datagram held in its descriptor.
 const INLINE_WORDS: usize = DESCRIPTOR_WORDS - 1;
 
