@@ -5,7 +5,7 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -340,13 +340,16 @@ pub struct ShmServerLink {
     shared: Arc<Shared>,
     socket: PathBuf,
     rx: Mutex<ServerRx>,
+    /// The connection the next receive looks at first, and the polls so far: kept without the
+    /// lock (a receive races only with another receive, and either value is a hint: the
+    /// cursor is taken modulo the connections, the polls only space the looks).
+    cursor: AtomicUsize,
+    polls: AtomicU32,
     acceptor: Mutex<Option<JoinHandle<()>>>,
 }
 
 #[derive(Debug)]
 struct ServerRx {
-    cursor: usize,
-    polls: u32,
     /// When the next look at the clients is due.
     look_at: Instant,
     /// The connections a wait sleeps on, kept so that a wait allocates nothing.
@@ -393,11 +396,11 @@ impl ShmServerLink {
             shared,
             socket: socket.to_path_buf(),
             rx: Mutex::new(ServerRx {
-                cursor: 0,
-                polls: 0,
                 look_at: next_look(Instant::now()),
                 sleepers: Vec::new(),
             }),
+            cursor: AtomicUsize::new(0),
+            polls: AtomicU32::new(0),
             acceptor: Mutex::new(Some(acceptor)),
         })
     }
@@ -564,13 +567,13 @@ impl Link for ShmServerLink {
     fn recv(&self, batch: &mut RecvBatch<ShmAddr>) -> io::Result<usize> {
         batch.clear();
         self.adopt();
-        let mut rx = lock(&self.rx);
         let mut got = 0;
         {
             let conns = self.shared.conns();
             let n = conns.len();
+            let cursor = self.cursor.load(Ordering::Relaxed);
             for k in 0..n {
-                let i = (rx.cursor + k) % n;
+                let i = (cursor + k) % n;
                 let Some(c) = &conns[i] else { continue };
                 if c.dead.load(Ordering::Relaxed) || !ring::waiting(c.seg.words(), &c.seg.requests)
                 {
@@ -596,14 +599,16 @@ impl Link for ShmServerLink {
                 }
                 if got == batch.limit() {
                     // The next receive starts after this one: every client gets its turn.
-                    rx.cursor = i + 1;
+                    self.cursor.store(i + 1, Ordering::Relaxed);
                     break;
                 }
             }
         }
-        rx.polls = rx.polls.wrapping_add(1);
-        if got == 0 && rx.polls % POLLS_PER_LOOK == 0 || rx.polls % (POLLS_PER_LOOK * 16) == 0 {
+        let polls = self.polls.load(Ordering::Relaxed).wrapping_add(1);
+        self.polls.store(polls, Ordering::Relaxed);
+        if got == 0 && polls % POLLS_PER_LOOK == 0 || polls % (POLLS_PER_LOOK * 16) == 0 {
             let now = Instant::now();
+            let mut rx = lock(&self.rx);
             if now >= rx.look_at {
                 self.look(&mut rx, now);
             }
