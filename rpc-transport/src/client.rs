@@ -1396,13 +1396,14 @@ struct End<'a, L: Link> {
     me: CallId,
     buf: Option<Vec<u8>>,
     leading: bool,
-    /// Retired already (its reply was kept in the receive batch): only leadership is left.
+    /// Retired already (its reply was kept in the receive batch, so there is no buffer to
+    /// recycle): only leadership is left.
     retired: bool,
 }
 
 impl<L: Link> Drop for End<'_, L> {
     fn drop(&mut self) {
-        if self.retired && self.buf.is_none() {
+        if self.retired {
             if self.leading {
                 self.inner.leader.store(false, Ordering::Release);
             }

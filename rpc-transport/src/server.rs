@@ -549,10 +549,11 @@ fn send_reply<L: Link>(
         if let Some(body) = body {
             body.for_each_in(plan.range(i), |s| g.push(&mut head, s));
         }
-        let packed = g.with_iov(&head, |iov| match (outbox.as_deref_mut(), iov) {
-            (Some(o), [one]) if one.len() <= PACK_MAX => o.push(plan.dest, &[one]),
-            _ => false,
-        });
+        let packed = outbox.is_some()
+            && g.with_iov(&head, |iov| match (outbox.as_deref_mut(), iov) {
+                (Some(o), [one]) if one.len() <= PACK_MAX => o.push(plan.dest, &[one]),
+                _ => false,
+            });
         if !packed {
             report(g.with_iov(&head, |iov| link.send(&plan.dest, iov)));
         }
