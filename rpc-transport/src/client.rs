@@ -706,7 +706,7 @@ impl<L: Link> Inner<L> {
         });
         let size = HEADER_LEN + tag.map_or(0, |_| TAG_LEN) + len;
         let mut c = self.coalesced.lock().unwrap_or_else(|p| p.into_inner());
-        if c.len() + size > self.link.max_datagram() {
+        if !c.is_empty() && c.len() + size > self.link.bundle_max() {
             let sent = self.link.send(&self.server, &[IoSlice::new(&c)]);
             c.clear();
             self.report(sent);
@@ -1023,10 +1023,13 @@ impl<L: Link> Inner<L> {
         if !crate::exec::in_own_executor() {
             crate::exec::next_pass();
         }
+        // Passes are tagged by thread: two threads never share one, and two that both drive
+        // in theirs only race for the leadership below.
         let pass = crate::exec::pass();
-        if self.last_pump.swap(pass, Ordering::AcqRel) == pass {
+        if self.last_pump.load(Ordering::Relaxed) == pass {
             return;
         }
+        self.last_pump.store(pass, Ordering::Relaxed);
         self.flush_coalesced();
         if self
             .leader
@@ -1158,8 +1161,9 @@ impl<L: Link> Inner<L> {
 
     /// Starts a call: assigns its sequence number and registers its waiter (waiting for room
     /// in the window as long as `deadline` allows; a future registers its waker and returns
-    /// `None` instead). Returns the call, its first datagram if it is one, and whether this
-    /// thread became the leader (a thread's call, when nobody led).
+    /// `None` instead). Returns the call, its first datagram if it is one, whether this
+    /// thread became the leader (a thread's call, when nobody led), and whether a future's
+    /// call has company in flight (its timers are then already published).
     fn start(
         &self,
         Span { mut now, deadline }: Span,
@@ -1168,7 +1172,7 @@ impl<L: Link> Inner<L> {
         wake: &mut Option<Wake>,
         cx: Option<&mut Context<'_>>,
         batch: &mut ArrayVec<Transmit, BATCH>,
-    ) -> Result<Option<(CallId, Option<Transmit>, bool)>, CallError> {
+    ) -> Result<Option<(CallId, Option<Transmit>, bool, bool)>, CallError> {
         if self.dead.load(Ordering::Relaxed) {
             return Err(CallError::Disconnected);
         }
@@ -1222,7 +1226,7 @@ impl<L: Link> Inner<L> {
                     .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok() =>
             {
-                return Ok(Some((me, first, true)));
+                return Ok(Some((me, first, true, false)));
             }
             None => Wake::Thread(thread::current()),
         };
@@ -1238,7 +1242,13 @@ impl<L: Link> Inner<L> {
         });
         st.waiting += 1;
         self.signals[slot].store(me.seq() << 2, Ordering::Release);
-        Ok(Some((me, first, false)))
+        // A future's small request may leave with others in flight (see `CallFuture::poll`):
+        // its timers are published now, under the lock it would otherwise take again.
+        let company = cx.is_some() && st.core.in_flight() > 1;
+        if company {
+            self.store_timer(&mut st);
+        }
+        Ok(Some((me, first, false, company)))
     }
 
     /// Waits for the end of `me`, as leader or follower. Sets `leading` when this thread
@@ -1478,7 +1488,7 @@ impl<L: Link> Transport for Client<L> {
             deadline,
         };
         let started = inner.start(span, method, request.len(), &mut None, None, &mut batch);
-        let Some((me, first, mut leading)) = started? else {
+        let Some((me, first, mut leading, _)) = started? else {
             return Err(CallError::WindowFull);
         };
         match first {
@@ -1562,8 +1572,8 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
                         Some(cx),
                         &mut batch,
                     );
-                    let (id, first) = match started {
-                        Ok(Some((id, first, _))) => (id, first),
+                    let (id, first, company) = match started {
+                        Ok(Some((id, first, _, company))) => (id, first, company),
                         // No room in the window: woken when a call ends.
                         Ok(None) => return Poll::Pending,
                         Err(e) => {
@@ -1577,17 +1587,17 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
                     };
                     // Alone in flight, it leaves at once; else a small request leaves with the
                     // others started in this pass: the next pass sends them all.
-                    let company = inner.lock().core.in_flight() > 1;
                     match first {
                         Some(t) if company && inner.coalesce(&t, &this.request) => {
-                            inner.store_timer(&mut inner.lock());
                             // Whoever drives the link next sends them: this crate's executors
-                            // in their next pass, a driver task once woken (after the tasks
-                            // woken before it, which may add theirs).
+                            // in their next pass (which polls a live future even if none was
+                            // woken), a driver task once woken (after the tasks woken before
+                            // it, which may add theirs), any other executor when this future
+                            // wakes itself.
                             if inner.by_driver() {
                                 #[cfg(feature = "tokio")]
                                 inner.tokio.kick(0);
-                            } else {
+                            } else if !crate::exec::polled_directly(cx.waker()) {
                                 cx.waker().wake_by_ref();
                             }
                             return Poll::Pending;

@@ -20,6 +20,14 @@ pub trait Link: Send + Sync + 'static {
     /// The largest datagram the link carries.
     fn max_datagram(&self) -> usize;
 
+    /// The largest datagram that small requests started together are packed into. On a
+    /// network each datagram costs a system call or two, and packing up to the largest pays;
+    /// a link whose datagram costs less than the requests in it keeps bundles short, so that
+    /// the peer starts on one while the next is packed.
+    fn bundle_max(&self) -> usize {
+        self.max_datagram()
+    }
+
     /// How large the buffers it receives into must be: the largest datagram, and room for
     /// whatever the link's receive puts before it (see [`RecvBatch::start`]).
     fn recv_buffer_len(&self) -> usize {

@@ -23,6 +23,11 @@ use crate::link::{Link, RecvBatch};
 const LOOK_EVERY: Duration = Duration::from_millis(10);
 /// Empty polls between two readings of the clock for that.
 const POLLS_PER_LOOK: u32 = 1024;
+/// The longest bundle of small requests (eight cache lines, seven null calls): a datagram
+/// costs a ring write here, and the server works on a short bundle while the next is
+/// packed. With 64 calls in flight, bundles of 512 bytes to 1 KiB carried 1.3–1.5 times the
+/// calls per second of bundles as long as a pass's calls (about 1.5 KiB) on these machines.
+const BUNDLE_MAX: usize = 512;
 
 /// When the next look is due, `LOOK_EVERY` after `now` (kept as a time, so that the hot paths
 /// compare two instants instead of subtracting them).
@@ -196,6 +201,10 @@ impl Link for ShmClientLink {
 
     fn max_datagram(&self) -> usize {
         self.seg.requests.slot_bytes()
+    }
+
+    fn bundle_max(&self) -> usize {
+        BUNDLE_MAX.min(self.max_datagram())
     }
 
     fn send(&self, _to: &ShmAddr, iov: &[IoSlice<'_>]) -> io::Result<()> {
