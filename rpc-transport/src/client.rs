@@ -65,6 +65,21 @@ const FOLLOWER_PARK: Duration = Duration::from_micros(50);
 /// Datagrams sent per lock acquisition when a call has many fragments.
 const BATCH: usize = 32;
 
+/// A call just started.
+struct Started {
+    id: CallId,
+    /// Its first datagram, if it is one.
+    first: Option<Transmit>,
+    /// This thread became the leader (a thread's call, when nobody led).
+    leading: bool,
+    /// A future's call with company in flight: its small request may leave with theirs, and
+    /// its timers are published already.
+    company: bool,
+}
+
+/// The longest reply a future decodes under the state lock (see `Inner::complete`).
+const DECODE_UNDER_LOCK: usize = 256;
+
 /// A slot's signal: `seq << 2 | flags`, written under the state lock, read without it.
 const DONE: u64 = 1;
 const TRANSMIT: u64 = 2;
@@ -1146,6 +1161,10 @@ impl<L: Link> Inner<L> {
         }
         let mut st = self.lock();
         self.retire(&mut st, me, leading);
+        self.recycle(&mut st, buf);
+    }
+
+    fn recycle(&self, st: &mut State, buf: Option<Vec<u8>>) {
         if let Some(v) = buf {
             // Receive buffers go back through the state (the leader holds the receive batch,
             // and takes them from there): never wait for the leader here.
@@ -1159,11 +1178,35 @@ impl<L: Link> Inner<L> {
         }
     }
 
+    /// A future's end once its outcome is delivered: the outcome taken, decoded and the call
+    /// retired under one lock when the reply is short (its decoding is bounded by its
+    /// length); a longer reply is decoded outside the lock, which is taken again to retire.
+    fn complete<R>(
+        &self,
+        me: CallId,
+        decode: fn(&[u8]) -> Result<R, DecodeError>,
+    ) -> Option<Result<Reply<R>, CallError>> {
+        let slot = self.slot(me.seq());
+        let mut st = self.lock();
+        let w = st.waiters[slot].as_mut().filter(|w| w.seq == me.seq())?;
+        let own = Own::from(w.outcome.take()?);
+        if let Own::Reply { body, .. } = &own {
+            if body.len() > DECODE_UNDER_LOCK {
+                drop(st);
+                let (result, buf) = decoded(own, None::<&RecvBatch<L::Addr>>, decode);
+                self.finish(me, buf, false);
+                return Some(result);
+            }
+        }
+        let (result, buf) = decoded(own, None::<&RecvBatch<L::Addr>>, decode);
+        self.retire(&mut st, me, false);
+        self.recycle(&mut st, buf);
+        Some(result)
+    }
+
     /// Starts a call: assigns its sequence number and registers its waiter (waiting for room
     /// in the window as long as `deadline` allows; a future registers its waker and returns
-    /// `None` instead). Returns the call, its first datagram if it is one, whether this
-    /// thread became the leader (a thread's call, when nobody led), and whether a future's
-    /// call has company in flight (its timers are then already published).
+    /// `None` instead).
     fn start(
         &self,
         Span { mut now, deadline }: Span,
@@ -1172,7 +1215,7 @@ impl<L: Link> Inner<L> {
         wake: &mut Option<Wake>,
         cx: Option<&mut Context<'_>>,
         batch: &mut ArrayVec<Transmit, BATCH>,
-    ) -> Result<Option<(CallId, Option<Transmit>, bool, bool)>, CallError> {
+    ) -> Result<Option<Started>, CallError> {
         if self.dead.load(Ordering::Relaxed) {
             return Err(CallError::Disconnected);
         }
@@ -1226,7 +1269,12 @@ impl<L: Link> Inner<L> {
                     .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok() =>
             {
-                return Ok(Some((me, first, true, false)));
+                return Ok(Some(Started {
+                    id: me,
+                    first,
+                    leading: true,
+                    company: false,
+                }));
             }
             None => Wake::Thread(thread::current()),
         };
@@ -1248,7 +1296,12 @@ impl<L: Link> Inner<L> {
         if company {
             self.store_timer(&mut st);
         }
-        Ok(Some((me, first, false, company)))
+        Ok(Some(Started {
+            id: me,
+            first,
+            leading: false,
+            company,
+        }))
     }
 
     /// Waits for the end of `me`, as leader or follower. Sets `leading` when this thread
@@ -1488,7 +1541,13 @@ impl<L: Link> Transport for Client<L> {
             deadline,
         };
         let started = inner.start(span, method, request.len(), &mut None, None, &mut batch);
-        let Some((me, first, mut leading, _)) = started? else {
+        let Some(Started {
+            id: me,
+            first,
+            mut leading,
+            ..
+        }) = started?
+        else {
             return Err(CallError::WindowFull);
         };
         match first {
@@ -1572,8 +1631,10 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
                         Some(cx),
                         &mut batch,
                     );
-                    let (id, first, company) = match started {
-                        Ok(Some((id, first, _, company))) => (id, first, company),
+                    let Started {
+                        id, first, company, ..
+                    } = match started {
+                        Ok(Some(started)) => started,
                         // No room in the window: woken when a call ends.
                         Ok(None) => return Poll::Pending,
                         Err(e) => {
@@ -1619,11 +1680,8 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
                     let slot = inner.slot(id.seq());
                     let sig = inner.signals[slot].load(Ordering::Acquire);
                     if sig >> 2 == id.seq() && sig & DONE != 0 {
-                        if let Some(own) = inner.take_delivered(id) {
+                        if let Some(result) = inner.complete(id, this.decode) {
                             this.state = CallState::Done;
-                            let (result, buf) =
-                                decoded(own, None::<&RecvBatch<L::Addr>>, this.decode);
-                            inner.finish(id, buf, false);
                             return Poll::Ready(result);
                         }
                     }

@@ -14,7 +14,7 @@ use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 
 thread_local! {
@@ -148,15 +148,20 @@ pub fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Outpu
     out.into_iter().flatten().collect()
 }
 
+/// Slots of a [`Completions`] below this are flagged in a bitmap when woken (one atomic OR);
+/// the others are queued in a list under a lock.
+const FLAGGED_SLOTS: usize = 256;
+
 /// The slots whose wakers fired since the executor last looked.
 #[derive(Debug, Default)]
 struct Woken {
     any: AtomicBool,
+    flags: [AtomicU64; FLAGGED_SLOTS / 64],
     slots: std::sync::Mutex<Vec<usize>>,
 }
 
-/// The waker of one slot of a [`Completions`]: it queues the slot's index (once until the
-/// slot is polled again).
+/// The waker of one slot of a [`Completions`]: it flags the slot (or, beyond the flagged
+/// ones, queues its index once until the slot is polled again).
 #[derive(Debug)]
 struct SlotWaker {
     slot: usize,
@@ -169,11 +174,17 @@ impl Wake for SlotWaker {
         self.wake_by_ref();
     }
     fn wake_by_ref(self: &Arc<Self>) {
-        if !self.queued.swap(true, Ordering::AcqRel) {
+        let i = self.slot;
+        if i < FLAGGED_SLOTS {
+            self.woken.flags[i / 64].fetch_or(1 << (i % 64), Ordering::Release);
+        } else if !self.queued.swap(true, Ordering::AcqRel) {
             let mut slots = self.woken.slots.lock().unwrap_or_else(|e| e.into_inner());
-            slots.push(self.slot);
-            self.woken.any.store(true, Ordering::Release);
+            slots.push(i);
+        } else {
+            return;
         }
+        // After the flag or the index: whoever sees this sees them.
+        self.woken.any.store(true, Ordering::Release);
     }
 }
 
@@ -195,6 +206,8 @@ pub struct Completions<F: Future> {
     woken: Arc<Woken>,
     /// Woken slots taken from `woken`, to poll.
     run: std::collections::VecDeque<usize>,
+    /// Whether each slot is in `run` (or `later`) already.
+    in_run: Vec<bool>,
     /// The pass in which each slot was last polled: a slot is polled once per pass.
     polled: Vec<u64>,
     /// Slots woken again in the pass that polled them: they wait for the next.
@@ -223,6 +236,7 @@ impl<F: Future> Completions<F> {
             wakers: Vec::new(),
             woken: Arc::default(),
             run: std::collections::VecDeque::new(),
+            in_run: Vec::new(),
             polled: Vec::new(),
             later: Vec::new(),
             free: Vec::new(),
@@ -269,6 +283,7 @@ impl<F: Future> Completions<F> {
                 let waker = Waker::from(w.clone());
                 self.wakers.push((w, waker));
                 self.polled.push(0);
+                self.in_run.push(false);
                 i
             }
         };
@@ -294,9 +309,28 @@ impl<F: Future> Completions<F> {
 
     /// Moves the slots woken since the last look to `run`.
     fn take_woken(&mut self) {
-        if self.woken.any.swap(false, Ordering::AcqRel) {
+        if !self.woken.any.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let (run, in_run) = (&mut self.run, &mut self.in_run);
+        let mut queue = |i: usize| {
+            if !std::mem::replace(&mut in_run[i], true) {
+                run.push_back(i);
+            }
+        };
+        for (w, word) in self.woken.flags.iter().enumerate() {
+            if word.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let mut bits = word.swap(0, Ordering::Acquire);
+            while bits != 0 {
+                queue(w * 64 + bits.trailing_zeros() as usize);
+                bits &= bits - 1;
+            }
+        }
+        if self.slots.len() > FLAGGED_SLOTS {
             let mut slots = self.woken.slots.lock().unwrap_or_else(|e| e.into_inner());
-            self.run.extend(slots.drain(..));
+            slots.drain(..).for_each(queue);
         }
     }
 
@@ -305,6 +339,7 @@ impl<F: Future> Completions<F> {
         self.polled[i] = pass();
         let (w, waker) = &self.wakers[i];
         // Cleared before the poll, so that a wake during or after it queues the slot again.
+        self.in_run[i] = false;
         w.queued.store(false, Ordering::Release);
         let mut cx = Context::from_waker(waker);
         let fut = self.slots[i].as_mut().as_pin_mut()?;
@@ -442,6 +477,37 @@ mod tests {
         assert_eq!(g.polls[10], 2);
         assert!(g.polls.iter().enumerate().all(|(i, &p)| i == 10 || p == 1));
         assert_eq!(c.len(), 63);
+    }
+
+    #[test]
+    fn wakes_of_flagged_and_listed_slots_are_each_polled_once() {
+        // Slots below FLAGGED_SLOTS are flagged in the bitmap, the others listed.
+        let n = FLAGGED_SLOTS + 40;
+        let (g, futures) = gates(n);
+        let mut c = Completions::new(futures);
+        assert!(c.try_next().is_none());
+        let picked = [0, 63, 64, 200, FLAGGED_SLOTS - 1, FLAGGED_SLOTS, n - 1];
+        let wakers: Vec<Waker> = {
+            let mut g = g.borrow_mut();
+            picked
+                .iter()
+                .map(|&i| {
+                    g.open[i] = true;
+                    g.wakers[i].take().unwrap()
+                })
+                .collect()
+        };
+        // Woken twice before the pass: polled once all the same.
+        for w in wakers.iter().chain(&wakers) {
+            w.wake_by_ref();
+        }
+        let mut ended: Vec<usize> = (0..picked.len()).map(|_| c.try_next().unwrap().0).collect();
+        ended.sort_unstable();
+        assert_eq!(ended, picked);
+        let g = g.borrow();
+        assert!(picked.iter().all(|&i| g.polls[i] == 2));
+        assert!(g.polls.iter().all(|&p| p <= 2));
+        assert_eq!(c.len(), n - picked.len());
     }
 
     #[test]

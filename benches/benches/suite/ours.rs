@@ -169,9 +169,11 @@ pub fn pipelined(setup: Setup, n: usize, b: &Budget) -> anyhow::Result<Sample> {
                 while let Some((_, (sent, r))) = pending.next() {
                     r?;
                     calls += 1;
-                    h.saturating_record(sent.elapsed().as_nanos() as u64);
-                    if Instant::now() < end {
-                        pending.push(timed(client, Instant::now()));
+                    // One reading: this call's end, and the start of the one that replaces it.
+                    let now = Instant::now();
+                    h.saturating_record(now.saturating_duration_since(sent).as_nanos() as u64);
+                    if now < end {
+                        pending.push(timed(client, now));
                     }
                 }
                 Ok(calls)
