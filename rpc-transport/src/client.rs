@@ -1075,7 +1075,10 @@ impl<L: Link> Inner<L> {
         }
         // The clock is read every 16th pump (a reading costs tens of nanoseconds; timers are
         // retransmission timeouts, microseconds and more).
-        if self.pumps.fetch_add(1, Ordering::Relaxed) % 16 == 0 && self.timer_due(Instant::now()) {
+        // Counted by the leader alone.
+        let pumps = self.pumps.load(Ordering::Relaxed);
+        self.pumps.store(pumps.wrapping_add(1), Ordering::Relaxed);
+        if pumps % 16 == 0 && self.timer_due(Instant::now()) {
             let _ = self.on_timers(None);
         }
         self.leader.store(false, Ordering::Release);
@@ -1590,8 +1593,36 @@ pub struct CallFuture<'a, L: Link, R> {
 
 enum CallState {
     Init,
-    Running { id: CallId, waker: Waker },
+    Running { id: CallId, waker: Registered },
     Done,
+}
+
+/// The waker a running call's waiter holds, as its future remembers it.
+enum Registered {
+    /// The waker of this crate's executor polling the future (its data pointer: the
+    /// waiter's clone keeps it alive, so no other waker has it meanwhile). No clone kept.
+    Direct(usize),
+    /// Any other waker, cloned.
+    Task(Waker),
+}
+
+impl Registered {
+    fn of(waker: &Waker) -> Self {
+        if crate::exec::polled_directly(waker) {
+            Self::Direct(waker.data() as usize)
+        } else {
+            Self::Task(waker.clone())
+        }
+    }
+
+    fn will_wake(&self, waker: &Waker) -> bool {
+        match self {
+            Self::Direct(data) => {
+                *data == waker.data() as usize && crate::exec::polled_directly(waker)
+            }
+            Self::Task(w) => w.will_wake(waker),
+        }
+    }
 }
 
 impl<L: Link, R> std::fmt::Debug for CallFuture<'_, L, R> {
@@ -1644,7 +1675,7 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
                     };
                     this.state = CallState::Running {
                         id,
-                        waker: cx.waker().clone(),
+                        waker: Registered::of(cx.waker()),
                     };
                     // Alone in flight, it leaves at once; else a small request leaves with the
                     // others started in this pass: the next pass sends them all.
@@ -1696,7 +1727,7 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
                     }
                     let mut rewoken = false;
                     if !waker.will_wake(cx.waker()) {
-                        *waker = cx.waker().clone();
+                        *waker = Registered::of(cx.waker());
                         let mut st = inner.lock();
                         if let Some(w) = st.waiters[slot].as_mut().filter(|w| w.seq == id.seq()) {
                             w.wake = Wake::Task(cx.waker().clone());
