@@ -163,17 +163,23 @@ pub fn pipelined(setup: Setup, n: usize, b: &Budget) -> anyhow::Result<Sample> {
         fn run<T: Transport + AsyncTransport>(self, client: &BenchClient<T>) -> Self::Out {
             let n = self.0;
             let run = |d: Duration, h: &mut hdrhistogram::Histogram<u64>| -> anyhow::Result<u64> {
-                let mut pending = Completions::new((0..n).map(|_| timed(client, Instant::now())));
-                let end = Instant::now() + d;
+                let began = Instant::now();
+                let mut starts = Starts::new(n, began);
+                // Indexes count from 0 in the order of the futures.
+                let mut pending = Completions::new((0..n).map(|_| client.null_async()));
+                (0..n).for_each(|i| starts.start(i, began));
+                let end = began + d;
                 let mut calls = 0;
-                while let Some((_, (sent, r))) = pending.next() {
+                while let Some((i, r)) = pending.next() {
                     r?;
                     calls += 1;
                     // One reading: this call's end, and the start of the one that replaces it.
                     let now = Instant::now();
-                    h.saturating_record(now.saturating_duration_since(sent).as_nanos() as u64);
+                    if let Some(sent) = starts.end(i) {
+                        h.saturating_record(now.saturating_duration_since(sent).as_nanos() as u64);
+                    }
                     if now < end {
-                        pending.push(timed(client, now));
+                        starts.start(pending.push(client.null_async()), now);
                     }
                 }
                 Ok(calls)
@@ -186,6 +192,44 @@ pub fn pipelined(setup: Setup, n: usize, b: &Budget) -> anyhow::Result<Sample> {
         }
     }
     with_client(setup, n, b.server_cpu, P(n, b))
+}
+
+/// When each call kept in flight started, by its index in the `Completions` (so that the
+/// measured futures are the calls themselves, with no wrapper): a ring of a few windows' worth,
+/// and a map for a call still in flight when its entry of the ring is wanted again.
+struct Starts {
+    ring: Vec<(usize, Instant)>,
+    late: std::collections::HashMap<usize, Instant>,
+}
+
+impl Starts {
+    const FREE: usize = usize::MAX;
+
+    fn new(window: usize, now: Instant) -> Self {
+        Self {
+            ring: vec![(Self::FREE, now); (4 * window).next_power_of_two()],
+            late: std::collections::HashMap::with_capacity(window),
+        }
+    }
+
+    fn start(&mut self, index: usize, at: Instant) {
+        let k = index & (self.ring.len() - 1);
+        let (old, t) = std::mem::replace(&mut self.ring[k], (index, at));
+        if old != Self::FREE {
+            self.late.insert(old, t);
+        }
+    }
+
+    fn end(&mut self, index: usize) -> Option<Instant> {
+        let k = index & (self.ring.len() - 1);
+        match self.ring[k] {
+            (i, t) if i == index => {
+                self.ring[k].0 = Self::FREE;
+                Some(t)
+            }
+            _ => self.late.remove(&index),
+        }
+    }
 }
 
 /// A null call with the time it was meant to be sent.
