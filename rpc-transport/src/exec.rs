@@ -309,7 +309,9 @@ impl<F: Future> Completions<F> {
 
     /// Moves the slots woken since the last look to `run`.
     fn take_woken(&mut self) {
-        if !self.woken.any.swap(false, Ordering::AcqRel) {
+        // Most looks find nothing: a load, and the swap only when something was woken.
+        if !self.woken.any.load(Ordering::Acquire) || !self.woken.any.swap(false, Ordering::AcqRel)
+        {
             return;
         }
         let (run, in_run) = (&mut self.run, &mut self.in_run);
