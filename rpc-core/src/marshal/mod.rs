@@ -459,6 +459,11 @@ pub trait Encode {
 }
 
 /// A type that can be read from a received message, borrowing from it for `'de`.
+///
+/// Decoding is pure: a transport may decode a reply while it holds its client's locks (a
+/// calling thread decodes its own reply where it was received; a future decodes a short one
+/// as its call ends), so an implementation must not make calls on an RPC client, and its work
+/// should be bounded by the bytes it reads, as every derived one is.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be decoded from a message",
     label = "not decodable",
