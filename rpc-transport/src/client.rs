@@ -55,6 +55,7 @@ use crate::gather::{Gather, Head};
 use crate::link::{Link, RecvBatch};
 use crate::poll::PollStrategy;
 use crate::sock::transient;
+use crate::timer::{LastTimer, PublishedTimer};
 
 /// Datagrams received at once.
 const RECV_BATCH: usize = 32;
@@ -186,9 +187,8 @@ pub(crate) struct Inner<L: Link> {
     room: Condvar,
     leader: AtomicBool,
     signals: Box<[CachePadded<AtomicU64>]>,
-    /// Earliest protocol timer, in nanoseconds since `epoch`; `u64::MAX` if none.
-    next_timer: AtomicU64,
-    epoch: Instant,
+    /// Earliest protocol timer.
+    timer: PublishedTimer,
     io_errors: AtomicU64,
     /// The receive buffers, for whoever leads.
     recv: Mutex<RecvBatch<L::Addr>>,
@@ -234,8 +234,8 @@ struct State {
     handed_to_threads: u64,
     /// Threads to wake once the lock is released.
     unparks: ArrayVec<Thread, UNPARKS>,
-    /// The protocol timer last stored in `next_timer`, as the state machine gave it.
-    timer_stored: Option<Instant>,
+    /// The protocol timer last published in `timer`.
+    timer_published: LastTimer,
 }
 
 struct Waiter {
@@ -438,15 +438,14 @@ impl<L: Link> Client<L> {
                 window_tasks: Vec::new(),
                 handed_to_threads: 0,
                 unparks: ArrayVec::new(),
-                timer_stored: None,
+                timer_published: LastTimer::default(),
             }),
             room: Condvar::new(),
             leader: AtomicBool::new(false),
             signals: (0..window.next_power_of_two())
                 .map(|_| CachePadded::new(AtomicU64::new(0)))
                 .collect(),
-            next_timer: AtomicU64::new(u64::MAX),
-            epoch: Instant::now(),
+            timer: PublishedTimer::new(),
             io_errors: AtomicU64::new(0),
             recv: Mutex::new(RecvBatch::new(RECV_BATCH, buffer_len)),
             coalesced: Mutex::new(Vec::with_capacity(buffer_len)),
@@ -514,38 +513,27 @@ impl<L: Link> Inner<L> {
 
     fn store_timer(&self, st: &mut State) {
         let next = st.core.poll_timeout();
-        // Most often the bound the state machine keeps has not moved (it is lowered when a
-        // timer is set earlier, and raised only when the timers run): nothing to store.
-        if next == st.timer_stored {
-            return;
-        }
-        st.timer_stored = next;
-        let t = next.map_or(u64::MAX, |t| {
-            t.saturating_duration_since(self.epoch).as_nanos() as u64
-        });
-        self.next_timer.store(t, Ordering::Release);
+        self.timer.publish(&mut st.timer_published, next);
     }
 
     fn timer_due(&self, now: Instant) -> bool {
-        let t = self.next_timer.load(Ordering::Acquire);
-        t != u64::MAX && now.saturating_duration_since(self.epoch).as_nanos() as u64 >= t
+        self.timer.due(now)
     }
 
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        let t = self.next_timer.load(Ordering::Acquire);
-        (t != u64::MAX).then(|| self.epoch + Duration::from_nanos(t))
+        self.timer.get()
     }
 
-    /// The earliest protocol timer, as stored (nanoseconds since `epoch`, `u64::MAX` if none).
+    /// The earliest protocol timer, as stored (see `PublishedTimer::raw`).
     #[cfg(feature = "tokio")]
     pub(crate) fn next_timer(&self) -> u64 {
-        self.next_timer.load(Ordering::SeqCst)
+        self.timer.raw()
     }
 
     /// The instant of a stored timer.
     #[cfg(feature = "tokio")]
     pub(crate) fn deadline_of(&self, t: u64) -> Option<Instant> {
-        (t != u64::MAX).then(|| self.epoch + Duration::from_nanos(t))
+        self.timer.instant_of(t)
     }
 
     /// Wakes every future waiting on this client (they look at their calls again).

@@ -21,6 +21,7 @@ pub mod server;
 pub mod shm;
 mod sock;
 mod sys;
+mod timer;
 #[cfg(feature = "tokio")]
 mod tokio_driver;
 mod turnstile;

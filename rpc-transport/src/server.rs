@@ -46,6 +46,7 @@ use crate::gather::{self, Gather, Head};
 use crate::link::{Link, RecvBatch};
 use crate::poll::PollStrategy;
 use crate::sock::transient;
+use crate::timer::{LastTimer, PublishedTimer};
 
 /// Datagrams received in one turn of a loop at most.
 const RECV_BATCH: usize = 32;
@@ -254,10 +255,9 @@ impl<L: Link> Server<L> {
                 link,
                 core: Mutex::new(Guarded {
                     core,
-                    timer_stored: None,
+                    timer_published: LastTimer::default(),
                 }),
-                next_timer: AtomicU64::new(u64::MAX),
-                epoch: Instant::now(),
+                timer: PublishedTimer::new(),
                 published: Published::default(),
             }));
         }
@@ -315,7 +315,7 @@ struct Shared {
 /// The server's state machine, with the protocol timer last published from it.
 pub(crate) struct Guarded<A> {
     core: Core<A>,
-    timer_stored: Option<Instant>,
+    timer_published: LastTimer,
 }
 
 impl<A> std::ops::Deref for Guarded<A> {
@@ -334,9 +334,8 @@ impl<A> std::ops::DerefMut for Guarded<A> {
 pub(crate) struct Rx<L: Link> {
     pub(crate) link: L,
     core: Mutex<Guarded<L::Addr>>,
-    /// Earliest protocol timer, nanoseconds since `epoch`; `u64::MAX` if none.
-    next_timer: AtomicU64,
-    epoch: Instant,
+    /// Earliest protocol timer.
+    timer: PublishedTimer,
     published: Published,
 }
 
@@ -346,21 +345,13 @@ impl<L: Link> Rx<L> {
     }
 
     fn store_timer(&self, g: &mut Guarded<L::Addr>) {
+        // The sweep's time moves once per sweep: most turns have nothing to publish.
         let next = g.core.poll_timeout();
-        // The sweep's time moves once per sweep: most turns have nothing to store.
-        if next == g.timer_stored {
-            return;
-        }
-        g.timer_stored = next;
-        let t = next.map_or(u64::MAX, |t| {
-            t.saturating_duration_since(self.epoch).as_nanos() as u64
-        });
-        self.next_timer.store(t, Ordering::Relaxed);
+        self.timer.publish(&mut g.timer_published, next);
     }
 
     fn timer(&self) -> Option<Instant> {
-        let t = self.next_timer.load(Ordering::Relaxed);
-        (t != u64::MAX).then(|| self.epoch + Duration::from_nanos(t))
+        self.timer.get()
     }
 }
 
