@@ -1181,17 +1181,16 @@ impl<L: Link> Inner<L> {
         let mut st = self.lock();
         let w = st.waiters[slot].as_mut().filter(|w| w.seq == me.seq())?;
         let own = Own::from(w.outcome.take()?);
-        if let Own::Reply { body, .. } = &own {
-            if body.len() > DECODE_UNDER_LOCK {
-                drop(st);
-                let (result, buf) = decoded(own, None::<&RecvBatch<L::Addr>>, decode);
-                self.finish(me, buf, false);
-                return Some(result);
-            }
-        }
+        let long = matches!(&own, Own::Reply { body, .. } if body.len() > DECODE_UNDER_LOCK);
+        let held = (!long).then_some(st);
         let (result, buf) = decoded(own, None::<&RecvBatch<L::Addr>>, decode);
-        self.retire(&mut st, me, false);
-        self.recycle(&mut st, buf);
+        match held {
+            Some(mut st) => {
+                self.retire(&mut st, me, false);
+                self.recycle(&mut st, buf);
+            }
+            None => self.finish(me, buf, false),
+        }
         Some(result)
     }
 

@@ -342,7 +342,9 @@ impl<F: Future> Completions<F> {
         let (w, waker) = &self.wakers[i];
         // Cleared before the poll, so that a wake during or after it queues the slot again.
         self.in_run[i] = false;
-        w.queued.store(false, Ordering::Release);
+        if i >= FLAGGED_SLOTS {
+            w.queued.store(false, Ordering::Release);
+        }
         let mut cx = Context::from_waker(waker);
         let fut = self.slots[i].as_mut().as_pin_mut()?;
         let direct = Direct::new(waker);
