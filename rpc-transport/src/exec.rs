@@ -287,8 +287,11 @@ impl<F: Future> Completions<F> {
                 i
             }
         };
-        // A new future is polled first in the next pass.
-        self.wakers[slot].1.wake_by_ref();
+        // A new future is polled in the next pass: queued as its waker would queue it, with
+        // no atomic operation (this executor owns the queue).
+        if !std::mem::replace(&mut self.in_run[slot], true) {
+            self.run.push_back(slot);
+        }
         self.live += 1;
         index
     }
