@@ -236,11 +236,54 @@ struct State {
     unparks: ArrayVec<Thread, UNPARKS>,
     /// The protocol timer last published in `timer`.
     timer_published: LastTimer,
+    /// Wakers of this crate's executors kept from ended calls, for the next calls polled
+    /// with them: reusing one saves an atomic increment and decrement of its count per call.
+    spare_wakers: SpareWakers,
+}
+
+/// Wakers of ended calls kept for the next calls polled with them, in a table indexed by a
+/// hash of the waker's data pointer (a newer one replaces an older one in its entry).
+struct SpareWakers(Box<[Option<Waker>; SPARE_WAKERS]>);
+
+/// Entries of [`SpareWakers`]: the calls a pass may end before it starts new ones.
+const SPARE_WAKERS: usize = 256;
+
+impl SpareWakers {
+    fn new() -> Self {
+        Self(Box::new([const { None }; SPARE_WAKERS]))
+    }
+
+    fn entry(waker: &Waker) -> usize {
+        // Fibonacci hashing of the pointer (allocations are at least 16 bytes apart).
+        let h = (waker.data() as usize as u64 >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (h >> (64 - SPARE_WAKERS.trailing_zeros())) as usize
+    }
+
+    /// Keeps `waker` (dropping the one it replaces).
+    fn keep(&mut self, waker: Waker) {
+        let e = Self::entry(&waker);
+        self.0[e] = Some(waker);
+    }
+
+    /// A clone of `waker`: the spare that wakes the same task if there is one.
+    fn clone_of(&mut self, waker: &Waker) -> Waker {
+        let e = &mut self.0[Self::entry(waker)];
+        match e.take() {
+            Some(w) if w.will_wake(waker) => w,
+            other => {
+                *e = other;
+                waker.clone()
+            }
+        }
+    }
 }
 
 struct Waiter {
     seq: u64,
     wake: Wake,
+    /// The waker is one of this crate's executors' (which live as long as the executor):
+    /// kept as a spare when the call ends.
+    spare: bool,
     outcome: Option<Outcome>,
 }
 
@@ -439,6 +482,7 @@ impl<L: Link> Client<L> {
                 handed_to_threads: 0,
                 unparks: ArrayVec::new(),
                 timer_published: LastTimer::default(),
+                spare_wakers: SpareWakers::new(),
             }),
             room: Condvar::new(),
             leader: AtomicBool::new(false),
@@ -1130,7 +1174,14 @@ impl<L: Link> Inner<L> {
                     st.threads -= 1;
                     self.thread_waiters.store(st.threads, Ordering::Relaxed);
                 }
-                st.waiters[slot] = None;
+                if let Some(Waiter {
+                    wake: Wake::Task(w),
+                    spare: true,
+                    ..
+                }) = st.waiters[slot].take()
+                {
+                    st.spare_wakers.keep(w);
+                }
                 st.waiting -= 1;
                 self.signals[slot].store(0, Ordering::Release);
             }
@@ -1249,15 +1300,20 @@ impl<L: Link> Inner<L> {
         if first.is_none() {
             self.take_own(&mut st, now, me, batch);
         }
-        let wake = match wake.take() {
-            Some(w) => w,
+        let spare = cx
+            .as_deref()
+            .is_some_and(|cx| crate::exec::polled_directly(cx.waker()));
+        let wake = match (wake.take(), cx.as_deref()) {
+            (Some(w), _) => w,
+            (None, Some(cx)) => Wake::Task(st.spare_wakers.clone_of(cx.waker())),
             // A thread that can lead from the start receives its own reply: it needs no waiter
             // (nobody hands it anything), and keeps leading until its call is finished.
-            None if !self.leader.load(Ordering::Relaxed)
-                && self
-                    .leader
-                    .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok() =>
+            (None, None)
+                if !self.leader.load(Ordering::Relaxed)
+                    && self
+                        .leader
+                        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok() =>
             {
                 return Ok(Some(Started {
                     id: me,
@@ -1266,7 +1322,7 @@ impl<L: Link> Inner<L> {
                     company: false,
                 }));
             }
-            None => Wake::Thread(thread::current()),
+            (None, None) => Wake::Thread(thread::current()),
         };
         let slot = self.slot(me.seq());
         if matches!(wake, Wake::Thread(_)) {
@@ -1276,6 +1332,7 @@ impl<L: Link> Inner<L> {
         st.waiters[slot] = Some(Waiter {
             seq: me.seq(),
             wake,
+            spare,
             outcome: None,
         });
         st.waiting += 1;
@@ -1639,7 +1696,8 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
                     let now = Instant::now();
                     let deadline =
                         deadline_after(now, this.options.timeout.unwrap_or(inner.default_deadline));
-                    let mut wake = Some(Wake::Task(cx.waker().clone()));
+                    // The waiter's waker: a clone of this context's, made under the lock.
+                    let mut wake = None;
                     let mut batch = ArrayVec::new();
                     let started = inner.start(
                         Span { now, deadline },
@@ -1718,6 +1776,7 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
                         let mut st = inner.lock();
                         if let Some(w) = st.waiters[slot].as_mut().filter(|w| w.seq == id.seq()) {
                             w.wake = Wake::Task(cx.waker().clone());
+                            w.spare = crate::exec::polled_directly(cx.waker());
                             rewoken = true;
                         }
                     }
@@ -1780,5 +1839,48 @@ impl<L: Link> AsyncTransport for Client<L> {
             decode,
             state: CallState::Init,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_kept_waker_is_given_back_for_its_own_task_only() {
+        let (a, b) = (
+            Arc::new(Count(AtomicUsize::new(0))),
+            Arc::new(Count(AtomicUsize::new(0))),
+        );
+        let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+        let mut spares = SpareWakers::new();
+        spares.keep(wa.clone());
+        assert_eq!(Arc::strong_count(&a), 3);
+        // The kept clone comes back: no new clone is made, and none stays kept.
+        let again = spares.clone_of(&wa);
+        assert!(again.will_wake(&wa));
+        assert_eq!(Arc::strong_count(&a), 3);
+        drop(again);
+        assert_eq!(Arc::strong_count(&a), 2);
+        // Another task's waker is cloned, whatever the table holds.
+        spares.keep(wa.clone());
+        let other = spares.clone_of(&wb);
+        assert!(other.will_wake(&wb) && !other.will_wake(&wa));
+        other.wake_by_ref();
+        assert_eq!(
+            (a.0.load(Ordering::Relaxed), b.0.load(Ordering::Relaxed)),
+            (0, 1)
+        );
+        assert_eq!(Arc::strong_count(&b), 3);
     }
 }
