@@ -73,9 +73,9 @@ struct Started {
     first: Option<Transmit>,
     /// This thread became the leader (a thread's call, when nobody led).
     leading: bool,
-    /// A future's call with company in flight: its small request may leave with theirs, and
-    /// its timers are published already.
-    company: bool,
+    /// A future's call with company in flight whose small request was packed to leave with
+    /// theirs (its timers are published already).
+    coalesced: bool,
 }
 
 /// The longest reply a future decodes under the state lock (see `Inner::complete`).
@@ -192,13 +192,13 @@ pub(crate) struct Inner<L: Link> {
     io_errors: AtomicU64,
     /// The receive buffers, for whoever leads.
     recv: Mutex<RecvBatch<L::Addr>>,
-    /// Small requests started by futures, waiting to leave together in one datagram.
-    coalesced: Mutex<Vec<u8>>,
+    /// A bundle of small requests (taken from `State::coalesced`) while it is sent.
+    sending: Mutex<Vec<u8>>,
     /// The executor pass in which a future last drove the link (see `exec::pass`).
     last_pump: AtomicU64,
     /// Datagrams the last receive of a pump got.
     last_batch: std::sync::atomic::AtomicUsize,
-    /// Small requests are waiting in `coalesced`.
+    /// Small requests are waiting in `State::coalesced`.
     has_coalesced: AtomicBool,
     /// Pumps so far (the clock is read on every 16th).
     pumps: AtomicU64,
@@ -239,6 +239,9 @@ struct State {
     /// Wakers of this crate's executors kept from ended calls, for the next calls polled
     /// with them: reusing one saves an atomic increment and decrement of its count per call.
     spare_wakers: SpareWakers,
+    /// Small requests started by futures, waiting to leave together in one datagram (packed
+    /// by the start that holds this lock already).
+    coalesced: Vec<u8>,
 }
 
 /// Wakers of ended calls kept for the next calls polled with them, in a table indexed by a
@@ -483,6 +486,7 @@ impl<L: Link> Client<L> {
                 unparks: ArrayVec::new(),
                 timer_published: LastTimer::default(),
                 spare_wakers: SpareWakers::new(),
+                coalesced: Vec::with_capacity(buffer_len),
             }),
             room: Condvar::new(),
             leader: AtomicBool::new(false),
@@ -492,7 +496,7 @@ impl<L: Link> Client<L> {
             timer: PublishedTimer::new(),
             io_errors: AtomicU64::new(0),
             recv: Mutex::new(RecvBatch::new(RECV_BATCH, buffer_len)),
-            coalesced: Mutex::new(Vec::with_capacity(buffer_len)),
+            sending: Mutex::new(Vec::with_capacity(buffer_len)),
             last_pump: AtomicU64::new(u64::MAX),
             last_batch: std::sync::atomic::AtomicUsize::new(0),
             has_coalesced: AtomicBool::new(false),
@@ -716,24 +720,33 @@ impl<L: Link> Inner<L> {
         self.send_own(call, request, &mut batch);
     }
 
-    /// Sends the small requests waiting to leave together.
+    /// Sends the small requests waiting to leave together: their bundle is swapped out under
+    /// the state lock and sent after it is released.
     fn flush_coalesced(&self) {
-        if !self.has_coalesced.swap(false, Ordering::AcqRel) {
+        if !self.has_coalesced.load(Ordering::Acquire) {
             return;
         }
-        let mut c = self.coalesced.lock().unwrap_or_else(|p| p.into_inner());
-        if c.is_empty() {
-            return;
+        let mut out = self.sending.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut st = self.lock();
+            if st.coalesced.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut *out, &mut st.coalesced);
+            self.has_coalesced.store(false, Ordering::Release);
         }
-        let sent = self.link.send(&self.server, &[IoSlice::new(&c)]);
-        c.clear();
-        drop(c);
+        let sent = self.link.send(&self.server, &[IoSlice::new(&out)]);
+        out.clear();
+        drop(out);
         self.report(sent);
     }
 
-    /// Queues a call's one datagram (whose payload packs whole: a few small segments) to
-    /// leave with others; returns false if it must be sent on its own.
-    fn coalesce(&self, t: &Transmit, request: &Encoder<'_>) -> bool {
+    /// Packs a call's one datagram (whose payload packs whole: a few small segments) into
+    /// the bundle leaving next, under the state lock its start holds; returns false if it
+    /// must be sent on its own. A bundle that would grow past the link's limit is sent first,
+    /// under the lock: that is rare where bundles are long (a datagram's worth), and costs no
+    /// system call where they are short (shared memory).
+    fn coalesce(&self, st: &mut State, t: &Transmit, request: &Encoder<'_>) -> bool {
         let Payload::Call { offset, len, .. } = t.payload else {
             return false;
         };
@@ -752,9 +765,9 @@ impl<L: Link> Inner<L> {
             tagger.finish()
         });
         let size = HEADER_LEN + tag.map_or(0, |_| TAG_LEN) + len;
-        let mut c = self.coalesced.lock().unwrap_or_else(|p| p.into_inner());
+        let c = &mut st.coalesced;
         if !c.is_empty() && c.len() + size > self.link.bundle_max() {
-            let sent = self.link.send(&self.server, &[IoSlice::new(&c)]);
+            let sent = self.link.send(&self.server, &[IoSlice::new(c)]);
             c.clear();
             self.report(sent);
         }
@@ -1252,7 +1265,7 @@ impl<L: Link> Inner<L> {
         &self,
         Span { mut now, deadline }: Span,
         method: &'static MethodDesc,
-        len: usize,
+        request: &Encoder<'_>,
         wake: &mut Option<Wake>,
         cx: Option<&mut Context<'_>>,
         batch: &mut ArrayVec<Transmit, BATCH>,
@@ -1263,7 +1276,7 @@ impl<L: Link> Inner<L> {
         let req = CallRequest {
             interface: method.interface,
             method: method.id,
-            len,
+            len: request.len(),
             idempotent: method.idempotent,
             deadline: Some(deadline),
         };
@@ -1319,7 +1332,7 @@ impl<L: Link> Inner<L> {
                     id: me,
                     first,
                     leading: true,
-                    company: false,
+                    coalesced: false,
                 }));
             }
             (None, None) => Wake::Thread(thread::current()),
@@ -1339,15 +1352,20 @@ impl<L: Link> Inner<L> {
         self.signals[slot].store(me.seq() << 2, Ordering::Release);
         // A future's small request may leave with others in flight (see `CallFuture::poll`):
         // its timers are published now, under the lock it would otherwise take again.
-        let company = cx.is_some() && st.core.in_flight() > 1;
-        if company {
-            self.store_timer(&mut st);
+        let mut coalesced = false;
+        if cx.is_some() && st.core.in_flight() > 1 {
+            if let Some(t) = &first {
+                coalesced = self.coalesce(&mut st, t, request);
+            }
+            if coalesced {
+                self.store_timer(&mut st);
+            }
         }
         Ok(Some(Started {
             id: me,
             first,
             leading: false,
-            company,
+            coalesced,
         }))
     }
 
@@ -1587,7 +1605,7 @@ impl<L: Link> Transport for Client<L> {
             now: entered,
             deadline,
         };
-        let started = inner.start(span, method, request.len(), &mut None, None, &mut batch);
+        let started = inner.start(span, method, request, &mut None, None, &mut batch);
         let Some(Started {
             id: me,
             first,
@@ -1702,13 +1720,16 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
                     let started = inner.start(
                         Span { now, deadline },
                         this.method,
-                        this.request.len(),
+                        &this.request,
                         &mut wake,
                         Some(cx),
                         &mut batch,
                     );
                     let Started {
-                        id, first, company, ..
+                        id,
+                        first,
+                        coalesced,
+                        ..
                     } = match started {
                         Ok(Some(started)) => started,
                         // No room in the window: woken when a call ends.
@@ -1725,7 +1746,7 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
                     // Alone in flight, it leaves at once; else a small request leaves with the
                     // others started in this pass: the next pass sends them all.
                     match first {
-                        Some(t) if company && inner.coalesce(&t, &this.request) => {
+                        Some(_) if coalesced => {
                             // Whoever drives the link next sends them: this crate's executors
                             // in their next pass (which polls a live future even if none was
                             // woken), a driver task once woken (after the tasks woken before
