@@ -7,25 +7,38 @@
 //! |---|---|---|
 //! | 0 | `head`: datagrams consumed so far | consumer |
 //! | 8 | `sleeping`: the consumer is about to wait, wake it | consumer |
-//! | 16.. | `ring_len` descriptors of 16 words (two cache lines): word 0 `lap << 32 \| len`, the commit of the datagram in slot `i`; words 1..16 its first 120 bytes | producer |
-//! | then | `ring_len` slots of `slot_words` words: the datagrams' bytes from the 121st on, little-endian | producer |
+//! | 16.. | `ring_len` descriptors of 16 words (two cache lines): word 0 `lap << 32 \| same << 23 \| len`, the commit of the datagram in slot `i`; words 1..16 its first 120 stored bytes | producer |
+//! | then | `ring_len` slots of `slot_words` words: the datagrams' stored bytes from the 121st on, little-endian | producer |
 //!
 //! Datagram `n` lives in descriptor and slot `n % ring_len`. The producer writes its bytes (the
-//! first 120 into the descriptor, the rest into the slot), then the descriptor's commit word
-//! with release ordering (the length last: the commit). The consumer reads the commit word of
-//! descriptor `head` with acquire ordering: the lap `n / ring_len + 1` says it holds datagram
-//! `n`; the lap before says nothing was committed there yet; any other lap, or an impossible
-//! length, is the peer breaking the ring. It copies the bytes out, and only then publishes
-//! `head = n + 1`, freeing the slot. The producer keeps its own count privately and caches the
-//! consumer's `head`, reading it again only when the cache says full. So a datagram of up to
-//! 120 bytes, a null call's request or reply among them, crosses in the descriptor the
-//! consumer polls: no index line and no arena line is read on the way.
+//! first 120 stored into the descriptor, the rest into the slot), then the descriptor's commit
+//! word with release ordering (the length last: the commit). The consumer reads the commit word
+//! of descriptor `head` with acquire ordering: the lap `n / ring_len + 1` says it holds
+//! datagram `n`; the lap before says nothing was committed there yet; any other lap, or an
+//! impossible length or mask, is the peer breaking the ring. It copies the bytes out, and only
+//! then publishes `head = n + 1`, freeing the slot. The producer keeps its own count privately
+//! and caches the consumer's `head`, reading it again only when the cache says full.
+//!
+//! **Prefix elision.** A datagram of at least [`PREFIX_WORDS`] words begins with a protocol
+//! header, most of whose words (client, session, method, lengths) repeat from one datagram to
+//! the next. Each side keeps the prefix of the last such datagram on the ring (its template;
+//! zeros at first). The producer stores only the prefix words that differ from its template,
+//! and sets bit `k` of `same` (9 bits) for each word `k` it left out; the consumer takes those
+//! words from its own template. The ring is ordered and loses nothing, and both sides update
+//! their template from exactly the same datagrams (those whose committed length reaches the
+//! prefix), so the two templates agree. A null call's request or reply (a sequence number, an
+//! acknowledgement and a Lamport stamp change) then stores three or four words: with the
+//! commit word, one cache line crosses each way, the line the consumer polls; no index line
+//! and no arena line is read on the way.
 //!
 //! Nothing read from the other side is trusted: a `head` that goes backwards or runs more than
-//! a ring ahead, a descriptor of the wrong lap or an impossible length is
-//! [`RingError::Corrupt`] (the link then drops the connection); bytes changed while being
-//! copied are only bytes, checked later by the wire views like any datagram. No operation
-//! waits for the other side: full and empty are answers, so a peer cannot make this side hang.
+//! a ring ahead, a descriptor of the wrong lap, an impossible length, or a `same` mask on a
+//! datagram shorter than the prefix is [`RingError::Corrupt`] (the link then drops the
+//! connection); bytes changed while being copied are only bytes, checked later by the wire
+//! views like any datagram. A lying mask only fills a datagram with this side's own template
+//! words, which came from the same peer's earlier datagrams on this ring: a peer can garble
+//! only what it sends itself. No operation waits for the other side: full and empty are
+//! answers, so a peer cannot make this side hang.
 //!
 //! Waking: a consumer about to wait sets `sleeping` and looks at descriptor `head` once more;
 //! a producer that has committed reads `sleeping` and, if set, rings the consumer's doorbell
@@ -90,6 +103,19 @@ const DESCRIPTORS: usize = 16;
 const DESCRIPTOR_WORDS: usize = 16;
 /// Words of a datagram held in its descriptor.
 const INLINE_WORDS: usize = DESCRIPTOR_WORDS - 1;
+/// Words at the start of a datagram that are stored only where they differ from the last
+/// datagram's (see the module's documentation): a protocol header's.
+pub(crate) const PREFIX_WORDS: usize = rpc_core::wire::HEADER_LEN / 8;
+/// Bytes of such a prefix.
+const PREFIX_BYTES: usize = PREFIX_WORDS * 8;
+/// The commit word's fields below the lap: the `same` mask, then the length.
+const SAME_SHIFT: u32 = 23;
+const LEN_MASK: u64 = (1 << SAME_SHIFT) - 1;
+/// The longest datagram a commit word can describe.
+pub(crate) const MAX_DATAGRAM: usize = LEN_MASK as usize;
+
+// The mask has a bit for each prefix word, and no other.
+const _: () = assert!(PREFIX_WORDS as u32 == 32 - SAME_SHIFT);
 
 /// Why a ring operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,9 +180,11 @@ impl Layout {
         self.lap(n).wrapping_sub(1) & 0xffff_ffff
     }
 
-    /// Whether the ring fits in `words` words.
+    /// Whether the ring fits in `words` words (and its slots in what a commit word says).
     pub(crate) fn fits(&self, words: usize) -> bool {
-        self.ring_len.is_power_of_two() && self.base + self.words() <= words
+        self.ring_len.is_power_of_two()
+            && self.slot_bytes() <= MAX_DATAGRAM
+            && self.base + self.words() <= words
     }
 }
 
@@ -175,6 +203,8 @@ pub(crate) struct Producer {
     layout: Layout,
     tail: u64,
     cached_head: u64,
+    /// The prefix of the last datagram that had one.
+    template: [u64; PREFIX_WORDS],
 }
 
 /// What a push did.
@@ -190,6 +220,7 @@ impl Producer {
             layout,
             tail: 0,
             cached_head: 0,
+            template: [0; PREFIX_WORDS],
         }
     }
 
@@ -223,9 +254,37 @@ impl Producer {
         }
         let n = self.tail;
         let d = self.layout.descriptor(n);
-        write_bytes(w, d + 1, self.layout.slot(n), parts);
-        // The commit: the length, with its lap, last, with release ordering.
-        w.store(d, self.layout.lap(n) << 32 | len as u64, Ordering::Release);
+        let (inline, rest) = (d + 1, self.layout.slot(n));
+        let mut same = 0u64;
+        if len >= PREFIX_BYTES {
+            let mut prefix = [0u8; PREFIX_BYTES];
+            let mut filled = 0;
+            for part in parts.clone() {
+                let take = part.len().min(PREFIX_BYTES - filled);
+                prefix[filled..filled + take].copy_from_slice(&part[..take]);
+                filled += take;
+                if filled == PREFIX_BYTES {
+                    break;
+                }
+            }
+            let mut k = 0;
+            for (i, c) in prefix.chunks_exact(8).enumerate() {
+                let v = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+                if v == self.template[i] {
+                    same |= 1 << i;
+                } else {
+                    self.template[i] = v;
+                    w.store(word_at(inline, rest, k), v, Ordering::Relaxed);
+                    k += 1;
+                }
+            }
+            write_bytes(w, inline, rest, k, after(parts, PREFIX_BYTES));
+        } else {
+            write_bytes(w, inline, rest, 0, parts);
+        }
+        // The commit: the length, with its lap and mask, last, with release ordering.
+        let commit = self.layout.lap(n) << 32 | same << SAME_SHIFT | len as u64;
+        w.store(d, commit, Ordering::Release);
         self.tail = n + 1;
         // Dekker with the consumer's `sleep`: the commit and the `sleeping` load are separated
         // by a full fence on this side, the `sleeping` store and the commit word's load by one
@@ -242,11 +301,17 @@ impl Producer {
 pub(crate) struct Consumer {
     layout: Layout,
     head: u64,
+    /// The prefix of the last datagram that had one.
+    template: [u64; PREFIX_WORDS],
 }
 
 impl Consumer {
     pub(crate) fn new(layout: Layout) -> Self {
-        Self { layout, head: 0 }
+        Self {
+            layout,
+            head: 0,
+            template: [0; PREFIX_WORDS],
+        }
     }
 
     /// Takes the next datagram into `out` (at least a slot long); its length, or `None` if
@@ -266,11 +331,27 @@ impl Consumer {
                 Err(RingError::Corrupt)
             };
         }
-        let len = (d & 0xffff_ffff) as usize;
-        if len > self.layout.slot_bytes() || len > out.len() {
+        let len = (d & LEN_MASK) as usize;
+        let same = (d & 0xffff_ffff) >> SAME_SHIFT;
+        if len > self.layout.slot_bytes() || len > out.len() || (same != 0 && len < PREFIX_BYTES) {
             return Err(RingError::Corrupt);
         }
-        read_bytes(w, at + 1, self.layout.slot(n), &mut out[..len]);
+        let (inline, rest) = (at + 1, self.layout.slot(n));
+        let out = &mut out[..len];
+        if len >= PREFIX_BYTES {
+            let (prefix, tail) = out.split_at_mut(PREFIX_BYTES);
+            let mut k = 0;
+            for (i, c) in prefix.chunks_exact_mut(8).enumerate() {
+                if same >> i & 1 == 0 {
+                    self.template[i] = w.load(word_at(inline, rest, k), Ordering::Relaxed);
+                    k += 1;
+                }
+                c.copy_from_slice(&self.template[i].to_le_bytes());
+            }
+            read_bytes(w, inline, rest, k, tail);
+        } else {
+            read_bytes(w, inline, rest, 0, out);
+        }
         self.head = n + 1;
         w.store(self.layout.base + HEAD, self.head, Ordering::Release);
         Ok(Some(len))
@@ -300,17 +381,30 @@ fn word_at(inline: usize, rest: usize, k: usize) -> usize {
     }
 }
 
-/// Writes `parts`, back to back, as a datagram's words (little-endian bytes): the first
-/// `INLINE_WORDS` from word `inline` on, the rest from word `rest` on.
+/// The bytes of `parts` from byte `skip` on.
+fn after<'p>(
+    parts: impl Iterator<Item = &'p [u8]>,
+    mut skip: usize,
+) -> impl Iterator<Item = &'p [u8]> {
+    parts.map(move |p| {
+        let k = skip.min(p.len());
+        skip -= k;
+        &p[k..]
+    })
+}
+
+/// Writes `parts`, back to back, as a datagram's stored words from the `k`th on
+/// (little-endian bytes): the first `INLINE_WORDS` stored words from word `inline` on, the
+/// rest from word `rest` on.
 fn write_bytes<'p>(
     w: &(impl Words + ?Sized),
     inline: usize,
     rest: usize,
+    mut k: usize,
     parts: impl Iterator<Item = &'p [u8]>,
 ) {
     let mut word = [0u8; 8];
     let mut fill = 0;
-    let mut k = 0;
     for part in parts {
         let mut bytes = part;
         while !bytes.is_empty() {
@@ -350,10 +444,10 @@ fn write_bytes<'p>(
     }
 }
 
-/// Reads `out.len()` bytes of a datagram laid out as [`write_bytes`] writes it.
-fn read_bytes(w: &(impl Words + ?Sized), inline: usize, rest: usize, out: &mut [u8]) {
+/// Reads `out.len()` bytes of a datagram's stored words from the `k`th on, laid out as
+/// [`write_bytes`] writes them.
+fn read_bytes(w: &(impl Words + ?Sized), inline: usize, rest: usize, mut k: usize, out: &mut [u8]) {
     let mut chunks = out.chunks_exact_mut(8);
-    let mut k = 0;
     for c in &mut chunks {
         c.copy_from_slice(
             &w.load(word_at(inline, rest, k), Ordering::Relaxed)
@@ -455,6 +549,63 @@ mod tests {
         }
         assert_eq!(c.pop(&*w, &mut out).unwrap(), Some(3));
         assert_eq!(&out[..3], b"yes");
+    }
+
+    #[test]
+    fn a_header_that_repeats_crosses_as_the_words_that_changed() {
+        let (w, mut p, mut c) = ring(4, 200);
+        let mut out = vec![0u8; 200];
+        let header = |seq: u64| -> Vec<u8> {
+            let mut h: Vec<u8> = (0..PREFIX_BYTES as u8).collect();
+            h[32..40].copy_from_slice(&seq.to_le_bytes());
+            h
+        };
+        for seq in 0..12u64 {
+            let (h, body) = (header(seq), vec![seq as u8; (seq as usize * 5) % 40]);
+            // The header split across parts, as a gather list splits it.
+            push(&mut p, &w, &[&h[..20], &h[20..], &body]).unwrap();
+            let commit =
+                w[8 + DESCRIPTORS + (seq as usize % 4) * DESCRIPTOR_WORDS].load(Ordering::Relaxed);
+            let same = (commit & 0xffff_ffff) >> SAME_SHIFT;
+            // Only word 4 (the sequence number) changes after the first.
+            if seq > 0 {
+                assert_eq!(same, 0x1ff & !(1 << 4), "datagram {seq}");
+            }
+            let len = c.pop(&*w, &mut out).unwrap().unwrap();
+            assert_eq!(&out[..PREFIX_BYTES], &h[..]);
+            assert_eq!(&out[PREFIX_BYTES..len], &body[..]);
+        }
+        // A short datagram in between neither uses nor changes the templates.
+        push(&mut p, &w, &[b"short"]).unwrap();
+        assert_eq!(c.pop(&*w, &mut out), Ok(Some(5)));
+        let h = header(99);
+        push(&mut p, &w, &[&h]).unwrap();
+        assert_eq!(c.pop(&*w, &mut out), Ok(Some(PREFIX_BYTES)));
+        assert_eq!(&out[..PREFIX_BYTES], &h[..]);
+    }
+
+    #[test]
+    fn an_impossible_mask_is_caught() {
+        let layout = Layout::new(0, 4, 200);
+        let w = words(layout.words());
+        let mut out = vec![0u8; 200];
+        // Elided words in a datagram too short to have them.
+        w.store(
+            DESCRIPTORS,
+            1 << 32 | 1 << SAME_SHIFT | 20,
+            Ordering::Relaxed,
+        );
+        assert_eq!(
+            Consumer::new(layout).pop(&*w, &mut out),
+            Err(RingError::Corrupt)
+        );
+        // Any mask of the prefix on a long enough datagram is only bytes.
+        w.store(
+            DESCRIPTORS,
+            1 << 32 | 0x1ff << SAME_SHIFT | 100,
+            Ordering::Relaxed,
+        );
+        assert_eq!(Consumer::new(layout).pop(&*w, &mut out), Ok(Some(100)));
     }
 
     #[test]
@@ -596,7 +747,9 @@ mod loom_tests {
         let mut builder = loom::model::Builder::new();
         builder.preemption_bound = Some(3);
         builder.check(|| {
-            let layout = Layout::new(0, 4, 8);
+            // Datagrams of a prefix and a byte: the prefix's first word changes, the others
+            // repeat and are elided, so the templates are checked in every interleaving too.
+            let layout = Layout::new(0, 4, PREFIX_BYTES + 8);
             let w = words(layout.words());
             let bell = Arc::new(Doorbell::default());
             let producer = {
@@ -604,7 +757,10 @@ mod loom_tests {
                 loom::thread::spawn(move || {
                     let mut p = Producer::new(layout);
                     for n in 0..3u8 {
-                        let pushed = p.push(&**w, [&[n][..]].into_iter()).unwrap();
+                        let mut prefix = [0u8; PREFIX_BYTES];
+                        prefix[0] = n;
+                        let parts = [&prefix[..], &[n][..]];
+                        let pushed = p.push(&**w, parts.into_iter()).unwrap();
                         if pushed.wake {
                             bell.ring();
                         }
@@ -612,12 +768,16 @@ mod loom_tests {
                 })
             };
             let mut c = Consumer::new(layout);
-            let mut out = [0u8; 8];
+            let mut out = [0u8; PREFIX_BYTES + 8];
             let mut next = 0u8;
             while next < 3 {
                 match c.pop(&**w, &mut out).unwrap() {
                     Some(len) => {
-                        assert_eq!((len, out[0]), (1, next));
+                        assert_eq!(
+                            (len, out[0], out[PREFIX_BYTES]),
+                            (PREFIX_BYTES + 1, next, next)
+                        );
+                        assert!(out[1..PREFIX_BYTES].iter().all(|&b| b == 0));
                         next += 1;
                     }
                     None => {
