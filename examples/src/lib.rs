@@ -477,7 +477,7 @@ impl UringEcho {
                     link.attach();
                     let mut batch = RecvBatch::new(32, link.recv_buffer_len());
                     while !stop.load(Ordering::Relaxed) {
-                        let n = link.recv(&mut batch).unwrap_or(0);
+                        let n = link.recv(&mut (), &mut batch).unwrap_or(0);
                         for i in 0..n {
                             if let Some((d, from)) = batch.get(i) {
                                 let _ = link.send(&from, &[IoSlice::new(d)]);
@@ -550,7 +550,7 @@ impl UringPing {
             || {
                 let _ = self.link.send(&self.to, &[IoSlice::new(&self.payload)]);
             },
-            || !matches!(self.link.recv(&mut self.batch), Ok(0)),
+            || !matches!(self.link.recv(&mut (), &mut self.batch), Ok(0)),
         )
     }
 
@@ -559,7 +559,7 @@ impl UringPing {
         use rpc_transport::link::Link;
         let _ = self.link.send(&self.to, &[IoSlice::new(&self.payload)]);
         loop {
-            match self.link.recv(&mut self.batch) {
+            match self.link.recv(&mut (), &mut self.batch) {
                 Ok(0) => std::hint::spin_loop(),
                 _ => return,
             }

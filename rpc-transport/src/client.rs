@@ -190,8 +190,8 @@ pub(crate) struct Inner<L: Link> {
     /// Earliest protocol timer.
     timer: PublishedTimer,
     io_errors: AtomicU64,
-    /// The receive buffers, for whoever leads.
-    recv: Mutex<RecvBatch<L::Addr>>,
+    /// The receive buffers and the link's receiver, for whoever leads.
+    recv: Mutex<Receiving<L>>,
     /// A bundle of small requests (taken from `State::coalesced`) while it is sent.
     sending: Mutex<Vec<u8>>,
     /// The executor pass in which a future last drove the link (see `exec::pass`).
@@ -213,6 +213,19 @@ pub(crate) struct Inner<L: Link> {
     /// The driver task under tokio.
     #[cfg(feature = "tokio")]
     pub(crate) tokio: crate::tokio_driver::Slot,
+}
+
+/// What the leader receives with: the buffers, and the link's receiver (its receive state).
+struct Receiving<L: Link> {
+    batch: RecvBatch<L::Addr>,
+    rx: L::Rx,
+}
+
+impl<L: Link> Receiving<L> {
+    /// Receives into the batch.
+    fn recv(&mut self, link: &L) -> io::Result<usize> {
+        link.recv(&mut self.rx, &mut self.batch)
+    }
 }
 
 struct State {
@@ -495,7 +508,10 @@ impl<L: Link> Client<L> {
                 .collect(),
             timer: PublishedTimer::new(),
             io_errors: AtomicU64::new(0),
-            recv: Mutex::new(RecvBatch::new(RECV_BATCH, buffer_len)),
+            recv: Mutex::new(Receiving {
+                batch: RecvBatch::new(RECV_BATCH, buffer_len),
+                rx: link.receiver(),
+            }),
             sending: Mutex::new(Vec::with_capacity(buffer_len)),
             last_pump: AtomicU64::new(u64::MAX),
             last_batch: std::sync::atomic::AtomicUsize::new(0),
@@ -617,7 +633,8 @@ impl<L: Link> Inner<L> {
         let start = Instant::now();
         let deadline = deadline_after(start, timeout);
         let mut refused = None;
-        let mut batch = RecvBatch::new(1, self.buffer_len);
+        let mut recv = self.recv.lock().unwrap_or_else(|p| p.into_inner());
+        recv.batch.set_limit(1);
         self.lock().core.connect(start);
         loop {
             let now = Instant::now();
@@ -658,11 +675,12 @@ impl<L: Link> Inner<L> {
                 .core
                 .poll_timeout()
                 .map_or(deadline, |t| t.min(deadline));
-            self.link.wait(Some(wake), Duration::from_millis(50))?;
-            match self.link.recv(&mut batch) {
+            self.link
+                .wait(&mut recv.rx, Some(wake), Duration::from_millis(50))?;
+            match recv.recv(&self.link) {
                 Ok(_) => {
                     let mut st = self.lock();
-                    if let Some((d, _)) = batch.get(0) {
+                    if let Some((d, _)) = recv.batch.get(0) {
                         for p in packets(d) {
                             let _ = st.core.handle_datagram(Instant::now(), p);
                         }
@@ -994,15 +1012,15 @@ impl<L: Link> Inner<L> {
     fn receive(
         &self,
         me: Option<CallId>,
-        batch: &mut RecvBatch<L::Addr>,
+        recv: &mut Receiving<L>,
         clock: Option<Instant>,
         in_place: bool,
     ) -> (Option<Own>, bool) {
-        match self.link.recv(batch) {
+        match recv.recv(&self.link) {
             Ok(0) => (None, false),
             Ok(_) => {
                 let now = clock.unwrap_or_else(Instant::now);
-                let own = self.on_batch(now, me, batch, in_place);
+                let own = self.on_batch(now, me, &mut recv.batch, in_place);
                 (own, true)
             }
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {
@@ -1057,9 +1075,9 @@ impl<L: Link> Inner<L> {
             return false;
         }
         {
-            let mut batch = self.recv.lock().unwrap_or_else(|p| p.into_inner());
-            batch.set_limit(RECV_BATCH);
-            while let (_, true) = self.receive(None, &mut batch, None, false) {}
+            let mut recv = self.recv.lock().unwrap_or_else(|p| p.into_inner());
+            recv.batch.set_limit(RECV_BATCH);
+            while let (_, true) = self.receive(None, &mut recv, None, false) {}
         }
         if self.timer_due(Instant::now()) {
             let _ = self.on_timers(None);
@@ -1100,7 +1118,7 @@ impl<L: Link> Inner<L> {
         }
         // Everything that has arrived, batch after batch.
         {
-            let mut batch = self.recv.lock().unwrap_or_else(|p| p.into_inner());
+            let mut recv = self.recv.lock().unwrap_or_else(|p| p.into_inner());
             // One datagram at a time while they come one at a time (the plain receive costs
             // the kernel less); batches once they come several at a time.
             let limit = if self.last_batch.load(Ordering::Relaxed) > 1 {
@@ -1108,14 +1126,14 @@ impl<L: Link> Inner<L> {
             } else {
                 1
             };
-            batch.set_limit(limit);
+            recv.batch.set_limit(limit);
             loop {
-                let (_, got) = self.receive(None, &mut batch, None, false);
-                self.last_batch.store(batch.len(), Ordering::Relaxed);
+                let (_, got) = self.receive(None, &mut recv, None, false);
+                self.last_batch.store(recv.batch.len(), Ordering::Relaxed);
                 if !got {
                     break;
                 }
-                batch.set_limit(RECV_BATCH);
+                recv.batch.set_limit(RECV_BATCH);
             }
         }
         // The clock is read every 16th pump (a reading costs tens of nanoseconds; timers are
@@ -1380,14 +1398,14 @@ impl<L: Link> Inner<L> {
         me: CallId,
         request: &Encoder<'_>,
         leading: &mut bool,
-    ) -> (Own, Option<MutexGuard<'_, RecvBatch<L::Addr>>>) {
+    ) -> (Own, Option<MutexGuard<'_, Receiving<L>>>) {
         let slot = self.slot(me.seq());
         let mut idle_since = started;
         let (mut empty_polls, clock_every) = (0u32, self.poll.clock_every());
         // The latest reading of the clock, if no wait came since (see `receive`).
         let mut clock = Some(started);
         // The receive buffers, held while this thread leads.
-        let mut recv: Option<MutexGuard<'_, RecvBatch<L::Addr>>> = None;
+        let mut recv: Option<MutexGuard<'_, Receiving<L>>> = None;
         loop {
             let sig = self.signals[slot].load(Ordering::Acquire);
             if sig >> 2 == me.seq() {
@@ -1427,11 +1445,11 @@ impl<L: Link> Inner<L> {
                 continue;
             }
             let batch = recv.get_or_insert_with(|| {
-                let mut b = self.recv.lock().unwrap_or_else(|p| p.into_inner());
+                let mut r = self.recv.lock().unwrap_or_else(|p| p.into_inner());
                 // A thread waits for its own reply: one datagram at a time, with the plain
                 // receive, which costs less.
-                b.set_limit(1);
-                b
+                r.batch.set_limit(1);
+                r
             });
             match self.receive(Some(me), batch, clock, true) {
                 // Leadership is handed on when the caller has finished the call (decoded a
@@ -1485,9 +1503,11 @@ impl<L: Link> Inner<L> {
                 }
             }
             if self.poll.should_block(idle_since, now) {
-                let woke = self
-                    .link
-                    .wait(self.next_deadline(), Duration::from_millis(50));
+                let woke = self.link.wait(
+                    &mut batch.rx,
+                    self.next_deadline(),
+                    Duration::from_millis(50),
+                );
                 clock = None;
                 if woke.is_ok() {
                     idle_since = Instant::now();
@@ -1633,7 +1653,7 @@ impl<L: Link> Transport for Client<L> {
             leading,
             retired: matches!(own, Own::Kept { .. }),
         };
-        let (result, buf) = decoded(own, batch.as_deref(), decode);
+        let (result, buf) = decoded(own, batch.as_deref().map(|r| &r.batch), decode);
         drop(batch);
         end.buf = buf;
         drop(end);

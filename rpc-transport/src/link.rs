@@ -17,6 +17,17 @@ pub trait Link: Send + Sync + 'static {
     /// A peer's address.
     type Addr: PeerAddr + Send + Sync + 'static;
 
+    /// What the receiving side keeps between receives (a shared-memory link's ring
+    /// consumers, say): owned by the thread that receives and lent to [`Link::recv`] and
+    /// [`Link::wait`], so that a receive takes no lock for it. A link whose receive keeps
+    /// nothing of its own has `()`.
+    type Rx: Send + 'static;
+
+    /// The link's receiver, made once by the driver that will receive (before its first
+    /// receive). A link whose receive state must exist once (one consumer per ring) hands it
+    /// to the first call; a receiver made by a later call receives nothing and says so.
+    fn receiver(&self) -> Self::Rx;
+
     /// The largest datagram the link carries.
     fn max_datagram(&self) -> usize;
 
@@ -52,10 +63,15 @@ pub trait Link: Send + Sync + 'static {
     /// Receives what has arrived, up to `batch.limit()` datagrams, without waiting: `Ok(0)`
     /// when nothing has. Errors that only report a lost datagram (an ICMP error, say) are
     /// returned too; the caller counts them and goes on.
-    fn recv(&self, batch: &mut RecvBatch<Self::Addr>) -> io::Result<usize>;
+    fn recv(&self, rx: &mut Self::Rx, batch: &mut RecvBatch<Self::Addr>) -> io::Result<usize>;
 
     /// Blocks until a datagram may have arrived, or `deadline` (at most `cap` from now).
-    fn wait(&self, deadline: Option<Instant>, cap: std::time::Duration) -> io::Result<()>;
+    fn wait(
+        &self,
+        rx: &mut Self::Rx,
+        deadline: Option<Instant>,
+        cap: std::time::Duration,
+    ) -> io::Result<()>;
 
     /// Called by the thread that will drive the link (a server's receive thread) before it
     /// receives: a link whose kernel interface is bound to one thread binds to this one.

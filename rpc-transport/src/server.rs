@@ -678,6 +678,7 @@ impl<L: Link> Loop<L> {
         // one thread that drives its link.
         let _executor = crate::exec::Entered::new();
         self.rx.link.attach();
+        let mut receiver = self.rx.link.receiver();
         let max_datagram = self.rx.link.max_datagram();
         let mut batch = RecvBatch::<L::Addr>::new(RECV_BATCH, self.rx.link.recv_buffer_len());
         let mut outbox = Outbox::new(max_datagram);
@@ -706,7 +707,7 @@ impl<L: Link> Loop<L> {
             // One datagram at a time while they come one at a time (the plain receive costs
             // the kernel less); batches once they come several at a time.
             batch.set_limit(if last_got > 1 { RECV_BATCH } else { 1 });
-            let got = match self.rx.link.recv(&mut batch) {
+            let got = match self.rx.link.recv(&mut receiver, &mut batch) {
                 Ok(n) => n,
                 Err(e) => {
                     self.shared.io_errors.fetch_add(1, Ordering::Relaxed);
@@ -735,10 +736,11 @@ impl<L: Link> Loop<L> {
                 // Tasks waiting on nested calls are polled each turn (that is what drives
                 // their clients), so the loop does not block while there are any.
                 if tasks.is_empty() && self.poll.should_block(idle_since, now) {
-                    let _ = self
-                        .rx
-                        .link
-                        .wait(self.rx.timer(), Duration::from_millis(20));
+                    let _ = self.rx.link.wait(
+                        &mut receiver,
+                        self.rx.timer(),
+                        Duration::from_millis(20),
+                    );
                     // Blocked for who knows how long: the reading is stale.
                     clock = None;
                 } else {

@@ -5,7 +5,7 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -109,15 +109,19 @@ pub struct ShmClientLink {
     seg: Segment,
     server: ShmAddr,
     producer: Mutex<Producer>,
-    rx: Mutex<ClientRx>,
-    /// Empty polls, counted without the lock (an approximate count does: it only spaces the
-    /// looks at the server).
-    polls: AtomicU32,
+    /// The receive side, until the driver takes it ([`Link::receiver`]).
+    rx: Mutex<Option<ClientRx>>,
     bell: OwnedFd,
     server_bell: OwnedFd,
     dead: AtomicBool,
     peer_timeout: Duration,
 }
+
+/// A client link's receiver ([`Link::Rx`]): the reply ring's consumer and the watch on the
+/// server, owned by the thread that receives. Only the first receiver of a link has them; a
+/// later one receives nothing (every receive is an error).
+#[derive(Debug)]
+pub struct ShmClientRx(Option<ClientRx>);
 
 #[derive(Debug)]
 struct ClientRx {
@@ -126,6 +130,13 @@ struct ClientRx {
     look_at: Instant,
     heartbeat: u64,
     beat_at: Instant,
+    /// Empty polls (they space the looks at the server).
+    polls: u32,
+}
+
+/// A receive through a receiver other than the link's first.
+fn no_receiver() -> io::Error {
+    io::Error::other("this link's receiver is another's")
 }
 
 impl ShmClientLink {
@@ -148,13 +159,13 @@ impl ShmClientLink {
                 pid: shape.server_pid as u32,
             },
             producer: Mutex::new(Producer::new(seg.requests)),
-            rx: Mutex::new(ClientRx {
+            rx: Mutex::new(Some(ClientRx {
                 consumer: Consumer::new(seg.replies),
                 look_at: next_look(now),
                 heartbeat,
                 beat_at: now,
-            }),
-            polls: AtomicU32::new(0),
+                polls: 0,
+            })),
             seg,
             bell,
             server_bell,
@@ -198,6 +209,11 @@ impl ShmClientLink {
 
 impl Link for ShmClientLink {
     type Addr = ShmAddr;
+    type Rx = ShmClientRx;
+
+    fn receiver(&self) -> ShmClientRx {
+        ShmClientRx(lock(&self.rx).take())
+    }
 
     fn max_datagram(&self) -> usize {
         self.seg.requests.slot_bytes()
@@ -224,26 +240,24 @@ impl Link for ShmClientLink {
         }
     }
 
-    fn recv(&self, batch: &mut RecvBatch<ShmAddr>) -> io::Result<usize> {
+    fn recv(&self, rx: &mut ShmClientRx, batch: &mut RecvBatch<ShmAddr>) -> io::Result<usize> {
         batch.clear();
         if self.dead.load(Ordering::Relaxed) {
             return Err(gone());
         }
+        let rx = rx.0.as_mut().ok_or_else(no_receiver)?;
         let w = self.seg.words();
         if !ring::waiting(w, &self.seg.replies) {
-            // The common poll, spinning for a reply: the shared words only, no lock.
-            let polls = self.polls.load(Ordering::Relaxed).wrapping_add(1);
-            self.polls.store(polls, Ordering::Relaxed);
-            if polls % POLLS_PER_LOOK == 0 {
+            // The common poll, spinning for a reply: the shared words only.
+            rx.polls = rx.polls.wrapping_add(1);
+            if rx.polls % POLLS_PER_LOOK == 0 {
                 let now = Instant::now();
-                let mut rx = lock(&self.rx);
                 if now >= rx.look_at {
-                    self.look(&mut rx, now)?;
+                    self.look(rx, now)?;
                 }
             }
             return Ok(0);
         }
-        let mut rx = lock(&self.rx);
         let mut got = 0;
         while got < batch.limit() {
             match rx.consumer.pop(w, batch.slot(got)) {
@@ -258,12 +272,17 @@ impl Link for ShmClientLink {
         Ok(got)
     }
 
-    fn wait(&self, deadline: Option<Instant>, cap: Duration) -> io::Result<()> {
-        let mut rx = lock(&self.rx);
+    fn wait(
+        &self,
+        rx: &mut ShmClientRx,
+        deadline: Option<Instant>,
+        cap: Duration,
+    ) -> io::Result<()> {
+        let rx = rx.0.as_mut().ok_or_else(no_receiver)?;
         let w = self.seg.words();
         let now = Instant::now();
         if now >= rx.look_at {
-            self.look(&mut rx, now)?;
+            self.look(rx, now)?;
         }
         if !rx.consumer.sleep(w) {
             let timeout = deadline
@@ -305,7 +324,6 @@ struct Conn {
     addr: ShmAddr,
     seg: Segment,
     producer: Mutex<Producer>,
-    consumer: Mutex<Consumer>,
     client_bell: OwnedFd,
     dead: AtomicBool,
 }
@@ -348,21 +366,22 @@ impl Shared {
 pub struct ShmServerLink {
     shared: Arc<Shared>,
     socket: PathBuf,
-    rx: Mutex<ServerRx>,
-    /// The connection the next receive looks at first, and the polls so far: kept without the
-    /// lock (a receive races only with another receive, and either value is a hint: the
-    /// cursor is taken modulo the connections, the polls only space the looks).
-    cursor: AtomicUsize,
-    polls: AtomicU32,
     acceptor: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// A server link's receiver ([`Link::Rx`]), owned by the thread that receives: the
+/// connections it took in, each with its request ring's consumer, at the index of the
+/// connection's address. A connection belongs to the receiver that took it in; the table of
+/// all connections (for replies, which any thread may send) is the link's.
 #[derive(Debug)]
-struct ServerRx {
+pub struct ShmServerRx {
+    conns: Vec<Option<(Arc<Conn>, Consumer)>>,
     /// When the next look at the clients is due.
     look_at: Instant,
-    /// The connections a wait sleeps on, kept so that a wait allocates nothing.
-    sleepers: Vec<Arc<Conn>>,
+    /// The connection the next receive looks at first.
+    cursor: usize,
+    /// Polls so far (they space the looks).
+    polls: u32,
 }
 
 impl ShmServerLink {
@@ -404,12 +423,6 @@ impl ShmServerLink {
         Ok(Self {
             shared,
             socket: socket.to_path_buf(),
-            rx: Mutex::new(ServerRx {
-                look_at: next_look(Instant::now()),
-                sleepers: Vec::new(),
-            }),
-            cursor: AtomicUsize::new(0),
-            polls: AtomicU32::new(0),
             acceptor: Mutex::new(Some(acceptor)),
         })
     }
@@ -419,8 +432,8 @@ impl ShmServerLink {
         self.shared.conns().iter().flatten().count()
     }
 
-    /// Takes in the connections the acceptor made.
-    fn adopt(&self) {
+    /// Takes in the connections the acceptor made, into the link's table and `rx`'s.
+    fn adopt(&self, rx: &mut ShmServerRx) {
         // Looked at on every poll: a plain load, the swap only when something is pending.
         if !self.shared.has_pending.load(Ordering::Relaxed)
             || !self.shared.has_pending.swap(false, Ordering::AcqRel)
@@ -442,25 +455,31 @@ impl ShmServerLink {
                 generation: generations[i],
                 pid: a.pid,
             };
-            conns[i] = Some(Arc::new(Conn {
+            let consumer = Consumer::new(a.seg.requests);
+            let c = Arc::new(Conn {
                 addr,
                 producer: Mutex::new(Producer::new(a.seg.replies)),
-                consumer: Mutex::new(Consumer::new(a.seg.requests)),
                 seg: a.seg,
                 client_bell: a.client_bell,
                 dead: AtomicBool::new(false),
-            }));
+            });
+            conns[i] = Some(c.clone());
+            if rx.conns.len() <= i {
+                rx.conns.resize_with(i + 1, || None);
+            }
+            rx.conns[i] = Some((c, consumer));
         }
     }
 
     /// Bumps the heartbeat of every connection and drops those whose client died, closed or
     /// broke the rings.
-    fn look(&self, rx: &mut ServerRx, now: Instant) {
+    /// Bumps the heartbeat of every connection of `rx` and drops those whose client died,
+    /// closed or broke the rings.
+    fn look(&self, rx: &mut ShmServerRx, now: Instant) {
         rx.look_at = next_look(now);
         let mut dead = Vec::new();
         {
-            let conns = self.shared.conns();
-            for c in conns.iter().flatten() {
+            for (c, _) in rx.conns.iter().flatten() {
                 let w = c.seg.words();
                 w[HEARTBEAT].fetch_add(1, Ordering::Relaxed);
                 if c.dead.load(Ordering::Relaxed)
@@ -476,9 +495,16 @@ impl ShmServerLink {
         }
         let mut conns = self.shared.conns_mut();
         for i in dead {
-            if let Some(c) = conns.get_mut(i).and_then(Option::take) {
-                c.seg.unlink();
+            let Some((c, _)) = rx.conns.get_mut(i).and_then(Option::take) else {
+                continue;
+            };
+            if let Some(slot) = conns
+                .get_mut(i)
+                .filter(|s| s.as_ref().is_some_and(|s| s.addr == c.addr))
+            {
+                *slot = None;
             }
+            c.seg.unlink();
         }
     }
 }
@@ -541,6 +567,16 @@ fn handshake(stream: &UnixStream, shared: &Shared) -> io::Result<Accepted> {
 
 impl Link for ShmServerLink {
     type Addr = ShmAddr;
+    type Rx = ShmServerRx;
+
+    fn receiver(&self) -> ShmServerRx {
+        ShmServerRx {
+            conns: Vec::new(),
+            look_at: next_look(Instant::now()),
+            cursor: 0,
+            polls: 0,
+        }
+    }
 
     fn max_datagram(&self) -> usize {
         self.shared.shape.slot_bytes.next_multiple_of(8)
@@ -573,69 +609,66 @@ impl Link for ShmServerLink {
         }
     }
 
-    fn recv(&self, batch: &mut RecvBatch<ShmAddr>) -> io::Result<usize> {
+    fn recv(&self, rx: &mut ShmServerRx, batch: &mut RecvBatch<ShmAddr>) -> io::Result<usize> {
         batch.clear();
-        self.adopt();
+        self.adopt(rx);
         let mut got = 0;
-        {
-            let conns = self.shared.conns();
-            let n = conns.len();
-            let cursor = self.cursor.load(Ordering::Relaxed);
-            for k in 0..n {
-                let i = (cursor + k) % n;
-                let Some(c) = &conns[i] else { continue };
-                if c.dead.load(Ordering::Relaxed) || !ring::waiting(c.seg.words(), &c.seg.requests)
-                {
-                    continue;
-                }
-                let mut consumer = lock(&c.consumer);
-                while got < batch.limit() {
-                    match consumer.pop(c.seg.words(), batch.slot(got)) {
-                        Ok(Some(len)) => {
-                            batch.set(got, len, c.addr);
-                            got += 1;
-                        }
-                        Ok(None) => break,
-                        Err(_) => {
-                            tracing::warn!(
-                                pid = c.addr.pid,
-                                "a shared-memory client broke its ring: dropped"
-                            );
-                            c.dead.store(true, Ordering::Relaxed);
-                            break;
-                        }
+        let n = rx.conns.len();
+        for k in 0..n {
+            let i = (rx.cursor + k) % n;
+            let Some((c, consumer)) = &mut rx.conns[i] else {
+                continue;
+            };
+            if c.dead.load(Ordering::Relaxed) || !ring::waiting(c.seg.words(), &c.seg.requests) {
+                continue;
+            }
+            while got < batch.limit() {
+                match consumer.pop(c.seg.words(), batch.slot(got)) {
+                    Ok(Some(len)) => {
+                        batch.set(got, len, c.addr);
+                        got += 1;
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        tracing::warn!(
+                            pid = c.addr.pid,
+                            "a shared-memory client broke its ring: dropped"
+                        );
+                        c.dead.store(true, Ordering::Relaxed);
+                        break;
                     }
                 }
-                if got == batch.limit() {
-                    // The next receive starts after this one: every client gets its turn.
-                    self.cursor.store(i + 1, Ordering::Relaxed);
-                    break;
-                }
+            }
+            if got == batch.limit() {
+                // The next receive starts after this one: every client gets its turn.
+                rx.cursor = i + 1;
+                break;
             }
         }
-        let polls = self.polls.load(Ordering::Relaxed).wrapping_add(1);
-        self.polls.store(polls, Ordering::Relaxed);
+        rx.polls = rx.polls.wrapping_add(1);
+        let polls = rx.polls;
         if got == 0 && polls % POLLS_PER_LOOK == 0 || polls % (POLLS_PER_LOOK * 16) == 0 {
             let now = Instant::now();
-            let mut rx = lock(&self.rx);
             if now >= rx.look_at {
-                self.look(&mut rx, now);
+                self.look(rx, now);
             }
         }
         Ok(got)
     }
 
-    fn wait(&self, deadline: Option<Instant>, cap: Duration) -> io::Result<()> {
-        let mut rx = lock(&self.rx);
+    fn wait(
+        &self,
+        rx: &mut ShmServerRx,
+        deadline: Option<Instant>,
+        cap: Duration,
+    ) -> io::Result<()> {
         let now = Instant::now();
         if now >= rx.look_at {
-            self.look(&mut rx, now);
+            self.look(rx, now);
         }
-        let mut conns = std::mem::take(&mut rx.sleepers);
-        conns.extend(self.shared.conns().iter().flatten().cloned());
         let mut ready = self.shared.has_pending.load(Ordering::Acquire);
-        for c in &conns {
-            ready |= lock(&c.consumer).sleep(c.seg.words());
+        for (c, consumer) in rx.conns.iter_mut().flatten() {
+            ready |= consumer.sleep(c.seg.words());
         }
         if !ready {
             let timeout = deadline
@@ -645,12 +678,9 @@ impl Link for ShmServerLink {
             wait_bell(&self.shared.bell, timeout);
             drain_bell(&self.shared.bell);
         }
-        for c in &conns {
-            lock(&c.consumer).wake(c.seg.words());
+        for (c, consumer) in rx.conns.iter_mut().flatten() {
+            consumer.wake(c.seg.words());
         }
-        // Emptied, so that a closed connection is not held; its capacity is kept.
-        conns.clear();
-        rx.sleepers = conns;
         Ok(())
     }
 
@@ -675,5 +705,68 @@ impl Link for ShmServerLink {
 impl Drop for ShmServerLink {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Receives one datagram through `rx`, waiting for it as a driver would.
+    fn one<L: Link>(
+        link: &L,
+        rx: &mut L::Rx,
+        batch: &mut RecvBatch<L::Addr>,
+    ) -> (Vec<u8>, L::Addr) {
+        loop {
+            if link.recv(rx, batch).unwrap() > 0 {
+                let (d, from) = batch.get(0).unwrap();
+                return (d.to_vec(), from);
+            }
+            link.wait(rx, None, Duration::from_millis(20)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_link_has_one_receiver_and_it_takes_every_datagram() {
+        let dir = std::env::temp_dir().join(format!("rpc-shm-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let shape = ServerShape {
+            dir: dir.clone(),
+            ring_len: 8,
+            slot_bytes: 256,
+            max_connections: 4,
+        };
+        let socket = dir.join("s.sock");
+        let server = ShmServerLink::bind(&socket, shape).unwrap();
+        let client =
+            ShmClientLink::connect(&socket, Duration::from_secs(5), Duration::from_secs(5))
+                .unwrap();
+        let (mut srx, mut crx) = (server.receiver(), client.receiver());
+        let mut second = client.receiver();
+        let (mut sb, mut cb) = (RecvBatch::new(4, 256), RecvBatch::new(4, 256));
+        for i in 0..20u8 {
+            client
+                .send(&client.server(), &[IoSlice::new(&[i; 40])])
+                .unwrap();
+            let (d, from) = one(&server, &mut srx, &mut sb);
+            assert_eq!(d, [i; 40]);
+            server.send(&from, &[IoSlice::new(&d[..8])]).unwrap();
+            // A later receiver of the client's link gets nothing, and says why.
+            let err = client.recv(&mut second, &mut cb).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::Other);
+            assert!(client.wait(&mut second, None, Duration::ZERO).is_err());
+            assert_eq!(one(&client, &mut crx, &mut cb).0, [i; 8]);
+        }
+        // A second receiver of the server's link takes in no connection the first holds.
+        let mut other = server.receiver();
+        client
+            .send(&client.server(), &[IoSlice::new(b"again")])
+            .unwrap();
+        assert_eq!(server.recv(&mut other, &mut sb).unwrap(), 0);
+        assert_eq!(one(&server, &mut srx, &mut sb).0, b"again");
+        drop(client);
+        server.close();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -93,6 +93,9 @@ macro_rules! each {
 
 impl Link for UdpLink {
     type Addr = SocketAddr;
+    type Rx = ();
+
+    fn receiver(&self) {}
 
     fn max_datagram(&self) -> usize {
         each!(self, l => l.max_datagram())
@@ -112,12 +115,12 @@ impl Link for UdpLink {
     }
 
     #[inline]
-    fn recv(&self, batch: &mut RecvBatch<SocketAddr>) -> io::Result<usize> {
-        each!(self, l => l.recv(batch))
+    fn recv(&self, rx: &mut (), batch: &mut RecvBatch<SocketAddr>) -> io::Result<usize> {
+        each!(self, l => l.recv(rx, batch))
     }
 
-    fn wait(&self, deadline: Option<Instant>, cap: Duration) -> io::Result<()> {
-        each!(self, l => l.wait(deadline, cap))
+    fn wait(&self, rx: &mut (), deadline: Option<Instant>, cap: Duration) -> io::Result<()> {
+        each!(self, l => l.wait(rx, deadline, cap))
     }
 
     fn attach(&self) {

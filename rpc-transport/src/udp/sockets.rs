@@ -77,6 +77,9 @@ fn socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
 
 impl Link for SocketLink {
     type Addr = SocketAddr;
+    type Rx = ();
+
+    fn receiver(&self) {}
 
     fn max_datagram(&self) -> usize {
         self.max_datagram
@@ -121,7 +124,7 @@ impl Link for SocketLink {
         Ok(sent)
     }
 
-    fn recv(&self, batch: &mut RecvBatch<SocketAddr>) -> io::Result<usize> {
+    fn recv(&self, _: &mut (), batch: &mut RecvBatch<SocketAddr>) -> io::Result<usize> {
         batch.clear();
         if batch.limit() == 1 {
             // One datagram: the plain call.
@@ -175,7 +178,7 @@ impl Link for SocketLink {
         Ok(n)
     }
 
-    fn wait(&self, deadline: Option<Instant>, cap: Duration) -> io::Result<()> {
+    fn wait(&self, _: &mut (), deadline: Option<Instant>, cap: Duration) -> io::Result<()> {
         wait_readable(&self.socket, deadline, cap).map(|_| ())
     }
 

@@ -233,6 +233,9 @@ impl UringLink {
 
 impl Link for UringLink {
     type Addr = SocketAddr;
+    type Rx = ();
+
+    fn receiver(&self) {}
 
     fn max_datagram(&self) -> usize {
         self.max_datagram
@@ -291,7 +294,7 @@ impl Link for UringLink {
         Ok(sent)
     }
 
-    fn recv(&self, batch: &mut RecvBatch<SocketAddr>) -> io::Result<usize> {
+    fn recv(&self, _: &mut (), batch: &mut RecvBatch<SocketAddr>) -> io::Result<usize> {
         match self.ring(true) {
             Some(mut r) => r.recv(batch, self.peer),
             None => {
@@ -301,7 +304,7 @@ impl Link for UringLink {
         }
     }
 
-    fn wait(&self, deadline: Option<Instant>, cap: Duration) -> io::Result<()> {
+    fn wait(&self, _: &mut (), deadline: Option<Instant>, cap: Duration) -> io::Result<()> {
         let timeout = deadline
             .map_or(cap, |d| d.saturating_duration_since(Instant::now()))
             .min(cap);
@@ -347,8 +350,8 @@ mod tests {
 
     fn recv_one(link: &UringLink, batch: &mut RecvBatch<SocketAddr>) -> (Vec<u8>, SocketAddr) {
         loop {
-            match link.recv(batch) {
-                Ok(0) => link.wait(None, Duration::from_millis(10)).unwrap(),
+            match link.recv(&mut (), batch) {
+                Ok(0) => link.wait(&mut (), None, Duration::from_millis(10)).unwrap(),
                 Ok(_) => {
                     let (d, from) = batch.get(0).unwrap();
                     return (d.to_vec(), from);
@@ -391,9 +394,11 @@ mod tests {
         assert_eq!(client.send_many(&list).unwrap(), 20);
         let mut seen = 0;
         while seen < 20 {
-            let n = server.recv(&mut sb).unwrap();
+            let n = server.recv(&mut (), &mut sb).unwrap();
             if n == 0 {
-                server.wait(None, Duration::from_millis(10)).unwrap();
+                server
+                    .wait(&mut (), None, Duration::from_millis(10))
+                    .unwrap();
             }
             seen += n;
         }
