@@ -22,6 +22,9 @@
 //! datagram's first 120 bytes). A side that would block (spin then park,
 //! or block) sets its ring's `sleeping` word and waits on its eventfd doorbell; the other
 //! side rings it only if that word is set, so a spinning receiver costs its sender nothing.
+//! A ring's consumer belongs to the thread that receives (the link's receiver, [`Link::Rx`]:
+//! on a server, the connections that thread took in, each with its consumer), so a poll and a
+//! receive take no lock; only a send locks its ring's producer, since any thread may send.
 //!
 //! **Dead peers.** Each side holds a lock on one byte of the segment; the kernel drops it
 //! when the process dies, and the other side, looking every 10 ms while it waits, sees it gone.
@@ -101,7 +104,7 @@ use std::time::Duration;
 
 use rpc_core::{ClientConfig, LamportClock, ServerConfig};
 
-pub use link::{ShmAddr, ShmClientLink, ShmServerLink};
+pub use link::{ShmAddr, ShmClientLink, ShmClientRx, ShmServerLink, ShmServerRx};
 
 use crate::client::{Client, ClientParts, ConnectError};
 use crate::link::Link;
