@@ -471,23 +471,19 @@ impl ShmServerLink {
         }
     }
 
-    /// Bumps the heartbeat of every connection and drops those whose client died, closed or
-    /// broke the rings.
     /// Bumps the heartbeat of every connection of `rx` and drops those whose client died,
     /// closed or broke the rings.
     fn look(&self, rx: &mut ShmServerRx, now: Instant) {
         rx.look_at = next_look(now);
         let mut dead = Vec::new();
-        {
-            for (c, _) in rx.conns.iter().flatten() {
-                let w = c.seg.words();
-                w[HEARTBEAT].fetch_add(1, Ordering::Relaxed);
-                if c.dead.load(Ordering::Relaxed)
-                    || w[CLIENT_CLOSED].load(Ordering::Acquire) != 0
-                    || !c.seg.peer_alive(CLIENT_BYTE)
-                {
-                    dead.push(c.addr.conn as usize);
-                }
+        for (c, _) in rx.conns.iter().flatten() {
+            let w = c.seg.words();
+            w[HEARTBEAT].fetch_add(1, Ordering::Relaxed);
+            if c.dead.load(Ordering::Relaxed)
+                || w[CLIENT_CLOSED].load(Ordering::Acquire) != 0
+                || !c.seg.peer_alive(CLIENT_BYTE)
+            {
+                dead.push(c.addr.conn as usize);
             }
         }
         if dead.is_empty() {
