@@ -49,6 +49,14 @@ pub trait Link: Send + Sync + 'static {
     /// A datagram the link cannot take now is lost, as on a network: the protocol recovers it.
     fn send(&self, to: &Self::Addr, iov: &[IoSlice<'_>]) -> io::Result<()>;
 
+    /// [`Link::send`] from the thread that owns `rx`: a link whose receiver holds what a send
+    /// to a peer needs (a shared-memory server's connections) finds it there, with no lock
+    /// on the link's own table. The default ignores `rx`.
+    fn send_from(&self, rx: &Self::Rx, to: &Self::Addr, iov: &[IoSlice<'_>]) -> io::Result<()> {
+        let _ = rx;
+        self.send(to, iov)
+    }
+
     /// Sends several datagrams, each a gather list and its destination, in as few system
     /// calls as the link can; returns how many it took.
     fn send_many(&self, datagrams: &[(Self::Addr, &[IoSlice<'_>])]) -> io::Result<usize> {

@@ -489,10 +489,12 @@ struct Job<L: Link> {
 /// reply of one datagram that would need a gather list and is kept anyway (the call is not
 /// idempotent) is copied first, behind its header, and leaves from the retransmit buffer in one
 /// piece: the copy is made either way, and one buffer costs the kernel less than a list.
+#[allow(clippy::too_many_arguments)]
 fn send_reply<L: Link>(
     now: Instant,
     core: &mut Core<L::Addr>,
     link: &L,
+    from: Option<&L::Rx>,
     mut outbox: Option<&mut Outbox<L::Addr>>,
     shared: &Shared,
     ticket: &Ticket<L::Addr>,
@@ -511,6 +513,11 @@ fn send_reply<L: Link>(
             shared.io_errors.fetch_add(1, Ordering::Relaxed);
         }
     };
+    // From the receiving thread, through its receiver (see `Link::send_from`).
+    let send = |iov: &[IoSlice<'_>]| match from {
+        Some(rx) => link.send_from(rx, &plan.dest, iov),
+        None => link.send(&plan.dest, iov),
+    };
     let whole = gather::packs_whole(segments());
     // Kept (not idempotent) and of one datagram: the cache holds it whole.
     if plan.count() == 1 && !ticket.idempotent() && (!whole || outbox.is_some()) {
@@ -520,7 +527,7 @@ fn send_reply<L: Link>(
                 _ => false,
             };
             if !packed {
-                report(link.send(&plan.dest, &[IoSlice::new(datagram)]));
+                report(send(&[IoSlice::new(datagram)]));
             }
             return;
         }
@@ -546,7 +553,7 @@ fn send_reply<L: Link>(
                 _ => false,
             });
         if !packed {
-            report(g.with_iov(&head, |iov| link.send(&plan.dest, iov)));
+            report(g.with_iov(&head, send));
         }
     }
     core.finish_reply(ticket, &plan, segments());
@@ -555,9 +562,13 @@ fn send_reply<L: Link>(
 /// The protocol state a reply needs: held by the receive thread already, or to be locked by
 /// a worker once its handler has returned.
 enum CoreRef<'a, L: Link> {
-    /// The receive thread's core, and the turn's outbox (none when the turn received one
-    /// datagram: its reply leaves at once, from the reply's memory).
-    Held(&'a mut Core<L::Addr>, Option<&'a mut Outbox<L::Addr>>),
+    /// The receive thread's core, its receiver, and the turn's outbox (none when the turn
+    /// received one datagram: its reply leaves at once, from the reply's memory).
+    Held(
+        &'a mut Core<L::Addr>,
+        &'a L::Rx,
+        Option<&'a mut Outbox<L::Addr>>,
+    ),
     Shared(&'a Rx<L>),
 }
 
@@ -574,10 +585,11 @@ struct Sink<'a, L: Link> {
 impl<L: Link> Sink<'_, L> {
     fn reply(&mut self, reply: Result<&Encoder<'_>, ErrorCode>) {
         match &mut self.core {
-            CoreRef::Held(core, outbox) => send_reply(
+            CoreRef::Held(core, from, outbox) => send_reply(
                 self.now,
                 core,
                 self.link,
+                Some(*from),
                 outbox.as_deref_mut(),
                 self.shared,
                 &self.ticket,
@@ -590,6 +602,7 @@ impl<L: Link> Sink<'_, L> {
                     now,
                     &mut core,
                     self.link,
+                    None,
                     None,
                     self.shared,
                     &self.ticket,
@@ -757,7 +770,7 @@ impl<L: Link> Loop<L> {
                     now
                 }
             };
-            self.on_batch(idle_since, &mut batch, &mut outbox, &mut tasks);
+            self.on_batch(idle_since, &receiver, &mut batch, &mut outbox, &mut tasks);
         }
         // Whatever the kernel holds of the link's (io_uring's buffers) comes back, on the
         // thread that drove it.
@@ -767,6 +780,7 @@ impl<L: Link> Loop<L> {
     fn on_batch(
         &self,
         now: Instant,
+        receiver: &L::Rx,
         batch: &mut RecvBatch<L::Addr>,
         outbox: &mut Outbox<L::Addr>,
         tasks: &mut Vec<Task<L::Addr>>,
@@ -791,7 +805,7 @@ impl<L: Link> Loop<L> {
                         Route::Here => {
                             // The turn's only datagram: nothing to pack its reply with.
                             let outbox = (batch.len() > 1).then_some(&mut *outbox);
-                            let sink = self.sink(now, &mut core, outbox, ticket);
+                            let sink = self.sink(now, &mut core, receiver, outbox, ticket);
                             execute(sink, &*self.dispatch, &ctx, &call.body);
                             if let Some(v) = call.body.into_owned_buffer() {
                                 core.recycle(v);
@@ -802,6 +816,7 @@ impl<L: Link> Loop<L> {
                                 now,
                                 &mut core,
                                 &rx.link,
+                                Some(receiver),
                                 Some(outbox),
                                 &self.shared,
                                 &ticket,
@@ -831,7 +846,8 @@ impl<L: Link> Loop<L> {
                 let (ticket, ctx) = (call.ticket, call.context);
                 match self.route(ctx) {
                     Route::Here => {
-                        let sink = self.sink(now, &mut core, Some(&mut *outbox), ticket);
+                        let sink =
+                            self.sink(now, &mut core, receiver, Some(&mut *outbox), ticket);
                         execute(sink, &*self.dispatch, &ctx, &call.body);
                         if let Some(v) = call.body.into_owned_buffer() {
                             core.recycle(v);
@@ -842,6 +858,7 @@ impl<L: Link> Loop<L> {
                             now,
                             &mut core,
                             &rx.link,
+                            Some(receiver),
                             Some(outbox),
                             &self.shared,
                             &ticket,
@@ -866,12 +883,13 @@ impl<L: Link> Loop<L> {
         &'s self,
         now: Instant,
         core: &'s mut Core<L::Addr>,
+        receiver: &'s L::Rx,
         outbox: Option<&'s mut Outbox<L::Addr>>,
         ticket: Ticket<L::Addr>,
     ) -> Sink<'s, L> {
         Sink {
             now,
-            core: CoreRef::Held(core, outbox),
+            core: CoreRef::Held(core, receiver, outbox),
             link: &self.rx.link,
             shared: &self.shared,
             ticket,
@@ -947,6 +965,7 @@ impl<L: Link> Loop<L> {
                         Instant::now(),
                         core,
                         &self.rx.link,
+                        None,
                         Some(outbox),
                         &self.shared,
                         &ticket,
@@ -994,6 +1013,7 @@ impl<L: Link> Loop<L> {
                     now,
                     core,
                     &self.rx.link,
+                    None,
                     Some(outbox),
                     &self.shared,
                     &task.ticket,
@@ -1004,6 +1024,7 @@ impl<L: Link> Loop<L> {
                 now,
                 core,
                 &self.rx.link,
+                None,
                 Some(outbox),
                 &self.shared,
                 &task.ticket,

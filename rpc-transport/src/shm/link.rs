@@ -328,6 +328,26 @@ struct Conn {
     dead: AtomicBool,
 }
 
+impl Conn {
+    /// Pushes one datagram onto the reply ring, and rings the client's bell if it waits.
+    fn send(&self, iov: &[IoSlice<'_>]) -> io::Result<()> {
+        let pushed = lock(&self.producer).push(self.seg.words(), slices(iov));
+        match pushed {
+            Ok(p) => {
+                if p.wake {
+                    ring_bell(&self.client_bell);
+                }
+                Ok(())
+            }
+            Err(RingError::Corrupt) => {
+                self.dead.store(true, Ordering::Relaxed);
+                Err(io::ErrorKind::NotConnected.into())
+            }
+            Err(e) => Err(ring_error(e)),
+        }
+    }
+}
+
 /// A connection accepted, not yet taken in by the receive thread.
 #[derive(Debug)]
 struct Accepted {
@@ -589,19 +609,21 @@ impl Link for ShmServerLink {
             // Gone: as a datagram to a host that left.
             return Err(io::ErrorKind::NotConnected.into());
         };
-        let pushed = lock(&c.producer).push(c.seg.words(), slices(iov));
-        match pushed {
-            Ok(p) => {
-                if p.wake {
-                    ring_bell(&c.client_bell);
-                }
-                Ok(())
-            }
-            Err(RingError::Corrupt) => {
-                c.dead.store(true, Ordering::Relaxed);
-                Err(io::ErrorKind::NotConnected.into())
-            }
-            Err(e) => Err(ring_error(e)),
+        c.send(iov)
+    }
+
+    fn send_from(&self, rx: &ShmServerRx, to: &ShmAddr, iov: &[IoSlice<'_>]) -> io::Result<()> {
+        // A connection the receiver took in is in the link's table for as long as it is in
+        // the receiver's (both forget it together, in `look`, on the receiving thread): found
+        // there, it needs no read guard of the table. Another receiver's goes through the table.
+        match rx
+            .conns
+            .get(to.conn as usize)
+            .and_then(Option::as_ref)
+            .filter(|(c, _)| c.addr == *to)
+        {
+            Some((c, _)) => c.send(iov),
+            None => self.send(to, iov),
         }
     }
 
