@@ -131,6 +131,33 @@ impl LamportClock {
     /// Observes a received stamp at `now`; returns the stamp of the receive event. A stamp
     /// beyond what the clock accepts is refused and the clock is left as it was.
     pub fn observe(&self, stamp: u64, now: Instant) -> Result<u64, StampRefused> {
+        self.observe_holding(stamp, now, 0)
+    }
+
+    /// Observes a request's stamp as [`LamportClock::observe`] does, and holds the value
+    /// after the receive event for the request's answer: the clock moves past both in one
+    /// step, and [`LamportClock::tick_after`] gives the answer the held value if no event
+    /// took a stamp meanwhile (a server's receive and reply cost one atomic step, not two).
+    /// A held value that goes unused is a gap in the clock, which the order allows.
+    pub fn observe_for_answer(&self, stamp: u64, now: Instant) -> Result<u64, StampRefused> {
+        self.observe_holding(stamp, now, 1)
+    }
+
+    /// Ticks for the answer to a request whose receive event took `received` (from
+    /// [`LamportClock::observe_for_answer`]): the value held for it if the clock still shows
+    /// it (no event of this node took a stamp since, so the answer follows all of them),
+    /// a fresh tick otherwise.
+    pub fn tick_after(&self, received: u64) -> u64 {
+        let held = received.saturating_add(1).min(MAX_LAMPORT - 1);
+        if held > received && self.time.load(Ordering::Relaxed) == held {
+            held
+        } else {
+            self.tick()
+        }
+    }
+
+    /// `observe`, leaving the clock `hold` past the receive event.
+    fn observe_holding(&self, stamp: u64, now: Instant, hold: u64) -> Result<u64, StampRefused> {
         let mut cur = self.time.load(Ordering::Relaxed);
         // Computed on the first jump only: honest stamps at or below the clock need no limit.
         let mut ceiling = None;
@@ -151,9 +178,10 @@ impl LamportClock {
                 cur
             };
             let next = target.saturating_add(1).min(MAX_LAMPORT - 1);
+            let shown = next.saturating_add(hold).min(MAX_LAMPORT - 1);
             match self
                 .time
-                .compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange_weak(cur, shown, Ordering::Relaxed, Ordering::Relaxed)
             {
                 Ok(_) => {
                     if stamp > target {
@@ -311,6 +339,65 @@ mod tests {
             t.join().unwrap();
         }
         assert!(c.now() >= 4000);
+    }
+
+    #[test]
+    fn an_answer_takes_the_held_stamp_only_if_nothing_came_between() {
+        let (c, at) = clock();
+        c.tick();
+        // Nothing between receive and answer: the answer follows the receive by one, as a
+        // tick would, and the clock moved once.
+        let received = c.observe_for_answer(10, at).unwrap();
+        assert_eq!(received, 11);
+        assert_eq!(c.tick_after(received), 12);
+        assert_eq!(c.tick(), 13);
+        // An event between (a tick, or another request's receive) takes a stamp past the held
+        // one: the answer ticks past that event.
+        let first = c.observe_for_answer(3, at).unwrap();
+        let between = c.tick();
+        assert!(between > first + 1);
+        let answer = c.tick_after(first);
+        assert!(answer > between);
+        let a = c.observe_for_answer(0, at).unwrap();
+        let b = c.observe_for_answer(0, at).unwrap();
+        assert!(b > a + 1);
+        let (ra, rb) = (c.tick_after(a), c.tick_after(b));
+        assert!(ra > b && rb > ra, "{a} {b} {ra} {rb}");
+        // Refused stamps hold nothing.
+        let before = c.now();
+        assert!(c.observe_for_answer(u64::MAX, at).is_err());
+        assert_eq!(c.now(), before);
+        // At the limit there is nothing to hold: the answer ticks (and stays below the limit).
+        let c = LamportClock::new(1, u64::MAX - 5, at);
+        let top = c.observe_for_answer(MAX_LAMPORT - 1, at).unwrap();
+        assert_eq!(top, MAX_LAMPORT - 1);
+        assert_eq!(c.tick_after(top), MAX_LAMPORT - 1);
+    }
+
+    #[test]
+    fn held_answers_stay_unique_across_threads() {
+        let (c, at) = clock();
+        let c = std::sync::Arc::new(c);
+        let threads: Vec<_> = (0..4)
+            .map(|i| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    let mut seen = Vec::new();
+                    for n in 0..1000u64 {
+                        let r = c.observe_for_answer(n * i, at).unwrap();
+                        let a = c.tick_after(r);
+                        assert!(a > r);
+                        seen.extend([r, a]);
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let mut all: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), n, "two events of one node took one stamp");
     }
 
     #[test]

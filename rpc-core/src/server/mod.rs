@@ -151,6 +151,8 @@ pub struct Ticket<A> {
     idempotent: bool,
     max_datagram: u32,
     max_message: u32,
+    /// The Lamport time of the request's receive event: the reply's stamp is held after it.
+    received: u64,
 }
 
 impl<A: Copy> Ticket<A> {
@@ -1237,7 +1239,10 @@ impl<A: PeerAddr> Server<A> {
             self.stale(src, h, u64::MAX);
             return None;
         }
-        let Ok(received) = self.clock.observe(h.lamport, now) else {
+        // The stamp after the receive event is held for the reply (one atomic step for both,
+        // see `LamportClock::observe_for_answer`); a datagram that starts no call leaves it
+        // unused.
+        let Ok(received) = self.clock.observe_for_answer(h.lamport, now) else {
             self.stats.dropped.bad_stamp += 1;
             return None;
         };
@@ -1381,6 +1386,7 @@ impl<A: PeerAddr> Server<A> {
             idempotent,
             max_datagram: s.max_datagram as u32,
             max_message: s.max_message as u32,
+            received,
         };
         let context = CallContext {
             client_id: h.client_id,
@@ -1626,7 +1632,7 @@ impl<A: PeerAddr> Server<A> {
             session: ticket.session,
             seq: ticket.seq,
             ack: 0,
-            lamport: self.clock.tick(),
+            lamport: self.clock.tick_after(ticket.received),
             frag_index: 0,
             frag_count: plan.count(),
             message_len: len as u32,

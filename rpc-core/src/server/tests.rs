@@ -481,7 +481,8 @@ fn a_request_is_handed_out_once_and_a_duplicate_while_executing_is_dropped() {
             seq: 1,
             session,
             request_stamp: LamportStamp::new(101, 1),
-            received_stamp: LamportStamp::new(s.lamport(), NODE),
+            // The clock shows the value held for the reply, one past the receive event.
+            received_stamp: LamportStamp::new(s.lamport() - 1, NODE),
             interface: IFACE,
             method: METHOD,
             idempotent: false,
