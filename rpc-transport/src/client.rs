@@ -76,6 +76,9 @@ struct Started {
     /// A future's call with company in flight whose small request was packed to leave with
     /// theirs (its timers are published already).
     coalesced: bool,
+    /// A thread's call whose one datagram left under the state lock, over a link whose sends
+    /// are cheap (its timers are published already).
+    sent: bool,
 }
 
 /// The longest reply a future decodes under the state lock (see `Inner::complete`).
@@ -1331,6 +1334,16 @@ impl<L: Link> Inner<L> {
         if first.is_none() {
             self.take_own(&mut st, now, me, batch);
         }
+        // A thread's one datagram over a cheap link leaves at once, under the lock: the
+        // leader's election and the waiter below follow it (no reply can be taken in before
+        // they are done, since taking one needs this lock), and so do the timers.
+        let sent = cx.is_none() && wake.is_none() && first.is_some() && self.link.cheap_send();
+        if sent {
+            if let Some(t) = &first {
+                self.send(t, Some(request));
+            }
+            self.store_timer(&mut st);
+        }
         let spare = cx
             .as_deref()
             .is_some_and(|cx| crate::exec::polled_directly(cx.waker()));
@@ -1351,6 +1364,7 @@ impl<L: Link> Inner<L> {
                     first,
                     leading: true,
                     coalesced: false,
+                    sent,
                 }));
             }
             (None, None) => Wake::Thread(thread::current()),
@@ -1384,6 +1398,7 @@ impl<L: Link> Inner<L> {
             first,
             leading: false,
             coalesced,
+            sent,
         }))
     }
 
@@ -1630,12 +1645,14 @@ impl<L: Link> Transport for Client<L> {
             id: me,
             first,
             mut leading,
+            sent,
             ..
         }) = started?
         else {
             return Err(CallError::WindowFull);
         };
         match first {
+            _ if sent => {}
             Some(t) => {
                 // The common call: one datagram, sent straight away. Its timers are published
                 // after it left, off the path its reply waits on.

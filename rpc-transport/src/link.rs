@@ -49,6 +49,15 @@ pub trait Link: Send + Sync + 'static {
     /// A datagram the link cannot take now is lost, as on a network: the protocol recovers it.
     fn send(&self, to: &Self::Addr, iov: &[IoSlice<'_>]) -> io::Result<()>;
 
+    /// Whether a send costs no system call and never waits (a shared-memory ring): a client
+    /// then sends a blocking call's datagram under its state lock, as soon as the protocol
+    /// has made it, and does the call's remaining bookkeeping after it has left. A link whose
+    /// send enters the kernel says no (the default), so that no thread holds the lock across
+    /// a system call.
+    fn cheap_send(&self) -> bool {
+        false
+    }
+
     /// [`Link::send`] from the thread that owns `rx`: a link whose receiver holds what a send
     /// to a peer needs (a shared-memory server's connections) finds it there, with no lock
     /// on the link's own table. The default ignores `rx`.

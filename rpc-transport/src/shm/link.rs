@@ -223,6 +223,10 @@ impl Link for ShmClientLink {
         BUNDLE_MAX.min(self.max_datagram())
     }
 
+    fn cheap_send(&self) -> bool {
+        true
+    }
+
     fn send(&self, _to: &ShmAddr, iov: &[IoSlice<'_>]) -> io::Result<()> {
         if self.dead.load(Ordering::Relaxed) {
             return Err(gone());
