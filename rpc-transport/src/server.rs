@@ -846,8 +846,7 @@ impl<L: Link> Loop<L> {
                 let (ticket, ctx) = (call.ticket, call.context);
                 match self.route(ctx) {
                     Route::Here => {
-                        let sink =
-                            self.sink(now, &mut core, receiver, Some(&mut *outbox), ticket);
+                        let sink = self.sink(now, &mut core, receiver, Some(&mut *outbox), ticket);
                         execute(sink, &*self.dispatch, &ctx, &call.body);
                         if let Some(v) = call.body.into_owned_buffer() {
                             core.recycle(v);
