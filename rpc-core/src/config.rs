@@ -6,6 +6,16 @@ use std::time::Instant;
 use crate::auth::AuthKey;
 use crate::wire::{HEADER_LEN, TAG_LEN};
 
+/// `t`, an instant counted from `from`, counted from `to` instead: moved by `to - from`,
+/// either way (saturating as [`deadline_after`] does, and never before it can be represented).
+pub fn moved(t: Instant, from: Instant, to: Instant) -> Instant {
+    if to >= from {
+        deadline_after(t, to - from)
+    } else {
+        t.checked_sub(from - to).unwrap_or(t)
+    }
+}
+
 /// `now + d`, or a moment far in the future if that cannot be represented: a deadline of
 /// `Duration::MAX` means "no deadline", never an overflow.
 pub fn deadline_after(now: Instant, d: Duration) -> Instant {

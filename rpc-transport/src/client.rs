@@ -79,6 +79,9 @@ struct Started {
     /// A thread's call whose one datagram left under the state lock, over a link whose sends
     /// are cheap (its timers are published already).
     sent: bool,
+    /// The latest precise reading of the clock: after the send for a call that started at the
+    /// estimate, the start's own otherwise.
+    clock: Instant,
 }
 
 /// The longest reply a future decodes under the state lock (see `Inner::complete`).
@@ -209,6 +212,8 @@ pub(crate) struct Inner<L: Link> {
     thread_waiters: std::sync::atomic::AtomicUsize,
     /// Admission of threads into blocking calls.
     turnstile: crate::turnstile::Turnstile,
+    /// The time a blocking call over a cheap link starts at, until it has sent.
+    estimate: crate::estimate::Estimate,
     /// A task drives the link (under tokio): futures only wait to be woken.
     pub(crate) driven: AtomicBool,
     /// The link's peer is gone for good.
@@ -522,6 +527,7 @@ impl<L: Link> Client<L> {
             pumps: AtomicU64::new(0),
             thread_waiters: std::sync::atomic::AtomicUsize::new(0),
             turnstile: crate::turnstile::Turnstile::new(calling_threads),
+            estimate: crate::estimate::Estimate::new(),
             driven: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             #[cfg(feature = "tokio")]
@@ -1284,7 +1290,11 @@ impl<L: Link> Inner<L> {
     /// `None` instead).
     fn start(
         &self,
-        Span { mut now, deadline }: Span,
+        Span {
+            mut now,
+            mut deadline,
+            mut estimated,
+        }: Span,
         method: &'static MethodDesc,
         request: &Encoder<'_>,
         wake: &mut Option<Wake>,
@@ -1294,7 +1304,7 @@ impl<L: Link> Inner<L> {
         if self.dead.load(Ordering::Relaxed) {
             return Err(CallError::Disconnected);
         }
-        let req = CallRequest {
+        let mut req = CallRequest {
             interface: method.interface,
             method: method.id,
             len: request.len(),
@@ -1317,7 +1327,13 @@ impl<L: Link> Inner<L> {
                 Ok(started) => break started,
                 Err(CallError::WindowFull) => {
                     // Not sent: it fails with `WindowFull` (not executed) at its deadline.
-                    now = Instant::now();
+                    let precise = Instant::now();
+                    if std::mem::take(&mut estimated) {
+                        // The deadline counted from the estimate: from now on, from the clock.
+                        deadline = rpc_core::config::moved(deadline, now, precise);
+                        req.deadline = Some(deadline);
+                    }
+                    now = precise;
                     if now >= deadline {
                         return Err(CallError::WindowFull);
                     }
@@ -1342,6 +1358,16 @@ impl<L: Link> Inner<L> {
             if let Some(t) = &first {
                 self.send(t, Some(request));
             }
+        }
+        let mut clock = now;
+        if estimated {
+            // The estimate served until the request left (or, for a call whose datagrams
+            // leave later, until they were made): the clock is read now, off the request's
+            // path, and the call's timers count from it.
+            clock = Instant::now();
+            st.core.sent_at(me, now, clock);
+        }
+        if sent || estimated {
             self.store_timer(&mut st);
         }
         let spare = cx
@@ -1365,6 +1391,7 @@ impl<L: Link> Inner<L> {
                     leading: true,
                     coalesced: false,
                     sent,
+                    clock,
                 }));
             }
             (None, None) => Wake::Thread(thread::current()),
@@ -1399,6 +1426,7 @@ impl<L: Link> Inner<L> {
             leading: false,
             coalesced,
             sent,
+            clock,
         }))
     }
 
@@ -1540,6 +1568,9 @@ impl<L: Link> Inner<L> {
 struct Span {
     now: Instant,
     deadline: Instant,
+    /// `now` is the estimate (never early) a blocking call over a cheap link starts at; the
+    /// clock is read once the request has left.
+    estimated: bool,
 }
 
 /// A thread's turn in blocking calls, passed on when its call ends.
@@ -1627,7 +1658,13 @@ impl<L: Link> Transport for Client<L> {
         decode: impl FnOnce(&[u8]) -> Result<R, DecodeError>,
     ) -> Result<Reply<R>, CallError> {
         let inner = &*self.inner;
-        let now = Instant::now();
+        // Over a cheap link, with no thread waiting for a turn (turns are timed), the call
+        // starts at an estimate of the time that is never early, and reads the clock once its
+        // request has left (see `start`): the precise reading is off the request's path.
+        let estimate = (inner.link.cheap_send() && inner.turnstile.quiet())
+            .then(|| inner.estimate.upper())
+            .flatten();
+        let now = estimate.unwrap_or_else(Instant::now);
         let deadline = deadline_after(now, options.timeout.unwrap_or(inner.default_deadline));
         // Not sent if no turn comes before the deadline: not executed, like a full window.
         let Some(entered) = inner.turnstile.enter(deadline, now) else {
@@ -1636,9 +1673,12 @@ impl<L: Link> Transport for Client<L> {
         let _turn = Turn(&inner.turnstile);
         // Built in place and passed by reference: a batch is a few kilobytes.
         let mut batch = ArrayVec::new();
+        // A thread that waited for its turn read the clock as it entered; its deadline stays
+        // (counted from the estimate if it was one: at most three coarse ticks late).
         let span = Span {
             now: entered,
             deadline,
+            estimated: estimate.is_some() && entered == now,
         };
         let started = inner.start(span, method, request, &mut None, None, &mut batch);
         let Some(Started {
@@ -1646,6 +1686,7 @@ impl<L: Link> Transport for Client<L> {
             first,
             mut leading,
             sent,
+            clock,
             ..
         }) = started?
         else {
@@ -1661,7 +1702,7 @@ impl<L: Link> Transport for Client<L> {
             }
             None => inner.send_own(me, request, &mut batch),
         }
-        let (own, batch) = inner.wait(entered, me, request, &mut leading);
+        let (own, batch) = inner.wait(clock, me, request, &mut leading);
         // Finished even if decoding panics: leadership must be handed on.
         let mut end = End {
             inner,
@@ -1755,7 +1796,11 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
                     let mut wake = None;
                     let mut batch = ArrayVec::new();
                     let started = inner.start(
-                        Span { now, deadline },
+                        Span {
+                            now,
+                            deadline,
+                            estimated: false,
+                        },
                         this.method,
                         &this.request,
                         &mut wake,

@@ -11,6 +11,7 @@
 //! This crate is the only one with I/O, threads and clocks; the protocol lives in `rpc-core`.
 
 pub mod client;
+mod estimate;
 pub mod exec;
 mod gather;
 pub mod link;

@@ -91,6 +91,11 @@ impl Turnstile {
         TURN.with(|t| t.set(Some((self.id(), now))));
     }
 
+    /// Whether no thread waits for a turn (then none is timed).
+    pub(crate) fn quiet(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) == 0
+    }
+
     /// Waits for a place, until `deadline`; `None` if it passed first. `now` is the time of
     /// asking; the time of entry is returned (`now` itself unless this thread had to wait), so
     /// a caller that did not wait reads the clock no second time.

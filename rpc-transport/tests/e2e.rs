@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::{client_config, localhost, park, pattern, server_config};
 use rpc_core::service::CallContext;
+use rpc_core::service::CallOptions;
 use rpc_core::wire::ErrorCode;
 use rpc_core::{CallError, rpc};
 use rpc_transport::client::Client;
@@ -48,6 +49,9 @@ pub trait Shapes {
     /// Sleeps on a worker thread.
     #[rpc(blocking)]
     fn slow(&self, millis: u64) -> u64;
+    /// Sleeps on a worker thread (not counted as `slow`).
+    #[rpc(blocking)]
+    fn nap(&self, millis: u64);
     /// An async handler.
     async fn later(&self, x: u32) -> u32;
     /// The caller, as the server sees it.
@@ -94,6 +98,9 @@ impl Shapes for Impl {
         self.slow_started.fetch_add(1, Ordering::Relaxed);
         thread::sleep(Duration::from_millis(millis));
         self.slow_runs.fetch_add(1, Ordering::Relaxed) + 1
+    }
+    fn nap(&self, millis: u64) {
+        thread::sleep(Duration::from_millis(millis));
     }
     async fn later(&self, x: u32) -> u32 {
         x * 2
@@ -212,6 +219,16 @@ fn end_to_end<SL: Link, CL: Link>(
         other => panic!("{other:?}"),
     }
     assert_eq!(client.add(1, 1).unwrap(), 2);
+
+    // Deadlines: a call whose handler outlasts its timeout ends `TimedOut` (after running,
+    // which the server cannot know it should not); calls well within theirs succeed, the
+    // deadline counting from the call's start on every link.
+    let short = client.with(CallOptions::new().timeout(Duration::from_millis(30)));
+    assert_eq!(short.nap(200).map(|r| r.value), Err(CallError::TimedOut));
+    let ample = client.with(CallOptions::new().timeout(Duration::from_secs(2)));
+    for i in 0..200u64 {
+        assert_eq!(ample.add(i, 1).unwrap().value, i + 1);
+    }
 
     // Large messages, fragmented both ways.
     let big = pattern(300_000, 9);

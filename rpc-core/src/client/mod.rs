@@ -41,7 +41,7 @@ use zerocopy::IntoBytes;
 use crate::auth::{Sealer, SessionKeys};
 pub use crate::body::Body;
 use crate::clock::{LamportClock, LamportStamp};
-use crate::config::{ClientConfig, ConfigError, deadline_after, plan_datagram};
+use crate::config::{ClientConfig, ConfigError, deadline_after, moved, plan_datagram};
 use crate::error::CallError;
 use crate::pool::Pool;
 use crate::rtt::RttEstimator;
@@ -523,6 +523,35 @@ impl Client {
         req: CallRequest,
     ) -> Result<(CallId, Option<Transmit>), CallError> {
         self.start(now, req, true)
+    }
+
+    /// Moves the timers of a call started at `started` (an estimate of the time, which a
+    /// driver may take cheaply before sending) to count from `sent`, a reading of the clock
+    /// taken once its first datagram left (or was made): the deadline, the retransmission and
+    /// the round-trip sample keep their distances from the start. A driver that sends before
+    /// it reads the clock precisely keeps that reading off the request's path. Called once
+    /// per call, before any timer of it is handled; nothing changes for a call that is gone
+    /// or has been sent again.
+    pub fn sent_at(&mut self, call: CallId, started: Instant, sent: Instant) {
+        let Some(c) = self.call_mut(call.0) else {
+            return;
+        };
+        if c.attempts != 0 {
+            return;
+        }
+        let retimed = c.first_sent == Some(started);
+        c.deadline = moved(c.deadline, started, sent);
+        if retimed {
+            c.first_sent = Some(sent);
+            c.retransmit_at = c.retransmit_at.map(|t| moved(t, started, sent));
+        }
+        let (deadline, retransmit_at) = (c.deadline, c.retransmit_at);
+        // A timer moved earlier becomes the earliest if it is; one moved later leaves the
+        // earliest early, which `poll_timeout` allows (`handle_timeout` then finds nothing).
+        self.timer_set(deadline);
+        if let Some(at) = retransmit_at {
+            self.timer_set(at);
+        }
     }
 
     fn start(

@@ -1357,6 +1357,77 @@ fn start_call_sending_hands_out_a_one_datagram_call_at_once_and_queues_the_rest(
 }
 
 #[test]
+fn a_call_started_at_an_estimate_and_retimed_to_its_send_keeps_its_timers_from_there() {
+    let t0 = Instant::now();
+    // The same call on two clients: one started when it was sent, one at an estimate a few
+    // milliseconds off either way and re-timed once it was sent.
+    for off in [ms(4), ms(0)] {
+        for ahead in [true, false] {
+            let sent = t0 + ms(10);
+            let estimate = if ahead { sent + off } else { sent - off };
+            let (mut exact, mut retimed) = (established(t0), established(t0));
+            let (a, _) = exact
+                .start_call_sending(sent, call_until(0, sent + ms(50)))
+                .unwrap();
+            let (b, first) = retimed
+                .start_call_sending(estimate, call_until(0, estimate + ms(50)))
+                .unwrap();
+            assert!(first.is_some());
+            retimed.sent_at(b, estimate, sent);
+            assert_eq!(a, b);
+            // Never a timer later than the exact one (an earlier bound is allowed).
+            let rto = exact.poll_timeout().unwrap();
+            assert!(retimed.poll_timeout().unwrap() <= rto, "{off:?} {ahead}");
+            // Retransmitted at the same instant, failed at the same deadline.
+            for c in [&mut exact, &mut retimed] {
+                c.handle_timeout(rto - Duration::from_nanos(1));
+                assert!(drain(c, rto).is_empty(), "{off:?} {ahead}");
+                c.handle_timeout(rto);
+                let resent = drain(c, rto);
+                assert_eq!(resent.len(), 1, "{off:?} {ahead}");
+                assert!(resent[0].0.flags.contains(Flags::RETRANSMIT));
+                c.handle_timeout(sent + ms(50) - Duration::from_nanos(1));
+                assert!(events(c).is_empty(), "{off:?} {ahead}");
+                c.handle_timeout(sent + ms(50));
+                assert_eq!(
+                    events(c),
+                    [Event::CallFailed {
+                        call: a,
+                        error: CallError::TimedOut
+                    }]
+                );
+            }
+            // The round trip counts from the send.
+            let (mut exact, mut retimed) = (established(t0), established(t0));
+            exact.start_call_sending(sent, call(0, false)).unwrap();
+            let (b, _) = retimed
+                .start_call_sending(estimate, call(0, false))
+                .unwrap();
+            retimed.sent_at(b, estimate, sent);
+            for c in [&mut exact, &mut retimed] {
+                assert!(
+                    c.handle_datagram(sent + us(100), &reply(1, 200, b""))
+                        .is_some()
+                );
+            }
+            assert_eq!(exact.rtt().srtt(), retimed.rtt().srtt());
+            assert_eq!(retimed.rtt().srtt(), Some(us(100)));
+        }
+    }
+    // A call sent again (or gone) is left as it is.
+    let mut c = established(t0);
+    let (id, _) = c.start_call_sending(t0, call(0, false)).unwrap();
+    let rto = c.poll_timeout().unwrap();
+    c.handle_timeout(rto);
+    drain(&mut c, rto);
+    let next = c.poll_timeout().unwrap();
+    c.sent_at(id, t0, t0 - ms(1));
+    c.sent_at(CallId(99), t0, t0 - ms(1));
+    c.handle_timeout(next - Duration::from_nanos(1));
+    assert!(drain(&mut c, next).is_empty());
+}
+
+#[test]
 fn round_trips_are_timed_on_every_call_at_first_then_on_one_call_in_eight() {
     let t0 = Instant::now();
     let mut c = established(t0);
