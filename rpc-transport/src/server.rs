@@ -535,7 +535,7 @@ fn send_reply<L: Link>(
     }
     for i in 0..plan.count() {
         let header = plan.header(i);
-        let tag = plan.seal.as_ref().map(|seal| {
+        let tag = plan.seal().map(|seal| {
             let mut tagger = seal.begin(&header);
             if let Some(body) = body {
                 body.for_each_in(plan.range(i), |s| tagger.update(s));

@@ -174,12 +174,18 @@ pub struct ReplyPlan<A> {
     pub dest: A,
     header: HeaderRepr,
     plan: FragmentPlan,
-    /// The session's key, in authenticated mode: each datagram's tag is
-    /// [`Sealer::tag`] of its header and its range of the body, sent after the header.
-    pub seal: Option<Sealer>,
+    /// The session's keys, in authenticated mode (shared with the session: a plan is moved
+    /// and copied about, and a key is a few hundred bytes).
+    keys: Option<Arc<SessionKeys>>,
 }
 
 impl<A> ReplyPlan<A> {
+    /// The session's key, in authenticated mode: each datagram's tag is [`Sealer::tag`] of
+    /// its header and its range of the body, sent after the header.
+    pub fn seal(&self) -> Option<&Sealer> {
+        self.keys.as_deref().map(|k| &k.to_client)
+    }
+
     /// Number of datagrams.
     pub fn count(&self) -> u16 {
         self.plan.count()
@@ -224,7 +230,7 @@ impl<A> ReplyPlan<A> {
         index: u16,
         body: impl IntoIterator<Item = &'a [u8]>,
     ) -> Option<[u8; TAG_LEN]> {
-        self.seal.as_ref().map(|s| s.tag(&self.header(index), body))
+        self.seal().map(|s| s.tag(&self.header(index), body))
     }
 
     /// Datagram `index` in one buffer, for drivers that copy (simulations and tests): its
@@ -430,7 +436,7 @@ struct Session<A> {
     /// The server's nonce, sent in the Welcome.
     server_nonce: [u8; 16],
     /// The session's keys, in authenticated mode.
-    keys: Option<Box<SessionKeys>>,
+    keys: Option<Arc<SessionKeys>>,
 }
 
 #[derive(Debug)]
@@ -1138,7 +1144,7 @@ impl<A: PeerAddr> Server<A> {
         let mut server_nonce = [0u8; 16];
         self.rng.fill_bytes(&mut server_nonce);
         let keys = self.config.auth.as_ref().map(|k| {
-            Box::new(k.session(h.client_id, h.client_incarnation, h.seq, id, &server_nonce))
+            Arc::new(k.session(h.client_id, h.client_incarnation, h.seq, id, &server_nonce))
         });
         self.sessions[slot] = Some(Session {
             id,
@@ -1597,7 +1603,7 @@ impl<A: PeerAddr> Server<A> {
             (None, _) => None,
             // Its keys are gone with the session: the client learns the outcome from Stale.
             (Some(_), None) => return None,
-            (Some(_), Some(s)) => s.keys.as_ref().map(|k| k.to_client.clone()),
+            (Some(_), Some(s)) => s.keys.clone(),
         };
         let limit = (ticket.max_message as usize).min(self.config.max_message);
         let result = match result {
@@ -1642,7 +1648,7 @@ impl<A: PeerAddr> Server<A> {
             dest: ticket.dest,
             header,
             plan,
-            seal,
+            keys: seal,
         })
     }
 
@@ -1705,7 +1711,7 @@ impl<A: PeerAddr> Server<A> {
             buf.extend_from_slice(&seg[..seg.len().min(room)]);
         }
         buf.resize(total, 0);
-        if let Some(seal) = &plan.seal {
+        if let Some(seal) = plan.seal() {
             let tag = seal.tag(&header, [&buf[overhead..]]);
             buf[HEADER_LEN..overhead].copy_from_slice(&tag);
         }
