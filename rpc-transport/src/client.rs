@@ -51,7 +51,7 @@ use rpc_core::service::{AsyncTransport, CallOptions, MethodDesc, Reply, Transpor
 use rpc_core::wire::{HEADER_LEN, RefuseReason, TAG_LEN, packets};
 use rpc_core::{CallError, DecodeError, LamportStamp};
 
-use crate::gather::{Gather, Head};
+use crate::gather::{Gather, Head, Unpacked};
 use crate::link::{Link, RecvBatch};
 use crate::poll::PollStrategy;
 use crate::sock::transient;
@@ -429,10 +429,12 @@ impl From<Outcome> for Own {
 }
 
 /// Builds the datagram of a transmit (header, tag if authenticated, payload segments) and
-/// hands its gather list to `f`.
+/// hands its gather list to `f`: packed (see `gather`), or not where `pack` is false (a
+/// cheap link's, see `Link::cheap_send`).
 fn with_datagram<R>(
     t: &Transmit,
     request: Option<&Encoder<'_>>,
+    pack: bool,
     f: impl FnOnce(&[IoSlice<'_>]) -> R,
 ) -> R {
     let tag = t.seal.as_ref().map(|seal| {
@@ -448,6 +450,19 @@ fn with_datagram<R>(
         }
         tagger.finish()
     });
+    if !pack {
+        let mut u = Unpacked::new(&t.header, tag.as_ref());
+        match t.payload {
+            Payload::None => {}
+            Payload::Inline => u.push(t.inline()),
+            Payload::Call { offset, len, .. } => {
+                if let Some(r) = request {
+                    r.for_each_in(offset..offset + len, |s| u.push(s));
+                }
+            }
+        }
+        return f(u.iov());
+    }
     let mut head = Head::new(&t.header, tag.as_ref());
     let mut g = Gather::empty();
     match t.payload {
@@ -634,7 +649,8 @@ impl<L: Link> Inner<L> {
     }
 
     fn send(&self, t: &Transmit, request: Option<&Encoder<'_>>) {
-        let sent = with_datagram(t, request, |iov| self.link.send(&self.server, iov));
+        let pack = !self.link.cheap_send();
+        let sent = with_datagram(t, request, pack, |iov| self.link.send(&self.server, iov));
         self.report(sent);
     }
 

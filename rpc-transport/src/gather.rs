@@ -63,6 +63,35 @@ pub(crate) fn packs_whole<'a>(segments: impl IntoIterator<Item = &'a [u8]>) -> b
     true
 }
 
+/// A datagram's gather list with nothing packed: the header, its tag if any, then every
+/// segment by reference. For a link whose send copies every byte itself and costs nothing
+/// more for a longer list (shared memory), where packing would only copy the bytes twice.
+pub(crate) struct Unpacked<'a> {
+    iov: ArrayVec<IoSlice<'a>, { MAX_SEGMENTS + 2 }>,
+}
+
+impl<'a> Unpacked<'a> {
+    pub(crate) fn new(header: &'a [u8; HEADER_LEN], tag: Option<&'a [u8; TAG_LEN]>) -> Self {
+        let mut iov = ArrayVec::new();
+        iov.push(IoSlice::new(header));
+        if let Some(tag) = tag {
+            iov.push(IoSlice::new(tag));
+        }
+        Self { iov }
+    }
+
+    /// Appends a segment (a descriptor has at most MAX_SEGMENTS).
+    pub(crate) fn push(&mut self, seg: &'a [u8]) {
+        if !seg.is_empty() {
+            let _ = self.iov.try_push(IoSlice::new(seg));
+        }
+    }
+
+    pub(crate) fn iov(&self) -> &[IoSlice<'a>] {
+        &self.iov
+    }
+}
+
 /// The gather list of one datagram: `head` (the header and what was packed behind it), then
 /// the remaining segments by reference.
 pub(crate) struct Gather<'a> {
@@ -152,6 +181,37 @@ mod tests {
         assert!(!g.is_one_buffer());
         assert_eq!(g.rest[0].as_ptr(), data.as_ptr());
         assert_eq!(g.rest_len(), 1028);
+    }
+
+    #[test]
+    fn an_unpacked_list_is_the_header_the_tag_and_every_segment_by_reference() {
+        let header = [7u8; HEADER_LEN];
+        let tag = [9u8; TAG_LEN];
+        let (a, b) = ([1u8; 4], vec![2u8; 100]);
+        let mut u = Unpacked::new(&header, Some(&tag));
+        for seg in [&a[..], &[], &b[..], &a[..]] {
+            u.push(seg);
+        }
+        let iov = u.iov();
+        let starts: Vec<*const u8> = iov.iter().map(|s| s.as_ptr()).collect();
+        // Nothing copied, the empty segment left out, the order kept.
+        assert_eq!(
+            starts,
+            [
+                header.as_ptr(),
+                tag.as_ptr(),
+                a.as_ptr(),
+                b.as_ptr(),
+                a.as_ptr()
+            ]
+        );
+        let mut u = Unpacked::new(&header, None);
+        u.push(&b);
+        assert_eq!(u.iov().len(), 2);
+        assert_eq!(
+            u.iov().iter().map(|s| s.len()).sum::<usize>(),
+            HEADER_LEN + 100
+        );
     }
 
     #[test]

@@ -49,11 +49,13 @@ pub trait Link: Send + Sync + 'static {
     /// A datagram the link cannot take now is lost, as on a network: the protocol recovers it.
     fn send(&self, to: &Self::Addr, iov: &[IoSlice<'_>]) -> io::Result<()>;
 
-    /// Whether a send costs no system call and never waits (a shared-memory ring): a client
-    /// then sends a blocking call's datagram under its state lock, as soon as the protocol
-    /// has made it, and does the call's remaining bookkeeping after it has left. A link whose
-    /// send enters the kernel says no (the default), so that no thread holds the lock across
-    /// a system call.
+    /// Whether a send costs no system call and never waits (a shared-memory ring), and copies
+    /// every byte itself, so that a longer gather list costs it nothing more. A client then
+    /// sends a blocking call's datagram under its state lock, as soon as the protocol has
+    /// made it, and does the call's remaining bookkeeping after it has left; nothing is
+    /// packed behind a header before such a send. A link whose send enters the kernel says
+    /// no (the default): no thread holds the lock across a system call, and small segments
+    /// are packed into one buffer, since the kernel pays for each entry of a gather list.
     fn cheap_send(&self) -> bool {
         false
     }

@@ -42,7 +42,7 @@ use rpc_core::service::{AsyncCall, Dispatch, ReplySink, RequestBuf};
 use rpc_core::wire::{BusyReason, ErrorCode, packet_len, packets};
 use rpc_core::{LamportClock, ServerConfig};
 
-use crate::gather::{self, Gather, Head};
+use crate::gather::{self, Gather, Head, Unpacked};
 use crate::link::{Link, RecvBatch};
 use crate::poll::PollStrategy;
 use crate::sock::transient;
@@ -542,6 +542,16 @@ fn send_reply<L: Link>(
             }
             tagger.finish()
         });
+        if outbox.is_none() && link.cheap_send() {
+            // Nothing to pack with, over a link that copies every byte itself: the header
+            // and the body's segments as they are (see `gather::Unpacked`).
+            let mut u = Unpacked::new(&header, tag.as_ref());
+            if let Some(body) = body {
+                body.for_each_in(plan.range(i), |s| u.push(s));
+            }
+            report(send(u.iov()));
+            continue;
+        }
         let mut head = Head::new(&header, tag.as_ref());
         let mut g = Gather::empty();
         if let Some(body) = body {
