@@ -428,6 +428,24 @@ impl From<Outcome> for Own {
     }
 }
 
+/// Hands each segment of a transmit's payload to `f`, in order: its inline bytes, or its range
+/// of the call's request.
+fn payload_segments<'a>(
+    t: &'a Transmit,
+    request: Option<&'a Encoder<'_>>,
+    mut f: impl FnMut(&'a [u8]),
+) {
+    match t.payload {
+        Payload::None => {}
+        Payload::Inline => f(t.inline()),
+        Payload::Call { offset, len, .. } => {
+            if let Some(r) = request {
+                r.for_each_in(offset..offset + len, f);
+            }
+        }
+    }
+}
+
 /// Builds the datagram of a transmit (header, tag if authenticated, payload segments) and
 /// hands its gather list to `f`: packed (see `gather`), or not where `pack` is false (a
 /// cheap link's, see `Link::cheap_send`).
@@ -439,41 +457,17 @@ fn with_datagram<R>(
 ) -> R {
     let tag = t.seal.as_ref().map(|seal| {
         let mut tagger = seal.begin(&t.header);
-        match t.payload {
-            Payload::None => {}
-            Payload::Inline => tagger.update(t.inline()),
-            Payload::Call { offset, len, .. } => {
-                if let Some(r) = request {
-                    r.for_each_in(offset..offset + len, |s| tagger.update(s));
-                }
-            }
-        }
+        payload_segments(t, request, |s| tagger.update(s));
         tagger.finish()
     });
     if !pack {
         let mut u = Unpacked::new(&t.header, tag.as_ref());
-        match t.payload {
-            Payload::None => {}
-            Payload::Inline => u.push(t.inline()),
-            Payload::Call { offset, len, .. } => {
-                if let Some(r) = request {
-                    r.for_each_in(offset..offset + len, |s| u.push(s));
-                }
-            }
-        }
+        payload_segments(t, request, |s| u.push(s));
         return f(u.iov());
     }
     let mut head = Head::new(&t.header, tag.as_ref());
     let mut g = Gather::empty();
-    match t.payload {
-        Payload::None => {}
-        Payload::Inline => g.push(&mut head, t.inline()),
-        Payload::Call { offset, len, .. } => {
-            if let Some(r) = request {
-                r.for_each_in(offset..offset + len, |s| g.push(&mut head, s));
-            }
-        }
-    }
+    payload_segments(t, request, |s| g.push(&mut head, s));
     g.with_iov(&head, f)
 }
 
@@ -1369,11 +1363,10 @@ impl<L: Link> Inner<L> {
         // A thread's one datagram over a cheap link leaves at once, under the lock: the
         // leader's election and the waiter below follow it (no reply can be taken in before
         // they are done, since taking one needs this lock), and so do the timers.
-        let sent = cx.is_none() && wake.is_none() && first.is_some() && self.link.cheap_send();
-        if sent {
-            if let Some(t) = &first {
-                self.send(t, Some(request));
-            }
+        let mut sent = false;
+        if let (None, None, Some(t), true) = (&cx, &*wake, &first, self.link.cheap_send()) {
+            self.send(t, Some(request));
+            sent = true;
         }
         let mut clock = now;
         if estimated {

@@ -5,7 +5,7 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -231,14 +231,8 @@ impl Link for ShmClientLink {
         if self.dead.load(Ordering::Relaxed) {
             return Err(gone());
         }
-        let pushed = lock(&self.producer).push(self.seg.words(), slices(iov));
-        match pushed {
-            Ok(p) => {
-                if p.wake {
-                    ring_bell(&self.server_bell);
-                }
-                Ok(())
-            }
+        match push(&self.producer, self.seg.words(), iov, &self.server_bell) {
+            Ok(()) => Ok(()),
             Err(RingError::Corrupt) => Err(self.die()),
             Err(e) => Err(ring_error(e)),
         }
@@ -322,6 +316,19 @@ pub(crate) struct ServerShape {
     pub(crate) max_connections: usize,
 }
 
+/// Pushes one datagram onto a ring, and rings the consumer's bell if it waits.
+fn push(
+    producer: &Mutex<Producer>,
+    w: &[AtomicU64],
+    iov: &[IoSlice<'_>],
+    bell: &OwnedFd,
+) -> Result<(), RingError> {
+    if lock(producer).push(w, slices(iov))?.wake {
+        ring_bell(bell);
+    }
+    Ok(())
+}
+
 /// A client's connection, on the server.
 #[derive(Debug)]
 struct Conn {
@@ -335,14 +342,8 @@ struct Conn {
 impl Conn {
     /// Pushes one datagram onto the reply ring, and rings the client's bell if it waits.
     fn send(&self, iov: &[IoSlice<'_>]) -> io::Result<()> {
-        let pushed = lock(&self.producer).push(self.seg.words(), slices(iov));
-        match pushed {
-            Ok(p) => {
-                if p.wake {
-                    ring_bell(&self.client_bell);
-                }
-                Ok(())
-            }
+        match push(&self.producer, self.seg.words(), iov, &self.client_bell) {
+            Ok(()) => Ok(()),
             Err(RingError::Corrupt) => {
                 self.dead.store(true, Ordering::Relaxed);
                 Err(io::ErrorKind::NotConnected.into())
