@@ -17,7 +17,9 @@
 
 use std::time::{Duration, Instant};
 
-use rustix::time::{ClockId, clock_getres, clock_gettime};
+// Through libc, not rustix: rustix finds the vDSO itself, and that crashes under valgrind
+// (rustix issue 1559), which users profile with.
+use nix::time::{ClockId, clock_getres, clock_gettime};
 
 /// Coarse ticks longer than this make the estimate useless: callers read the clock instead.
 const LONGEST_TICK: Duration = Duration::from_millis(20);
@@ -31,33 +33,38 @@ pub(crate) struct Estimate {
     ahead: Option<Duration>,
 }
 
-fn coarse() -> u64 {
-    let t = clock_gettime(ClockId::MonotonicCoarse);
-    (t.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(t.tv_nsec as u64)
+/// The coarse clock in nanoseconds (`None` if it cannot be read: then no estimate).
+fn coarse() -> Option<u64> {
+    clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE).ok().map(|t| {
+        (t.tv_sec() as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(t.tv_nsec() as u64)
+    })
 }
 
 impl Estimate {
     pub(crate) fn new() -> Self {
         let base = Instant::now();
         let base_coarse = coarse();
-        let res = clock_getres(ClockId::MonotonicCoarse);
-        let tick = Duration::new(
-            res.tv_sec.max(0) as u64,
-            res.tv_nsec.clamp(0, 999_999_999) as u32,
-        );
+        let usable = base_coarse.is_some();
+        // No resolution, no estimate.
+        let tick = clock_getres(ClockId::CLOCK_MONOTONIC_COARSE).map_or(Duration::ZERO, |r| {
+            Duration::new(
+                r.tv_sec().max(0) as u64,
+                r.tv_nsec().clamp(0, 999_999_999) as u32,
+            )
+        });
         Self {
             base,
-            base_coarse,
-            ahead: (!tick.is_zero() && tick <= LONGEST_TICK).then(|| tick * 2),
+            base_coarse: base_coarse.unwrap_or(0),
+            ahead: (usable && !tick.is_zero() && tick <= LONGEST_TICK).then(|| tick * 2),
         }
     }
 
     /// An instant no earlier than now, and at most three coarse ticks later; `None` where the
     /// coarse clock is of no use (then read the clock).
     pub(crate) fn upper(&self) -> Option<Instant> {
-        self.upper_at(coarse())
+        self.upper_at(coarse()?)
     }
 
     /// The estimate at a reading `coarse` of the coarse clock.
