@@ -137,6 +137,9 @@ pub(crate) struct Layout {
     pub(crate) ring_len: usize,
     /// Words per slot.
     pub(crate) slot_words: usize,
+    /// `log2(ring_len)`: a datagram's lap is its number shifted right by it (a division by
+    /// a length known only at run time costs a spinning poll tens of cycles).
+    lap_shift: u32,
 }
 
 impl Layout {
@@ -146,6 +149,7 @@ impl Layout {
             base,
             ring_len,
             slot_words: slot_bytes.div_ceil(8),
+            lap_shift: ring_len.trailing_zeros(),
         }
     }
 
@@ -171,8 +175,9 @@ impl Layout {
         self.base + DESCRIPTORS + (n as usize & (self.ring_len - 1)) * DESCRIPTOR_WORDS
     }
 
+    /// `n / ring_len + 1`, in 32 bits (the ring's length is a power of two: see `fits`).
     fn lap(&self, n: u64) -> u64 {
-        (n / self.ring_len as u64 + 1) & 0xffff_ffff
+        ((n >> self.lap_shift) + 1) & 0xffff_ffff
     }
 
     /// The lap a descriptor shows before datagram `n` is committed into it.
