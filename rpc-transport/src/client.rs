@@ -1583,11 +1583,11 @@ struct Span {
 }
 
 /// A thread's turn in blocking calls, passed on when its call ends.
-struct Turn<'a>(&'a crate::turnstile::Turnstile);
+struct Turn<'a>(&'a crate::turnstile::Turnstile, crate::turnstile::Entry);
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        self.0.leave();
+        self.0.leave(self.1);
     }
 }
 
@@ -1676,10 +1676,11 @@ impl<L: Link> Transport for Client<L> {
         let now = estimate.unwrap_or_else(Instant::now);
         let deadline = deadline_after(now, options.timeout.unwrap_or(inner.default_deadline));
         // Not sent if no turn comes before the deadline: not executed, like a full window.
-        let Some(entered) = inner.turnstile.enter(deadline, now) else {
+        let Some(entry) = inner.turnstile.enter(deadline, now) else {
             return Err(CallError::WindowFull);
         };
-        let _turn = Turn(&inner.turnstile);
+        let _turn = Turn(&inner.turnstile, entry);
+        let entered = entry.at;
         // Built in place and passed by reference: a batch is a few kilobytes.
         let mut batch = ArrayVec::new();
         // A thread that waited for its turn read the clock as it entered; its deadline stays

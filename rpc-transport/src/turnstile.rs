@@ -9,10 +9,22 @@
 //! it, so that turns change hands (a park and a wake-up, several microseconds) once per slice
 //! rather than once per call; then the thread whose call ends hands its place to the first
 //! waiting. Futures are not admitted here: they do not hold a thread.
+//!
+//! While one thread alone has ever called, nothing is counted: it is within any cap, and its
+//! calls pay no atomic read-modify-write for admission (two of them, 10 to 15 ns of a
+//! shared-memory round trip here), only a plain store and load each way. The first call of a
+//! second thread ends that for good: it marks the turnstile shared, makes every thread's
+//! accesses visible with `membarrier` (the heavy side of an asymmetric Dekker handshake,
+//! whose light side is a compiler fence in the lone thread's entry), and waits until the lone
+//! thread's call in progress, if any, has ended (that call was not counted); from then on
+//! every entry counts. Where `membarrier` is not available, every entry counts from the
+//! start.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, compiler_fence};
+use std::sync::{Mutex, OnceLock};
+
+use rustix::thread::{MembarrierCommand, membarrier, membarrier_query};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
@@ -27,6 +39,34 @@ const SLICE: Duration = Duration::from_millis(1);
 thread_local! {
     /// This thread's turn: which turnstile (by address) and since when.
     static TURN: std::cell::Cell<Option<(usize, Instant)>> = const { std::cell::Cell::new(None) };
+    /// Its address tells this thread from the others that live (see `thread_key`).
+    static KEY: u8 = const { 0 };
+}
+
+/// A key of the calling thread, unique among the threads alive: the address of its
+/// thread-local `KEY` (a thread that ended may leave its key to a new one, and it calls no
+/// more).
+fn thread_key() -> usize {
+    KEY.with(|k| std::ptr::from_ref(k) as usize)
+}
+
+/// Whether this process may use `membarrier` to order the other threads' accesses as their
+/// own fences would (registered once per process).
+fn barriers() -> bool {
+    static READY: OnceLock<bool> = OnceLock::new();
+    *READY.get_or_init(|| {
+        membarrier_query().contains_command(MembarrierCommand::PrivateExpedited)
+            && membarrier(MembarrierCommand::RegisterPrivateExpedited).is_ok()
+    })
+}
+
+/// A thread's place in calls, as `Turnstile::enter` gave it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Entry {
+    /// When it entered (see `Turnstile::enter`).
+    pub(crate) at: Instant,
+    /// Whether it counts among those inside (not while one thread alone has called).
+    counted: bool,
 }
 
 #[derive(Debug)]
@@ -37,6 +77,14 @@ pub(crate) struct Turnstile {
     /// Threads waiting (a copy of `queue.len()`, read without the lock).
     waiting: AtomicUsize,
     queue: Mutex<Queue>,
+    /// The key of the one thread that has entered so far, or 0.
+    alone: AtomicUsize,
+    /// That thread is in a call it entered alone (not counted).
+    alone_inside: AtomicBool,
+    /// A second thread has come: the lone thread enters alone no more.
+    shared: AtomicBool,
+    /// Shared, and the lone thread's last call not counted has ended: every entry counts.
+    settled: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -55,6 +103,10 @@ impl Turnstile {
                 waiting: VecDeque::new(),
                 next_ticket: 0,
             }),
+            alone: AtomicUsize::new(0),
+            alone_inside: AtomicBool::new(false),
+            shared: AtomicBool::new(!barriers()),
+            settled: AtomicBool::new(!barriers()),
         }
     }
 
@@ -96,26 +148,93 @@ impl Turnstile {
         self.waiting.load(Ordering::Relaxed) == 0
     }
 
+    /// Enters without counting if the calling thread is the only one that has ever come:
+    /// a plain store and load (but for its first call, which takes the turnstile).
+    fn enter_alone(&self) -> bool {
+        if self.shared.load(Ordering::Relaxed) {
+            return false;
+        }
+        let me = thread_key();
+        let alone = self.alone.load(Ordering::Relaxed);
+        let mine = alone == me
+            || alone == 0
+                && self
+                    .alone
+                    .compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok();
+        if !mine {
+            return false;
+        }
+        self.alone_inside.store(true, Ordering::Relaxed);
+        // The light side of the handshake with `settle`: the store above, then the load below,
+        // in this order (the hardware's part of the order is `settle`'s `membarrier`). Either
+        // this load sees `shared`, or `settle` sees this thread inside.
+        compiler_fence(Ordering::SeqCst);
+        if self.shared.load(Ordering::Relaxed) {
+            self.alone_inside.store(false, Ordering::Release);
+            return false;
+        }
+        true
+    }
+
+    /// The first entries after a second thread came: makes the lone thread enter alone no
+    /// more, and waits (until `deadline`; `false` if it passed first) for its call in
+    /// progress, not counted, to end. Says whether it waited.
+    fn settle(&self, deadline: Instant) -> Option<bool> {
+        self.shared.store(true, Ordering::SeqCst);
+        // The heavy side of the handshake: every thread of the process passes a full barrier,
+        // so the lone thread's store in `enter_alone` is visible now, or its load comes after
+        // this thread's store above.
+        let _ = membarrier(MembarrierCommand::PrivateExpedited);
+        let mut looks = 0u32;
+        while self.alone_inside.load(Ordering::Acquire) {
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            // Once per client at most, for the length of one call: look now and then.
+            looks += 1;
+            if looks < 100 {
+                thread::yield_now();
+            } else {
+                thread::park_timeout(Duration::from_micros(200).min(deadline - now));
+            }
+        }
+        self.settled.store(true, Ordering::Release);
+        Some(looks > 0)
+    }
+
     /// Waits for a place, until `deadline`; `None` if it passed first. `now` is the time of
-    /// asking; the time of entry is returned (`now` itself unless this thread had to wait), so
-    /// a caller that did not wait reads the clock no second time.
-    pub(crate) fn enter(&self, deadline: Instant, now: Instant) -> Option<Instant> {
+    /// asking; the time of entry is in the answer (`now` itself unless this thread had to
+    /// wait), so a caller that did not wait reads the clock no second time. The place is
+    /// given back with `leave`.
+    pub(crate) fn enter(&self, deadline: Instant, mut now: Instant) -> Option<Entry> {
+        let at = |at| Some(Entry { at, counted: true });
+        if self.enter_alone() {
+            return Some(Entry {
+                at: now,
+                counted: false,
+            });
+        }
+        if !self.settled.load(Ordering::Acquire) && self.settle(deadline)? {
+            now = Instant::now();
+        }
         if self.waiting.load(Ordering::SeqCst) == 0 {
             // No one waits: no turns to keep (a thread that entered here hands its place on
             // as soon as someone waits).
             if self.try_enter() {
-                return Some(now);
+                return at(now);
             }
         } else if self.turn(now).is_some() && self.try_enter() {
             // Within its turn, a thread comes back ahead of those waiting.
-            return Some(now);
+            return at(now);
         }
         if !self.wait_turn(deadline) {
             return None;
         }
         let entered = Instant::now();
         self.start_turn(entered);
-        Some(entered)
+        at(entered)
     }
 
     fn wait_turn(&self, deadline: Instant) -> bool {
@@ -171,8 +290,13 @@ impl Turnstile {
         }
     }
 
-    /// Leaves: once this thread's turn is over, the place goes to the first thread waiting.
-    pub(crate) fn leave(&self) {
+    /// Leaves the place `entry` gave: once this thread's turn is over, the place goes to the
+    /// first thread waiting.
+    pub(crate) fn leave(&self, entry: Entry) {
+        if !entry.counted {
+            self.alone_inside.store(false, Ordering::Release);
+            return;
+        }
         if self.waiting.load(Ordering::SeqCst) > 0 {
             if self.turn(Instant::now()).is_some() {
                 // Still its turn: the place is free until this thread's next call (the
@@ -207,8 +331,105 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::AtomicUsize;
 
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    /// Two threads have entered: from then on every entry counts.
+    fn shared(cap: usize) -> Turnstile {
+        let t = Turnstile::new(cap);
+        let e = t.enter(far(), Instant::now()).unwrap();
+        t.leave(e);
+        thread::scope(|s| {
+            s.spawn(|| {
+                let e = t.enter(far(), Instant::now()).unwrap();
+                t.leave(e);
+            });
+        });
+        t
+    }
+
+    #[test]
+    fn a_thread_alone_is_not_counted_until_a_second_one_enters() {
+        let t = Turnstile::new(1);
+        for _ in 0..3 {
+            let e = t.enter(far(), Instant::now()).unwrap();
+            // Without `membarrier`, every entry counts.
+            assert_eq!(e.counted, !barriers());
+            if e.counted {
+                t.leave(e);
+                continue;
+            }
+            assert_eq!(t.inside.load(Ordering::SeqCst), 0);
+            t.leave(e);
+        }
+        let (inside, out) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+        thread::scope(|s| {
+            s.spawn(|| {
+                let e = t.enter(far(), Instant::now()).unwrap();
+                assert!(e.counted);
+                inside.wait();
+                out.wait();
+                t.leave(e);
+            });
+            inside.wait();
+            // The other thread holds the only place now, and this one is counted too: it
+            // waits for it, here until its deadline.
+            let soon = Instant::now() + Duration::from_millis(5);
+            assert!(t.enter(soon, Instant::now()).is_none());
+            out.wait();
+        });
+        let e = t.enter(far(), Instant::now()).unwrap();
+        assert!(e.counted);
+        assert_eq!(t.inside.load(Ordering::SeqCst), 1);
+        t.leave(e);
+        assert_eq!(t.inside.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_second_thread_waits_for_the_call_the_lone_thread_entered_uncounted() {
+        let t = Turnstile::new(2);
+        let e = t.enter(far(), Instant::now()).unwrap();
+        if e.counted {
+            // No `membarrier`: counted from the start, and a second thread enters beside it.
+            thread::scope(|s| {
+                s.spawn(|| t.leave(t.enter(far(), Instant::now()).unwrap()));
+            });
+            t.leave(e);
+            return;
+        }
+        // There is room for two, but the call in progress was not counted: the second
+        // thread's first entry waits for its end (here, until its own deadline)...
+        thread::scope(|s| {
+            s.spawn(|| {
+                let soon = Instant::now() + Duration::from_millis(5);
+                assert!(t.enter(soon, Instant::now()).is_none());
+            });
+        });
+        assert!(t.alone_inside.load(Ordering::SeqCst));
+        let started = std::sync::Barrier::new(2);
+        thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                started.wait();
+                let e = t.enter(far(), Instant::now()).unwrap();
+                assert!(e.counted);
+                t.leave(e);
+            });
+            started.wait();
+            // ...and enters once it has ended.
+            t.leave(e);
+            waiter.join().unwrap();
+        });
+        // The lone thread counts now, beside the other.
+        let mine = t.enter(far(), Instant::now()).unwrap();
+        assert!(mine.counted);
+        assert_eq!(t.inside.load(Ordering::SeqCst), 1);
+        t.leave(mine);
+    }
+
     #[test]
     fn never_more_than_cap_inside_and_everyone_gets_in() {
+        // From the first entries on, while the lone thread's entry gives way to counting.
         let t = Arc::new(Turnstile::new(2));
         let inside = Arc::new(AtomicUsize::new(0));
         let max = Arc::new(AtomicUsize::new(0));
@@ -217,15 +438,12 @@ mod tests {
                 let (t, inside, max) = (t.clone(), inside.clone(), max.clone());
                 thread::spawn(move || {
                     for _ in 0..2_000 {
-                        assert!(
-                            t.enter(Instant::now() + Duration::from_secs(60), Instant::now())
-                                .is_some()
-                        );
+                        let e = t.enter(far(), Instant::now()).unwrap();
                         let n = inside.fetch_add(1, Ordering::SeqCst) + 1;
                         max.fetch_max(n, Ordering::SeqCst);
                         thread::yield_now();
                         inside.fetch_sub(1, Ordering::SeqCst);
-                        t.leave();
+                        t.leave(e);
                     }
                 })
             })
@@ -240,13 +458,13 @@ mod tests {
 
     #[test]
     fn a_wait_ends_at_its_deadline() {
-        let t = Turnstile::new(1);
-        assert!(t.enter(Instant::now(), Instant::now()).is_some());
+        let t = shared(1);
+        let e = t.enter(Instant::now(), Instant::now()).unwrap();
         assert!(
             t.enter(Instant::now() + Duration::from_millis(5), Instant::now())
                 .is_none()
         );
-        t.leave();
+        t.leave(e);
         assert!(t.enter(Instant::now(), Instant::now()).is_some());
     }
 }
