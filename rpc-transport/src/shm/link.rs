@@ -599,6 +599,12 @@ impl Link for ShmServerLink {
         }
     }
 
+    /// A reply is a ring write (and a doorbell only for a client that sleeps): its header and
+    /// segments go as they are, with nothing packed first.
+    fn cheap_send(&self) -> bool {
+        true
+    }
+
     fn max_datagram(&self) -> usize {
         self.shared.shape.slot_bytes.next_multiple_of(8)
     }
