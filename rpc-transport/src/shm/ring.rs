@@ -262,16 +262,24 @@ impl Producer {
         let (inline, rest) = (d + 1, self.layout.slot(n));
         let mut same = 0u64;
         if len >= PREFIX_BYTES {
-            let mut prefix = [0u8; PREFIX_BYTES];
-            let mut filled = 0;
-            for part in parts.clone() {
-                let take = part.len().min(PREFIX_BYTES - filled);
-                prefix[filled..filled + take].copy_from_slice(&part[..take]);
-                filled += take;
-                if filled == PREFIX_BYTES {
-                    break;
+            // The prefix is read where it lies when the first part holds it (a header does),
+            // else gathered.
+            let mut gathered = [0u8; PREFIX_BYTES];
+            let prefix = match parts.clone().next() {
+                Some(first) if first.len() >= PREFIX_BYTES => &first[..PREFIX_BYTES],
+                _ => {
+                    let mut filled = 0;
+                    for part in parts.clone() {
+                        let take = part.len().min(PREFIX_BYTES - filled);
+                        gathered[filled..filled + take].copy_from_slice(&part[..take]);
+                        filled += take;
+                        if filled == PREFIX_BYTES {
+                            break;
+                        }
+                    }
+                    &gathered[..]
                 }
-            }
+            };
             let mut k = 0;
             for (i, c) in prefix.chunks_exact(8).enumerate() {
                 let v = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
@@ -567,8 +575,14 @@ mod tests {
         };
         for seq in 0..12u64 {
             let (h, body) = (header(seq), vec![seq as u8; (seq as usize * 5) % 40]);
-            // The header split across parts, as a gather list splits it.
-            push(&mut p, &w, &[&h[..20], &h[20..], &body]).unwrap();
+            if seq % 2 == 0 {
+                // The header split across parts, as a gather list may split it.
+                push(&mut p, &w, &[&h[..20], &h[20..], &body]).unwrap();
+            } else {
+                // The header and more in the first part (the prefix is read in place).
+                let whole = [&h[..], &body[..]].concat();
+                push(&mut p, &w, &[&whole]).unwrap();
+            }
             let commit =
                 w[8 + DESCRIPTORS + (seq as usize % 4) * DESCRIPTOR_WORDS].load(Ordering::Relaxed);
             let same = (commit & 0xffff_ffff) >> SAME_SHIFT;
