@@ -35,11 +35,13 @@ pub(crate) struct Estimate {
 
 /// The coarse clock in nanoseconds (`None` if it cannot be read: then no estimate).
 fn coarse() -> Option<u64> {
-    clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE).ok().map(|t| {
-        (t.tv_sec() as u64)
-            .saturating_mul(1_000_000_000)
-            .saturating_add(t.tv_nsec() as u64)
-    })
+    clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE)
+        .ok()
+        .map(|t| {
+            (t.tv_sec() as u64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(t.tv_nsec() as u64)
+        })
 }
 
 impl Estimate {
