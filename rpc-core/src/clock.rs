@@ -314,30 +314,33 @@ mod tests {
         assert!(c.tick() < MAX_LAMPORT);
     }
 
+    /// Runs `f(clock, thread index)` on four threads sharing one clock; their results.
+    fn on_four_threads<R: Send>(
+        c: &LamportClock,
+        f: impl Fn(&LamportClock, u64) -> R + Sync,
+    ) -> Vec<R> {
+        let f = &f;
+        std::thread::scope(|s| {
+            let threads: Vec<_> = (0..4).map(|i| s.spawn(move || f(c, i))).collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        })
+    }
+
     #[test]
     fn shared_between_threads_stays_monotonic() {
         let (c, at) = clock();
-        let c = std::sync::Arc::new(c);
-        let threads: Vec<_> = (0..4)
-            .map(|i| {
-                let c = c.clone();
-                std::thread::spawn(move || {
-                    let mut last = 0;
-                    for n in 0..1000u64 {
-                        let t = if n % 2 == 0 {
-                            c.tick()
-                        } else {
-                            c.observe(n * i, at).unwrap()
-                        };
-                        assert!(t > last);
-                        last = t;
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
+        on_four_threads(&c, |c, i| {
+            let mut last = 0;
+            for n in 0..1000u64 {
+                let t = if n % 2 == 0 {
+                    c.tick()
+                } else {
+                    c.observe(n * i, at).unwrap()
+                };
+                assert!(t > last);
+                last = t;
+            }
+        });
         assert!(c.now() >= 4000);
     }
 
@@ -377,26 +380,19 @@ mod tests {
     #[test]
     fn held_answers_stay_unique_across_threads() {
         let (c, at) = clock();
-        let c = std::sync::Arc::new(c);
-        let threads: Vec<_> = (0..4)
-            .map(|i| {
-                let c = c.clone();
-                std::thread::spawn(move || {
-                    let mut seen = Vec::new();
-                    for n in 0..1000u64 {
-                        let r = c.observe_for_answer(n * i, at).unwrap();
-                        let a = c.tick_after(r);
-                        assert!(a > r);
-                        seen.extend([r, a]);
-                    }
-                    seen
-                })
-            })
-            .collect();
-        let mut all: Vec<u64> = threads
-            .into_iter()
-            .flat_map(|t| t.join().unwrap())
-            .collect();
+        let mut all: Vec<u64> = on_four_threads(&c, |c, i| {
+            let mut seen = Vec::new();
+            for n in 0..1000u64 {
+                let r = c.observe_for_answer(n * i, at).unwrap();
+                let a = c.tick_after(r);
+                assert!(a > r);
+                seen.extend([r, a]);
+            }
+            seen
+        })
+        .into_iter()
+        .flatten()
+        .collect();
         let n = all.len();
         all.sort_unstable();
         all.dedup();
