@@ -1418,16 +1418,13 @@ impl<A: PeerAddr> Server<A> {
         let Some(s) = self.sessions[slot].as_mut() else {
             return;
         };
-        if s.entries.len() == offset {
-            // The next call of the session: appended (the usual case).
-            s.entries.push_back(entry);
-            return;
-        }
-        while s.entries.len() <= offset {
+        // Gaps below it stay unseen; the entry is appended (the usual case) or replaced.
+        while s.entries.len() < offset {
             s.entries.push_back(Entry::Unseen);
         }
-        if let Some(e) = s.entries.get_mut(offset) {
-            *e = entry;
+        match s.entries.get_mut(offset) {
+            Some(e) => *e = entry,
+            None => s.entries.push_back(entry),
         }
     }
 
