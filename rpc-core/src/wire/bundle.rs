@@ -7,8 +7,7 @@
 //! keeps its own sequence number, Lamport stamp, tag and at-most-once entry, and the loss of
 //! the datagram is recovered for each message on its own, by its own retransmission.
 
-use super::header::{Flags, HEADER_LEN, Header, TAG_LEN};
-use zerocopy::FromBytes as _;
+use super::header::{Flags, HEADER_LEN, TAG_LEN};
 
 /// The packets of a datagram, in order, each exactly one packet's bytes (to be checked with
 /// [`super::Packet::new_checked`] like a datagram of its own). Cutting stops at the first
@@ -54,13 +53,6 @@ pub fn packet_len(buf: &[u8]) -> Option<usize> {
     (HEADER_LEN + tag).checked_add(payload)
 }
 
-/// Whether the packet at the start of `buf` is one fragment of a message of several, as its
-/// header says (false if the header is not there): for a link that moves the datagrams of a
-/// bulk transfer differently from those of a message of one.
-pub fn is_fragment(buf: &[u8]) -> bool {
-    Header::ref_from_prefix(buf).is_ok_and(|(h, _)| h.frag_count.get() > 1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,20 +84,6 @@ mod tests {
         let mut out = vec![0; p.buffer_len()];
         p.emit(&mut out).unwrap();
         out
-    }
-
-    #[test]
-    fn a_fragment_is_told_by_its_header() {
-        let whole = packet(1, b"one", false);
-        assert!(!is_fragment(&whole));
-        let mut fragment = whole.clone();
-        // frag_count, little-endian, at bytes 62..64 of the header.
-        fragment[62..64].copy_from_slice(&3u16.to_le_bytes());
-        assert!(is_fragment(&fragment));
-        assert!(
-            !is_fragment(&fragment[..HEADER_LEN - 1]),
-            "no header, no fragment"
-        );
     }
 
     #[test]

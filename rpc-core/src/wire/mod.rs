@@ -7,7 +7,7 @@ mod frag;
 mod header;
 mod packet;
 
-pub use bundle::{Packets, is_fragment, packet_len, packets};
+pub use bundle::{Packets, packet_len, packets};
 pub use frag::{FragmentPlan, Reassembly, ReassemblyError};
 pub use header::{
     BusyReason, COOKIE_LEN, CookieBody, ErrorCode, Flags, HEADER_LEN, HELLO_BODY_LEN, Header,

@@ -51,11 +51,8 @@
 //! hints the CPU ([`Words::demote`]: x86's `CLDEMOTE` on a mapping, nothing under loom or
 //! Miri or elsewhere) to move the lines it wrote, which it touches next a lap later, out of
 //! its core's private caches to the shared cache, where the consumer's next read finds them
-//! sooner than by asking this core for them: all of them for a message of one datagram (a
-//! 1 KiB echo takes 10-15% less time), only the descriptor's for a fragment of a larger one
-//! (whose datagrams follow one another, and demoting one's lines while the consumer reads the
-//! last one's slows both). A hint changes no value and no ordering: nothing above depends on
-//! it.
+//! sooner than by asking this core for them. A hint changes no value and no ordering: nothing
+//! above depends on it.
 //!
 //! The ring is written over [`Words`], so that loom can check it with its own atomics
 //! (`cfg(loom)`), Miri with heap words, and production runs it on a shared mapping.
@@ -281,9 +278,8 @@ impl Producer {
         let d = self.layout.descriptor(n);
         let (inline, rest) = (d + 1, self.layout.slot(n));
         let mut same = 0u64;
-        // Words stored (those of the prefix that differ from the template, then the rest),
-        // and whether the datagram is one of a message's several fragments.
-        let (stored, fragment) = if len >= PREFIX_BYTES {
+        // Words stored: those of the prefix that differ from the template, then the rest.
+        let stored = if len >= PREFIX_BYTES {
             // The prefix is read where it lies when the first part holds it (a header does),
             // else gathered.
             let mut gathered = [0u8; PREFIX_BYTES];
@@ -313,12 +309,11 @@ impl Producer {
                     k += 1;
                 }
             }
-            let fragment = rpc_core::wire::is_fragment(prefix);
             write_bytes(w, inline, rest, k, after(parts, PREFIX_BYTES));
-            (k + (len - PREFIX_BYTES).div_ceil(8), fragment)
+            k + (len - PREFIX_BYTES).div_ceil(8)
         } else {
             write_bytes(w, inline, rest, 0, parts);
-            (len.div_ceil(8), false)
+            len.div_ceil(8)
         };
         // The commit: the length, with its lap and mask, last, with release ordering.
         let commit = self.layout.lap(n) << 32 | same << SAME_SHIFT | len as u64;
@@ -331,11 +326,8 @@ impl Producer {
         // The stores are complete (the fence waited for them): the lines they wrote, which
         // this side touches next a lap from now, are sent towards the consumer, which then
         // reads them from the shared cache instead of from this core's (see `Words::demote`).
-        // Not the arena lines of a fragment: a bulk transfer's datagrams follow one another,
-        // and demoting each one's lines while the consumer reads the one before slows both
-        // (a 64 KiB echo took 30-40% longer).
         w.demote(d, 1 + stored.min(INLINE_WORDS));
-        if stored > INLINE_WORDS && !fragment {
+        if stored > INLINE_WORDS {
             w.demote(rest, stored - INLINE_WORDS);
         }
         Ok(Pushed {
