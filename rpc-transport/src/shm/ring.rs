@@ -47,13 +47,6 @@
 //! then the commit word), so either the consumer sees the datagram on its second look or the
 //! producer sees it sleeping. While the consumer spins, the producer skips the doorbell.
 //!
-//! Handing lines over: after a push's fence (its stores are then complete), the producer
-//! hints the CPU ([`Words::demote`]: x86's `CLDEMOTE` on a mapping, nothing under loom or
-//! Miri or elsewhere) to move the lines it wrote, which it touches next a lap later, out of
-//! its core's private caches to the shared cache, where the consumer's next read finds them
-//! sooner than by asking this core for them. A hint changes no value and no ordering: nothing
-//! above depends on it.
-//!
 //! The ring is written over [`Words`], so that loom can check it with its own atomics
 //! (`cfg(loom)`), Miri with heap words, and production runs it on a shared mapping.
 
@@ -67,10 +60,6 @@ pub(crate) trait Words {
     fn store(&self, i: usize, value: u64, order: Ordering);
     /// A sequentially consistent fence (of this kind of atomics).
     fn fence(&self);
-    /// A hint, which changes no value and no ordering: words `first..first + count` were
-    /// written for the other side and this side will not touch them again soon, so their
-    /// cache lines may move to where the other side's next read finds them soonest.
-    fn demote(&self, _first: usize, _count: usize) {}
 }
 
 impl Words for [std::sync::atomic::AtomicU64] {
@@ -87,12 +76,6 @@ impl Words for [std::sync::atomic::AtomicU64] {
     #[inline]
     fn fence(&self) {
         std::sync::atomic::fence(Ordering::SeqCst);
-    }
-    #[inline]
-    fn demote(&self, first: usize, count: usize) {
-        if let Some(words) = self.get(first..first.saturating_add(count)) {
-            super::region::demote(words);
-        }
     }
 }
 
@@ -278,8 +261,7 @@ impl Producer {
         let d = self.layout.descriptor(n);
         let (inline, rest) = (d + 1, self.layout.slot(n));
         let mut same = 0u64;
-        // Words stored: those of the prefix that differ from the template, then the rest.
-        let stored = if len >= PREFIX_BYTES {
+        if len >= PREFIX_BYTES {
             // The prefix is read where it lies when the first part holds it (a header does),
             // else gathered.
             let mut gathered = [0u8; PREFIX_BYTES];
@@ -310,11 +292,9 @@ impl Producer {
                 }
             }
             write_bytes(w, inline, rest, k, after(parts, PREFIX_BYTES));
-            k + (len - PREFIX_BYTES).div_ceil(8)
         } else {
             write_bytes(w, inline, rest, 0, parts);
-            len.div_ceil(8)
-        };
+        }
         // The commit: the length, with its lap and mask, last, with release ordering.
         let commit = self.layout.lap(n) << 32 | same << SAME_SHIFT | len as u64;
         w.store(d, commit, Ordering::Release);
@@ -323,13 +303,6 @@ impl Producer {
         // by a full fence on this side, the `sleeping` store and the commit word's load by one
         // on that side, so at least one of the two loads sees the other side's store.
         w.fence();
-        // The stores are complete (the fence waited for them): the lines they wrote, which
-        // this side touches next a lap from now, are sent towards the consumer, which then
-        // reads them from the shared cache instead of from this core's (see `Words::demote`).
-        w.demote(d, 1 + stored.min(INLINE_WORDS));
-        if stored > INLINE_WORDS {
-            w.demote(rest, stored - INLINE_WORDS);
-        }
         Ok(Pushed {
             wake: w.load(self.layout.base + SLEEPING, Ordering::Relaxed) != 0,
         })
