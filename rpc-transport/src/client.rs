@@ -644,7 +644,14 @@ impl<L: Link> Inner<L> {
 
     fn send(&self, t: &Transmit, request: Option<&Encoder<'_>>) {
         let pack = !self.link.cheap_send();
-        let sent = with_datagram(t, request, pack, |iov| self.link.send(&self.server, iov));
+        let awaited = t.awaited();
+        let sent = with_datagram(t, request, pack, |iov| {
+            if awaited {
+                self.link.send_awaited(None, &self.server, iov)
+            } else {
+                self.link.send(&self.server, iov)
+            }
+        });
         self.report(sent);
     }
 

@@ -68,6 +68,23 @@ pub trait Link: Send + Sync + 'static {
         self.send(to, iov)
     }
 
+    /// Sends a datagram its peer waits for with nothing else of this side's to do: a call
+    /// alone in flight, or its reply (`Transmit::awaited`, `ReplyPlan::awaited` of rpc-core),
+    /// from the thread that owns `rx` if given. A link that can hand such a datagram over
+    /// sooner does so (a shared-memory ring demotes its cache lines towards the peer, which
+    /// would slow a peer busy with other datagrams); the default sends it as any other.
+    fn send_awaited(
+        &self,
+        rx: Option<&Self::Rx>,
+        to: &Self::Addr,
+        iov: &[IoSlice<'_>],
+    ) -> io::Result<()> {
+        match rx {
+            Some(rx) => self.send_from(rx, to, iov),
+            None => self.send(to, iov),
+        }
+    }
+
     /// Sends several datagrams, each a gather list and its destination, in as few system
     /// calls as the link can; returns how many it took.
     fn send_many(&self, datagrams: &[(Self::Addr, &[IoSlice<'_>])]) -> io::Result<usize> {

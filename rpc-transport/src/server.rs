@@ -513,8 +513,11 @@ fn send_reply<L: Link>(
             shared.io_errors.fetch_add(1, Ordering::Relaxed);
         }
     };
-    // From the receiving thread, through its receiver (see `Link::send_from`).
+    // From the receiving thread, through its receiver (see `Link::send_from`); a reply its
+    // client waits for alone as the link hands such a datagram over (`Link::send_awaited`).
+    let awaited = plan.awaited();
     let send = |iov: &[IoSlice<'_>]| match from {
+        _ if awaited => link.send_awaited(from, &plan.dest, iov),
         Some(rx) => link.send_from(rx, &plan.dest, iov),
         None => link.send(&plan.dest, iov),
     };

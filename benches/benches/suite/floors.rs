@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use examples::{RawEcho, RawPing, RawStyle, UringEcho, UringPing};
 use rpc_transport::PollStrategy;
+use rpc_transport::shm::demote;
 
 use crate::{Budget, Sample, closed_loop, hist, measured};
 
@@ -139,6 +140,14 @@ fn load(words: &[AtomicU64], to: &mut [u8]) {
     }
 }
 
+/// Raises `flag` to `seq` over the words just stored, then gives the cache the hint the
+/// shared-memory rings give after a push (the lines written move towards the reader).
+fn publish(flag: &AtomicU64, seq: u64, data: &[AtomicU64]) {
+    flag.store(seq, Ordering::Release);
+    demote(data);
+    demote(std::slice::from_ref(flag));
+}
+
 /// Shared-memory flag ping-pong with `payload` bytes copied each way.
 pub fn shm_flag(payload: usize, b: &Budget) -> anyhow::Result<Sample> {
     let flags = Arc::new(Flags::default());
@@ -166,7 +175,7 @@ pub fn shm_flag(payload: usize, b: &Budget) -> anyhow::Result<Sample> {
                 seen = seq;
                 load(&request, &mut buf);
                 store(&reply, &buf);
-                flags.pong.0.store(seq, Ordering::Release);
+                publish(&flags.pong.0, seq, &reply);
             }
         })
     };
@@ -177,7 +186,7 @@ pub fn shm_flag(payload: usize, b: &Budget) -> anyhow::Result<Sample> {
     let result = closed_loop(b, || {
         seq += 1;
         store(&request, &data);
-        flags.ping.0.store(seq, Ordering::Release);
+        publish(&flags.ping.0, seq, &request);
         let t = Instant::now();
         let mut spins = 0u32;
         while flags.pong.0.load(Ordering::Acquire) != seq {

@@ -36,7 +36,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 use crate::auth::{Sealer, SessionKeys};
 pub use crate::body::Body;
@@ -46,8 +46,9 @@ use crate::error::CallError;
 use crate::pool::Pool;
 use crate::rtt::RttEstimator;
 use crate::wire::{
-    BusyReason, CookieBody, DropCounters, ErrorCode, Flags, FragmentPlan, HEADER_LEN, HeaderRepr,
-    HelloBody, Packet, PacketKind, Reassembly, RefuseReason, TAG_LEN, WelcomeBody, read_body,
+    BusyReason, CookieBody, DropCounters, ErrorCode, Flags, FragmentPlan, HEADER_LEN, Header,
+    HeaderRepr, HelloBody, Packet, PacketKind, Reassembly, RefuseReason, TAG_LEN, WelcomeBody,
+    read_body,
 };
 
 /// Round-trip samples: every call's until this many are taken, then one call's in
@@ -125,6 +126,18 @@ impl Transmit {
             Payload::Inline => &self.inline,
             _ => &[],
         }
+    }
+
+    /// Whether the server waits for nothing else of this client's: the datagram is the whole
+    /// request of a call that acknowledges every call before it (the client has no other in
+    /// flight). A link may hand such a datagram over differently (rpc-transport's
+    /// `Link::send_awaited`).
+    pub fn awaited(&self) -> bool {
+        Header::ref_from_bytes(&self.header[..]).is_ok_and(|h| {
+            h.kind == PacketKind::Request as u8
+                && h.frag_count.get() == 1
+                && h.ack.get().checked_add(1) == Some(h.seq.get())
+        })
     }
 
     /// In authenticated mode, the tag to send between the header and the payload, whose

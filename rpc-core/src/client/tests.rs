@@ -440,6 +440,35 @@ fn requests_carry_sequence_ack_stamp_and_flags() {
 }
 
 #[test]
+fn a_request_is_awaited_alone_only_when_it_is_whole_and_every_call_before_it_ended() {
+    let t0 = Instant::now();
+    let mut c = established(t0);
+    let awaited = |c: &mut Client, now| {
+        let mut out = Vec::new();
+        while let Some(t) = c.poll_transmit(now) {
+            out.push((parse_tx(&t).0.seq, t.awaited()));
+        }
+        out
+    };
+    let a = c.start_call(t0, call(5, false)).unwrap();
+    assert_eq!(awaited(&mut c, t0), [(a.seq(), true)]);
+    // A second call while the first is in flight: the server has the first to answer too.
+    let b = c.start_call(t0, call(5, false)).unwrap();
+    assert_eq!(awaited(&mut c, t0), [(b.seq(), false)]);
+    assert_reply(c.handle_datagram(t0 + us(10), &reply(1, 10, b"a")), a, b"a");
+    assert_reply(c.handle_datagram(t0 + us(10), &reply(2, 11, b"b")), b, b"b");
+    // Alone again; but a message of several datagrams is a bulk transfer, never awaited.
+    let d = c.start_call(t0 + us(20), call(3, false)).unwrap();
+    assert_eq!(awaited(&mut c, t0 + us(20)), [(d.seq(), true)]);
+    assert_reply(c.handle_datagram(t0 + us(30), &reply(3, 12, b"d")), d, b"d");
+    let chunk = config().max_datagram - HEADER_LEN;
+    c.start_call(t0 + us(30), call(2 * chunk, false)).unwrap();
+    let sent = awaited(&mut c, t0 + us(30));
+    assert_eq!(sent.len(), 2);
+    assert!(sent.iter().all(|&(_, a)| !a), "{sent:?}");
+}
+
+#[test]
 fn a_reply_ends_the_call_once_and_a_duplicate_is_dropped() {
     let t0 = Instant::now();
     let mut c = established(t0);

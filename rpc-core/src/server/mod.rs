@@ -153,6 +153,8 @@ pub struct Ticket<A> {
     max_message: u32,
     /// The Lamport time of the request's receive event: the reply's stamp is held after it.
     received: u64,
+    /// The request acknowledged every call before it: its client had no other in flight.
+    alone: bool,
 }
 
 impl<A: Copy> Ticket<A> {
@@ -177,6 +179,7 @@ pub struct ReplyPlan<A> {
     /// The session's keys, in authenticated mode (shared with the session: a plan is moved
     /// and copied about, and a key is a few hundred bytes).
     keys: Option<Arc<SessionKeys>>,
+    awaited: bool,
 }
 
 impl<A> ReplyPlan<A> {
@@ -189,6 +192,13 @@ impl<A> ReplyPlan<A> {
     /// Number of datagrams.
     pub fn count(&self) -> u16 {
         self.plan.count()
+    }
+
+    /// Whether the client waits for this reply alone: it is one datagram, and its request
+    /// acknowledged every call before it, so the client had no other in flight. A link may
+    /// hand such a datagram over differently (rpc-transport's `Link::send_awaited`).
+    pub fn awaited(&self) -> bool {
+        self.awaited
     }
 
     /// Header of datagram `index`.
@@ -1394,6 +1404,7 @@ impl<A: PeerAddr> Server<A> {
             max_datagram: s.max_datagram as u32,
             max_message: s.max_message as u32,
             received,
+            alone: h.ack.checked_add(1) == Some(h.seq),
         };
         let context = CallContext {
             client_id: h.client_id,
@@ -1652,6 +1663,7 @@ impl<A: PeerAddr> Server<A> {
             header,
             plan,
             keys: seal,
+            awaited: ticket.alone && plan.count() == 1,
         })
     }
 

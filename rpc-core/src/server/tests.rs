@@ -398,6 +398,28 @@ fn a_cookie_is_bound_to_its_address_ids_and_nonce_and_expires() {
 }
 
 #[test]
+fn a_reply_is_awaited_alone_when_its_request_acknowledged_every_call_before_it() {
+    let t0 = Instant::now();
+    let mut s = server();
+    // The client takes datagrams of 572 bytes (500 of body).
+    let hello = emit(hello_header(1, 1), hello_body(572, 4000).as_bytes());
+    let session = open_with(&mut s, t0, 1, &hello);
+    let awaited = |s: &mut Server<Addr>, seq, ack, len| {
+        let d = request(1, session, seq, ack, b"q");
+        let call = s.handle_datagram(t0, 1, &d).unwrap();
+        let plan = s.begin_reply(t0, &call.ticket, Ok(len)).unwrap();
+        s.finish_reply(&call.ticket, &plan, [&body(len)[..]]);
+        plan.awaited()
+    };
+    // Call 1 alone; call 2 sent while 1 was still in flight (ack 0); call 3 after both ended.
+    assert!(awaited(&mut s, 1, 0, 10));
+    assert!(!awaited(&mut s, 2, 0, 10));
+    assert!(awaited(&mut s, 3, 2, 10));
+    // Alone, but a reply of several datagrams: a bulk transfer.
+    assert!(!awaited(&mut s, 4, 3, 1200));
+}
+
+#[test]
 fn replies_use_the_smaller_datagram_and_the_clients_maximum_message() {
     let t0 = Instant::now();
     let mut s = server();

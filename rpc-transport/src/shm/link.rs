@@ -16,7 +16,7 @@ use rustix::event::{EventfdFlags, PollFd, PollFlags};
 use super::conn::{
     self, CLIENT_BYTE, CLIENT_CLOSED, HEARTBEAT, SERVER_BYTE, SERVER_CLOSED, Segment,
 };
-use super::ring::{self, Consumer, Producer, RingError};
+use super::ring::{self, Consumer, Handover, Producer, RingError};
 use crate::link::{Link, RecvBatch};
 
 /// How often a side looks whether its peer lives (and a server bumps its heartbeat).
@@ -140,6 +140,24 @@ fn no_receiver() -> io::Error {
 }
 
 impl ShmClientLink {
+    /// Pushes one request datagram, its lines handed over as `handover` says.
+    fn push(&self, iov: &[IoSlice<'_>], handover: Handover) -> io::Result<()> {
+        if self.dead.load(Ordering::Relaxed) {
+            return Err(gone());
+        }
+        match push(
+            &self.producer,
+            self.seg.words(),
+            iov,
+            &self.server_bell,
+            handover,
+        ) {
+            Ok(()) => Ok(()),
+            Err(RingError::Corrupt) => Err(self.die()),
+            Err(e) => Err(ring_error(e)),
+        }
+    }
+
     /// Connects to the server listening at `socket` (its control channel), within `timeout`;
     /// a server silent for `peer_timeout` (its heartbeat stopped) is taken for hung.
     pub fn connect(socket: &Path, timeout: Duration, peer_timeout: Duration) -> io::Result<Self> {
@@ -228,14 +246,16 @@ impl Link for ShmClientLink {
     }
 
     fn send(&self, _to: &ShmAddr, iov: &[IoSlice<'_>]) -> io::Result<()> {
-        if self.dead.load(Ordering::Relaxed) {
-            return Err(gone());
-        }
-        match push(&self.producer, self.seg.words(), iov, &self.server_bell) {
-            Ok(()) => Ok(()),
-            Err(RingError::Corrupt) => Err(self.die()),
-            Err(e) => Err(ring_error(e)),
-        }
+        self.push(iov, Handover::Keep)
+    }
+
+    fn send_awaited(
+        &self,
+        _rx: Option<&ShmClientRx>,
+        _to: &ShmAddr,
+        iov: &[IoSlice<'_>],
+    ) -> io::Result<()> {
+        self.push(iov, Handover::Demote)
     }
 
     fn recv(&self, rx: &mut ShmClientRx, batch: &mut RecvBatch<ShmAddr>) -> io::Result<usize> {
@@ -322,8 +342,9 @@ fn push(
     w: &[AtomicU64],
     iov: &[IoSlice<'_>],
     bell: &OwnedFd,
+    handover: Handover,
 ) -> Result<(), RingError> {
-    if lock(producer).push(w, slices(iov))?.wake {
+    if lock(producer).push_as(w, slices(iov), handover)?.wake {
         ring_bell(bell);
     }
     Ok(())
@@ -341,8 +362,14 @@ struct Conn {
 
 impl Conn {
     /// Pushes one datagram onto the reply ring, and rings the client's bell if it waits.
-    fn send(&self, iov: &[IoSlice<'_>]) -> io::Result<()> {
-        match push(&self.producer, self.seg.words(), iov, &self.client_bell) {
+    fn send(&self, iov: &[IoSlice<'_>], handover: Handover) -> io::Result<()> {
+        match push(
+            &self.producer,
+            self.seg.words(),
+            iov,
+            &self.client_bell,
+            handover,
+        ) {
             Ok(()) => Ok(()),
             Err(RingError::Corrupt) => {
                 self.dead.store(true, Ordering::Relaxed);
@@ -410,6 +437,37 @@ pub struct ShmServerRx {
 }
 
 impl ShmServerLink {
+    /// Sends a reply datagram to `to`. A connection the receiver `rx` took in is in the
+    /// link's table for as long as it is in the receiver's (both forget it together, in
+    /// `look`, on the receiving thread): found there, it needs no read guard of the table.
+    /// Another receiver's, or a send from another thread, goes through the table.
+    fn send_via(
+        &self,
+        rx: Option<&ShmServerRx>,
+        to: &ShmAddr,
+        iov: &[IoSlice<'_>],
+        handover: Handover,
+    ) -> io::Result<()> {
+        if let Some((c, _)) = rx
+            .and_then(|rx| rx.conns.get(to.conn as usize))
+            .and_then(Option::as_ref)
+            .filter(|(c, _)| c.addr == *to)
+        {
+            return c.send(iov, handover);
+        }
+        // Under the read guard: no reference count to take and drop on every reply.
+        let conns = self.shared.conns();
+        let Some(c) = conns
+            .get(to.conn as usize)
+            .and_then(Option::as_ref)
+            .filter(|c| c.addr == *to)
+        else {
+            // Gone: as a datagram to a host that left.
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        c.send(iov, handover)
+    }
+
     /// Listens at `socket` (a path, replaced if a dead server left it), creating segments in
     /// `shape.dir`; removes the stale segments found there first.
     pub(crate) fn bind(socket: &Path, shape: ServerShape) -> io::Result<Self> {
@@ -610,32 +668,20 @@ impl Link for ShmServerLink {
     }
 
     fn send(&self, to: &ShmAddr, iov: &[IoSlice<'_>]) -> io::Result<()> {
-        // Under the read guard: no reference count to take and drop on every reply.
-        let conns = self.shared.conns();
-        let Some(c) = conns
-            .get(to.conn as usize)
-            .and_then(Option::as_ref)
-            .filter(|c| c.addr == *to)
-        else {
-            // Gone: as a datagram to a host that left.
-            return Err(io::ErrorKind::NotConnected.into());
-        };
-        c.send(iov)
+        self.send_via(None, to, iov, Handover::Keep)
     }
 
     fn send_from(&self, rx: &ShmServerRx, to: &ShmAddr, iov: &[IoSlice<'_>]) -> io::Result<()> {
-        // A connection the receiver took in is in the link's table for as long as it is in
-        // the receiver's (both forget it together, in `look`, on the receiving thread): found
-        // there, it needs no read guard of the table. Another receiver's goes through the table.
-        match rx
-            .conns
-            .get(to.conn as usize)
-            .and_then(Option::as_ref)
-            .filter(|(c, _)| c.addr == *to)
-        {
-            Some((c, _)) => c.send(iov),
-            None => self.send(to, iov),
-        }
+        self.send_via(Some(rx), to, iov, Handover::Keep)
+    }
+
+    fn send_awaited(
+        &self,
+        rx: Option<&ShmServerRx>,
+        to: &ShmAddr,
+        iov: &[IoSlice<'_>],
+    ) -> io::Result<()> {
+        self.send_via(rx, to, iov, Handover::Demote)
     }
 
     fn recv(&self, rx: &mut ShmServerRx, batch: &mut RecvBatch<ShmAddr>) -> io::Result<usize> {

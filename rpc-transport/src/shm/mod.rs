@@ -106,6 +106,16 @@ use rpc_core::{ClientConfig, LamportClock, ServerConfig};
 
 pub use link::{ShmAddr, ShmClientLink, ShmClientRx, ShmServerLink, ShmServerRx};
 
+/// The cache hint a ring gives after each push, for other code that shares words between
+/// cores as the link does (the benchmarks' flag floor uses it, so that the floor and the link
+/// are measured alike): the cache lines of `words`, just written for a reader on another
+/// core, move from this core's private caches to the shared one (x86's `CLDEMOTE`; nothing
+/// elsewhere), where the reader's next load finds them sooner. It changes no value and
+/// orders nothing.
+pub fn demote(words: &[std::sync::atomic::AtomicU64]) {
+    region::demote(words);
+}
+
 use crate::client::{Client, ClientParts, ConnectError};
 use crate::link::Link;
 use crate::poll::PollStrategy;

@@ -58,3 +58,55 @@ impl Mapping {
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast::<AtomicU64>(), self.words) }
     }
 }
+
+/// Asks the CPU to move the cache lines of `words`, just written for the peer, out of this
+/// core's private caches to the shared last-level cache (x86's `CLDEMOTE`), so that the peer,
+/// polling them from another core, reads them from there instead of from this core. A hint
+/// only: it changes no memory and orders nothing.
+#[inline]
+pub(crate) fn demote(words: &[AtomicU64]) {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    {
+        let mut last_line = usize::MAX;
+        for w in words {
+            let line = (w as *const AtomicU64 as usize) >> 6;
+            if line != last_line {
+                last_line = line;
+                // SAFETY: `CLDEMOTE` reads and writes no memory and leaves every register and
+                // flag as it was (`nostack`, `preserves_flags`): it only hints the cache
+                // where a line should live. Its operand is the address of a word that is
+                // mapped for as long as the borrow of `words` lasts. Processors without the
+                // instruction execute its encoding as a `NOP`.
+                unsafe {
+                    std::arch::asm!(
+                        "cldemote [{}]",
+                        in(reg) w.as_ptr(),
+                        options(nostack, preserves_flags)
+                    );
+                }
+            }
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+    let _ = words;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn demoting_lines_changes_no_word() {
+        let words: Vec<AtomicU64> = (0..40u64)
+            .map(|i| AtomicU64::new(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+            .collect();
+        let before: Vec<u64> = words.iter().map(|w| w.load(Ordering::Relaxed)).collect();
+        // Empty, one word, unaligned runs across lines, and all of it.
+        for (first, count) in [(0, 0), (3, 1), (5, 11), (7, 26), (0, 40)] {
+            demote(&words[first..first + count]);
+        }
+        let after: Vec<u64> = words.iter().map(|w| w.load(Ordering::Relaxed)).collect();
+        assert_eq!(before, after);
+    }
+}
