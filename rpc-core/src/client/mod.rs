@@ -36,7 +36,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::IntoBytes;
 
 use crate::auth::{Sealer, SessionKeys};
 pub use crate::body::Body;
@@ -46,9 +46,8 @@ use crate::error::CallError;
 use crate::pool::Pool;
 use crate::rtt::RttEstimator;
 use crate::wire::{
-    BusyReason, CookieBody, DropCounters, ErrorCode, Flags, FragmentPlan, HEADER_LEN, Header,
-    HeaderRepr, HelloBody, Packet, PacketKind, Reassembly, RefuseReason, TAG_LEN, WelcomeBody,
-    read_body,
+    BusyReason, CookieBody, DropCounters, ErrorCode, Flags, FragmentPlan, HEADER_LEN, HeaderRepr,
+    HelloBody, Packet, PacketKind, Reassembly, RefuseReason, TAG_LEN, WelcomeBody, read_body,
 };
 
 /// Round-trip samples: every call's until this many are taken, then one call's in
@@ -114,6 +113,7 @@ pub struct Transmit {
     /// payload's bytes) the driver sends between the header and the payload.
     pub seal: Option<Arc<Sealer>>,
     inline: [u8; INLINE_LEN],
+    awaited: bool,
 }
 
 /// Bytes a transmit holds itself (a Hello's body).
@@ -133,11 +133,7 @@ impl Transmit {
     /// flight). A link may hand such a datagram over differently (rpc-transport's
     /// `Link::send_awaited`).
     pub fn awaited(&self) -> bool {
-        Header::ref_from_bytes(&self.header[..]).is_ok_and(|h| {
-            h.kind == PacketKind::Request as u8
-                && h.frag_count.get() == 1
-                && h.ack.get().checked_add(1) == Some(h.seq.get())
-        })
+        self.awaited
     }
 
     /// In authenticated mode, the tag to send between the header and the payload, whose
@@ -811,6 +807,7 @@ impl Client {
             payload: Payload::Inline,
             seal: self.handshake_key.clone(),
             inline,
+            awaited: false,
         })
     }
 
@@ -889,6 +886,7 @@ impl Client {
             },
             seal,
             inline: [0; INLINE_LEN],
+            awaited: header.frag_count == 1 && ack.checked_add(1) == Some(seq),
         })
     }
 
