@@ -123,20 +123,35 @@ struct Flags {
     stop: Line,
 }
 
-/// Copies `from` into shared words, as the shared-memory link writes a slot.
+/// Copies `from` into shared words, as the shared-memory link writes a slot: whole words
+/// first (a fixed-size copy the compiler turns into one load), then the tail's bytes padded.
 fn store(words: &[AtomicU64], from: &[u8]) {
-    for (w, c) in words.iter().zip(from.chunks(8)) {
+    let mut chunks = from.chunks_exact(8);
+    let mut words = words.iter();
+    for (w, c) in (&mut words).zip(&mut chunks) {
         let mut b = [0u8; 8];
-        b[..c.len()].copy_from_slice(c);
+        b.copy_from_slice(c);
+        w.store(u64::from_le_bytes(b), Ordering::Relaxed);
+    }
+    let tail = chunks.remainder();
+    if let (false, Some(w)) = (tail.is_empty(), words.next()) {
+        let mut b = [0u8; 8];
+        b[..tail.len()].copy_from_slice(tail);
         w.store(u64::from_le_bytes(b), Ordering::Relaxed);
     }
 }
 
 /// Copies shared words out into `to`, as the shared-memory link reads a slot.
 fn load(words: &[AtomicU64], to: &mut [u8]) {
-    for (w, c) in words.iter().zip(to.chunks_mut(8)) {
+    let mut chunks = to.chunks_exact_mut(8);
+    let mut words = words.iter();
+    for (w, c) in (&mut words).zip(&mut chunks) {
+        c.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+    }
+    let tail = chunks.into_remainder();
+    if let (false, Some(w)) = (tail.is_empty(), words.next()) {
         let b = w.load(Ordering::Relaxed).to_le_bytes();
-        c.copy_from_slice(&b[..c.len()]);
+        tail.copy_from_slice(&b[..tail.len()]);
     }
 }
 
