@@ -1818,7 +1818,9 @@ impl<L: Link, R> Future for CallFuture<'_, L, R> {
                     if !inner.driven.load(Ordering::Relaxed) && !crate::exec::in_own_executor() {
                         crate::tokio_driver::ensure(inner);
                     }
-                    let now = Instant::now();
+                    // Shared with the calls started just before in this executor pass (see
+                    // `exec::start_clock`).
+                    let now = crate::exec::start_clock();
                     let deadline =
                         deadline_after(now, this.options.timeout.unwrap_or(inner.default_deadline));
                     // The waiter's waker: a clone of this context's, made under the lock.
