@@ -112,7 +112,9 @@ pub struct Transmit {
     /// In authenticated mode, the key whose tag ([`Sealer::tag`] of the header and the
     /// payload's bytes) the driver sends between the header and the payload.
     pub seal: Option<Arc<Sealer>>,
-    inline: [u8; INLINE_LEN],
+    /// A Hello's body, boxed: a call's transmit, moved several times on its way to the
+    /// link, stays small enough to be copied inline (128 bytes) instead of by `memcpy`.
+    inline: Option<Box<[u8; INLINE_LEN]>>,
     awaited: bool,
 }
 
@@ -123,7 +125,7 @@ impl Transmit {
     /// The bytes of an [`Payload::Inline`] payload (empty otherwise).
     pub fn inline(&self) -> &[u8] {
         match self.payload {
-            Payload::Inline => &self.inline,
+            Payload::Inline => self.inline.as_deref().map_or(&[], |b| &b[..]),
             _ => &[],
         }
     }
@@ -789,7 +791,7 @@ impl Client {
             message_len: body.as_bytes().len() as u32,
             payload_len: body.as_bytes().len() as u32,
         };
-        let mut inline = [0u8; INLINE_LEN];
+        let mut inline = Box::new([0u8; INLINE_LEN]);
         inline.copy_from_slice(body.as_bytes());
         self.conn = Conn::Connecting {
             nonce,
@@ -806,7 +808,7 @@ impl Client {
             header: header.to_bytes(),
             payload: Payload::Inline,
             seal: self.handshake_key.clone(),
-            inline,
+            inline: Some(inline),
             awaited: false,
         })
     }
@@ -885,7 +887,7 @@ impl Client {
                 len: range.len(),
             },
             seal,
-            inline: [0; INLINE_LEN],
+            inline: None,
             awaited: header.frag_count == 1 && ack.checked_add(1) == Some(seq),
         })
     }
