@@ -481,7 +481,11 @@ mod tests {
         }
         // The first reading serves `STARTS_PER_READING` calls; the next call reads again.
         let bound = STARTS_PER_READING as usize;
-        assert!(got[..bound].iter().all(|&t| t == base + Duration::from_micros(1)));
+        assert!(
+            got[..bound]
+                .iter()
+                .all(|&t| t == base + Duration::from_micros(1))
+        );
         assert_eq!(got[bound], base + Duration::from_micros(2));
         // A new pass reads again at once.
         let (t, _) = shared_reading(kept, 8, &mut read);
