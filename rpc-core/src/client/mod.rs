@@ -589,7 +589,10 @@ impl Client {
         // Validated configuration: any length up to max_message has a plan.
         let plan = FragmentPlan::new(req.len, self.plan_datagram)
             .ok_or(CallError::MessageTooLarge { len: req.len, max })?;
-        let call = Call {
+        let slot = self.slot(seq);
+        debug_assert!(self.calls[slot].is_none());
+        // Written in place: the record is too large to build aside and copy cheaply.
+        let _ = self.calls[slot].insert(Call {
             seq,
             interface: req.interface,
             method: req.method,
@@ -606,10 +609,7 @@ impl Client {
             last_busy: None,
             reply: None,
             reply_seen: false,
-        };
-        let slot = self.slot(seq);
-        debug_assert!(self.calls[slot].is_none());
-        self.calls[slot] = Some(call);
+        });
         self.in_flight += 1;
         self.stats.calls += 1;
         self.timer_set(deadline);
