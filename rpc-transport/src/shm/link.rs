@@ -27,8 +27,8 @@ const POLLS_PER_LOOK: u32 = 1024;
 /// ring write here, whose fence waits for the lines it wrote to leave for the other core, and
 /// the server works on one bundle while the next is packed. With 64 calls in flight, bundles
 /// of 2 KiB carried 1.04-1.39 times the calls per second of bundles of 512 bytes (seven runs,
-/// interleaved in one process), 1 KiB 1.01-1.10 times, and 4 KiB 0.85 times in the far
-/// placement of these VMs' vCPUs; with 8 or 256 in flight the length made no difference.
+/// interleaved in one process), 1 KiB 1.01-1.10 times, and 4 KiB 0.85 times (one run, in a
+/// slow hour); with 8 or 256 in flight the length made no difference.
 const BUNDLE_MAX: usize = 2048;
 
 /// When the next look is due, `LOOK_EVERY` after `now` (kept as a time, so that the hot paths
