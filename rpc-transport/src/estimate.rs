@@ -34,7 +34,7 @@ pub(crate) struct Estimate {
 }
 
 /// The coarse clock in nanoseconds (`None` if it cannot be read: then no estimate).
-fn coarse() -> Option<u64> {
+pub(crate) fn coarse() -> Option<u64> {
     clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE)
         .ok()
         .map(|t| {

@@ -43,43 +43,63 @@ pub(crate) fn next_pass() {
 
 thread_local! {
     /// The reading of the clock that calls started in this thread's executor pass share:
-    /// the pass, how many calls took it, the reading.
-    static START_CLOCK: Cell<(u64, u32, Option<Instant>)> = const { Cell::new((0, 0, None)) };
+    /// the pass, how many calls took it, the kernel's coarse clock when it was taken, the
+    /// reading.
+    static START_CLOCK: Cell<Shared> = const { Cell::new((0, 0, 0, None)) };
+    /// Whether calls started on this thread now may share a reading: inside a pass of
+    /// [`Completions`], [`join_all`] or [`block_on`], whose futures are the caller's own, not
+    /// in a server's loop, whose handlers run between the calls they start.
+    static SHARING: Cell<bool> = const { Cell::new(false) };
 }
+
+/// What the calls of a pass share: pass, calls that took the reading, coarse clock, reading.
+type Shared = (u64, u32, u64, Option<Instant>);
 
 /// How many calls started in one pass of this crate's executors share one reading of the
 /// clock.
 const STARTS_PER_READING: u32 = 8;
 
-/// The time a future's call starts at. Under this crate's executors, calls started in the
-/// same pass share a reading, at most [`STARTS_PER_READING`] calls to one, as an event loop
-/// keeps one time for an iteration: reading the clock is about a tenth of a pipelined call's
-/// cost on the client. A call thus starts early by what the pass ran since the reading,
-/// microseconds (a few other calls' starts), and its deadline and first timers count from
-/// there. Anywhere else, the clock is read.
+/// The time a future's call starts at. Inside a pass of [`Completions`], [`join_all`] or
+/// [`block_on`], calls started in the same pass share a reading, at most
+/// [`STARTS_PER_READING`] calls to one and within one tick of the kernel's coarse clock, as an
+/// event loop keeps one time for an iteration: reading the clock is about a tenth of a
+/// pipelined call's cost on the client, the coarse clock a quarter of that. A call thus starts
+/// early by what the pass ran since the reading, microseconds (a few other calls' starts),
+/// never as much as a tick (1 to 4 ms), and its deadline and first timers count from there.
+/// Anywhere else, the clock is read.
 pub(crate) fn start_clock() -> Instant {
-    if !in_own_executor() {
+    if !SHARING.with(Cell::get) {
         return Instant::now();
     }
     START_CLOCK.with(|c| {
-        let (reading, kept) = shared_reading(c.get(), pass(), Instant::now);
+        let (reading, kept) =
+            shared_reading(c.get(), pass(), crate::estimate::coarse(), Instant::now);
         c.set(kept);
         reading
     })
 }
 
-/// The reading a call started in `pass` takes, given what the pass's calls share (`kept`),
+/// The reading a call started in `pass` takes, at `coarse` on the kernel's coarse clock
+/// (`None`: no coarse clock, nothing shared), given what the pass's calls share (`kept`),
 /// reading the clock with `read` if it must; and what they share from then on.
 fn shared_reading(
-    kept: (u64, u32, Option<Instant>),
+    kept: Shared,
     pass: u64,
+    coarse: Option<u64>,
     read: impl FnOnce() -> Instant,
-) -> (Instant, (u64, u32, Option<Instant>)) {
-    match kept {
-        (p, n, Some(t)) if p == pass && n < STARTS_PER_READING => (t, (p, n + 1, Some(t))),
+) -> (Instant, Shared) {
+    match (kept, coarse) {
+        ((p, n, k, Some(t)), Some(c)) if p == pass && n < STARTS_PER_READING && k == c => {
+            (t, (p, n + 1, k, Some(t)))
+        }
         _ => {
+            // The coarse clock is read first: a tick after it means the reading is older than
+            // a tick.
             let now = read();
-            (now, (pass, 1, Some(now)))
+            match coarse {
+                Some(c) => (now, (pass, 1, c, Some(now))),
+                None => (now, (0, 0, 0, None)),
+            }
         }
     }
 }
@@ -129,17 +149,31 @@ impl Drop for Direct {
 }
 
 /// Marks this thread as polling with one of this crate's executors, until dropped.
-pub(crate) struct Entered(bool);
+pub(crate) struct Entered(bool, bool);
 
 impl Entered {
+    /// A server's loop: its calls read the clock each (see [`start_clock`]).
     pub(crate) fn new() -> Self {
-        Self(OWN.with(|o| o.replace(true)))
+        Self::with_sharing(false)
+    }
+
+    /// [`Completions`], [`join_all`], [`block_on`]: calls of one pass share readings.
+    fn sharing() -> Self {
+        Self::with_sharing(true)
+    }
+
+    fn with_sharing(share: bool) -> Self {
+        Self(
+            OWN.with(|o| o.replace(true)),
+            SHARING.with(|s| s.replace(share)),
+        )
     }
 }
 
 impl Drop for Entered {
     fn drop(&mut self) {
         OWN.with(|o| o.set(self.0));
+        SHARING.with(|s| s.set(self.1));
     }
 }
 
@@ -167,7 +201,7 @@ thread_local! {
 /// Runs `future` to its end on this thread, spinning.
 pub fn block_on<F: Future>(future: F) -> F::Output {
     let mut future = std::pin::pin!(future);
-    let _own = Entered::new();
+    let _own = Entered::sharing();
     BLOCK_ON_WAKER.with(|(_, waker)| {
         let mut cx = Context::from_waker(waker);
         let _direct = Direct::new(waker);
@@ -415,7 +449,7 @@ impl<F: Future> Completions<F> {
         if self.live == 0 {
             return None;
         }
-        let _own = Entered::new();
+        let _own = Entered::sharing();
         next_pass();
         self.take_woken();
         if self.run.is_empty() {
@@ -472,40 +506,53 @@ mod tests {
             reads += 1;
             base + Duration::from_micros(reads)
         };
-        let mut kept = (0, 0, None);
+        let mut kept = (0, 0, 0, None);
         let mut got = Vec::new();
         for _ in 0..=STARTS_PER_READING {
-            let (t, k) = shared_reading(kept, 7, &mut read);
+            let (t, k) = shared_reading(kept, 7, Some(100), &mut read);
             got.push(t);
             kept = k;
         }
         // The first reading serves `STARTS_PER_READING` calls; the next call reads again.
         let bound = STARTS_PER_READING as usize;
-        assert!(
-            got[..bound]
-                .iter()
-                .all(|&t| t == base + Duration::from_micros(1))
-        );
+        let first = base + Duration::from_micros(1);
+        assert!(got[..bound].iter().all(|&t| t == first));
         assert_eq!(got[bound], base + Duration::from_micros(2));
         // A new pass reads again at once.
-        let (t, _) = shared_reading(kept, 8, &mut read);
+        let (t, kept) = shared_reading(kept, 8, Some(100), &mut read);
         assert_eq!(t, base + Duration::from_micros(3));
-        assert_eq!(reads, 3);
+        // So does a call after a tick of the coarse clock, in the same pass.
+        let (t, kept) = shared_reading(kept, 8, Some(101), &mut read);
+        assert_eq!(t, base + Duration::from_micros(4));
+        // Without a coarse clock nothing is shared.
+        let (t, kept) = shared_reading(kept, 8, None, &mut read);
+        assert_eq!(t, base + Duration::from_micros(5));
+        let (t, _) = shared_reading(kept, 8, None, &mut read);
+        assert_eq!(t, base + Duration::from_micros(6));
+        assert_eq!(reads, 6);
     }
 
     #[test]
-    fn only_calls_under_this_crates_executors_share_readings() {
-        // Outside, every start reads the clock and leaves nothing to share.
+    fn only_calls_polled_by_the_callers_executors_share_readings() {
+        START_CLOCK.with(|c| c.set((0, 0, 0, None)));
+        // Outside any executor, and in a server's loop, every start reads the clock and
+        // leaves nothing to share.
         start_clock();
-        start_clock();
-        assert!(START_CLOCK.with(Cell::get).2.is_none());
-        // Inside, the starts of one pass share the reading.
-        let entered = Entered::new();
+        {
+            let _server_loop = Entered::new();
+            next_pass();
+            start_clock();
+            start_clock();
+        }
+        assert!(START_CLOCK.with(Cell::get).3.is_none());
+        // In a pass of the caller's executors, the starts share the reading (if the coarse
+        // clock does not tick between them, as it does at most once here).
+        let entered = Entered::sharing();
         next_pass();
-        let first = start_clock();
-        assert_eq!(start_clock(), first);
-        assert_eq!(START_CLOCK.with(Cell::get), (pass(), 2, Some(first)));
+        let (a, b, c) = (start_clock(), start_clock(), start_clock());
+        assert!(a == b || b == c);
         drop(entered);
+        assert!(!in_own_executor() && !SHARING.with(Cell::get));
     }
 
     /// What the gates of a test share: which are open, their wakers, how often each was
