@@ -45,15 +45,33 @@ thread_local! {
     /// The reading of the clock that calls started in this thread's executor pass share:
     /// the pass, how many calls took it, the kernel's coarse clock when it was taken, the
     /// reading.
-    static START_CLOCK: Cell<Shared> = const { Cell::new((0, 0, 0, None)) };
+    static START_CLOCK: Cell<Shared> = const { Cell::new(Shared::NONE) };
     /// Whether calls started on this thread now may share a reading: inside a pass of
     /// [`Completions`], [`join_all`] or [`block_on`], whose futures are the caller's own, not
     /// in a server's loop, whose handlers run between the calls they start.
     static SHARING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// What the calls of a pass share: pass, calls that took the reading, coarse clock, reading.
-type Shared = (u64, u32, u64, Option<Instant>);
+/// What the calls of a pass share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shared {
+    pass: u64,
+    /// Calls that took the reading.
+    uses: u32,
+    /// The kernel's coarse clock when it was taken.
+    coarse: u64,
+    reading: Option<Instant>,
+}
+
+impl Shared {
+    /// Nothing to share.
+    const NONE: Self = Self {
+        pass: 0,
+        uses: 0,
+        coarse: 0,
+        reading: None,
+    };
+}
 
 /// How many calls started in one pass of this crate's executors share one reading of the
 /// clock.
@@ -88,18 +106,24 @@ fn shared_reading(
     coarse: Option<u64>,
     read: impl FnOnce() -> Instant,
 ) -> (Instant, Shared) {
-    match (kept, coarse) {
-        ((p, n, k, Some(t)), Some(c)) if p == pass && n < STARTS_PER_READING && k == c => {
-            (t, (p, n + 1, k, Some(t)))
+    match (kept.reading, coarse) {
+        (Some(t), Some(c))
+            if kept.pass == pass && kept.uses < STARTS_PER_READING && kept.coarse == c =>
+        {
+            let uses = kept.uses + 1;
+            (t, Shared { uses, ..kept })
         }
         _ => {
             // The coarse clock is read first: a tick after it means the reading is older than
             // a tick.
             let now = read();
-            match coarse {
-                Some(c) => (now, (pass, 1, c, Some(now))),
-                None => (now, (0, 0, 0, None)),
-            }
+            let kept = coarse.map_or(Shared::NONE, |coarse| Shared {
+                pass,
+                uses: 1,
+                coarse,
+                reading: Some(now),
+            });
+            (now, kept)
         }
     }
 }
@@ -148,8 +172,12 @@ impl Drop for Direct {
     }
 }
 
-/// Marks this thread as polling with one of this crate's executors, until dropped.
-pub(crate) struct Entered(bool, bool);
+/// Marks this thread as polling with one of this crate's executors, until dropped (then the
+/// marks it replaced are restored).
+pub(crate) struct Entered {
+    own: bool,
+    sharing: bool,
+}
 
 impl Entered {
     /// A server's loop: its calls read the clock each (see [`start_clock`]).
@@ -163,17 +191,17 @@ impl Entered {
     }
 
     fn with_sharing(share: bool) -> Self {
-        Self(
-            OWN.with(|o| o.replace(true)),
-            SHARING.with(|s| s.replace(share)),
-        )
+        Self {
+            own: OWN.with(|o| o.replace(true)),
+            sharing: SHARING.with(|s| s.replace(share)),
+        }
     }
 }
 
 impl Drop for Entered {
     fn drop(&mut self) {
-        OWN.with(|o| o.set(self.0));
-        SHARING.with(|s| s.set(self.1));
+        OWN.with(|o| o.set(self.own));
+        SHARING.with(|s| s.set(self.sharing));
     }
 }
 
@@ -506,7 +534,7 @@ mod tests {
             reads += 1;
             base + Duration::from_micros(reads)
         };
-        let mut kept = (0, 0, 0, None);
+        let mut kept = Shared::NONE;
         let mut got = Vec::new();
         for _ in 0..=STARTS_PER_READING {
             let (t, k) = shared_reading(kept, 7, Some(100), &mut read);
@@ -534,7 +562,7 @@ mod tests {
 
     #[test]
     fn only_calls_polled_by_the_callers_executors_share_readings() {
-        START_CLOCK.with(|c| c.set((0, 0, 0, None)));
+        START_CLOCK.with(|c| c.set(Shared::NONE));
         // Outside any executor, and in a server's loop, every start reads the clock and
         // leaves nothing to share.
         start_clock();
@@ -544,7 +572,7 @@ mod tests {
             start_clock();
             start_clock();
         }
-        assert!(START_CLOCK.with(Cell::get).3.is_none());
+        assert!(START_CLOCK.with(Cell::get).reading.is_none());
         // In a pass of the caller's executors, the starts share the reading (if the coarse
         // clock does not tick between them, as it does at most once here).
         let entered = Entered::sharing();
