@@ -165,7 +165,9 @@ fn a_key_value_client_calls_its_server_across_two_namespaces() {
         &["--connect", "10.77.1.2:7100", "--keys", "2000"],
     );
     let status = lab.wait(client);
-    let out: Vec<String> = lines.try_iter().collect();
+    // Everything it printed: the reader thread ends at the pipe's end, which may come after
+    // the exit status (taking only what had arrived by then could miss the last lines).
+    let out: Vec<String> = lines.iter().collect();
     assert!(status.success(), "client failed: {out:?}");
     assert!(
         out.iter().any(|l| l.contains("all answers checked")),
